@@ -1,0 +1,56 @@
+"""The model protocol every backend implements.
+
+Everything above the backend layer works on numpy arrays: one-hot ``(N, L, 4)`` in ACGT order, whatever the
+model's own input layout or framework. A backend turns that into the model's layout, runs the model and
+returns numpy arrays again.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class SequenceModel(Protocol):
+    """What DFIM needs from a model.
+
+    Attributes
+    ----------
+    seq_len : int
+        The input length L the model takes.
+    targets : list of str
+        Names of the model outputs (tasks), in output order.
+    output : str
+        ``"logit"`` (scored values are pre-sigmoid/pre-softmax) or ``"raw"`` (the model output as is).
+    activation : str or None
+        The final activation the backend removed to score logits (``"sigmoid"``, ``"softmax"``), or None.
+    """
+
+    seq_len: int
+    targets: list[str]
+    output: str
+    activation: str | None
+
+    def predict(self, x: np.ndarray, output: str | None = None) -> np.ndarray:
+        """Model outputs (N, n_targets) for one-hot x (N, L, 4); ``output`` overrides the scored kind."""
+        ...
+
+    def gradient(self, x: np.ndarray, target: int | str) -> np.ndarray:
+        """d output[target] / d x, (N, L, 4), of the scored output (logit by default)."""
+        ...
+
+    def deeplift(
+        self, x: np.ndarray, references: np.ndarray, target: int | str, hypothetical: bool = False
+    ) -> np.ndarray:
+        """DeepLIFT/DeepSHAP contributions (N, L, 4) of x against references (N, R, L, 4), averaged over R.
+
+        With ``hypothetical=True`` returns the hypothetical contributions of every base at every position
+        (the multipliers applied to each possible base), as in DeepSHAP for genomics.
+        """
+        ...
+
+    def target_index(self, target: int | str) -> int:
+        """Resolve a target given by index or by label."""
+        ...

@@ -1,0 +1,127 @@
+"""PyTorch adapter: a torch.nn.Module behind the SequenceModel protocol."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from kipoi_dfim.backend.common import AdapterBase
+from kipoi_dfim.backend.layouts import to_model_layout
+from kipoi_dfim.errors import InputError
+
+log = logging.getLogger(__name__)
+
+_FINAL_ACTIVATIONS = {nn.Sigmoid: "sigmoid", nn.Softmax: "softmax", nn.LogSoftmax: None}
+
+
+def _split_final_activation(module: nn.Module) -> tuple[nn.Module, str | None]:
+    """Return (module without its final sigmoid/softmax, name of the removed activation).
+
+    Only a trailing nn.Sigmoid / nn.Softmax module of an nn.Sequential (possibly nested as its last child)
+    is recognised; anything else is scored as the module outputs it.
+    """
+    if isinstance(module, nn.Sequential) and len(module) > 0:
+        last = module[-1]
+        for cls, name in _FINAL_ACTIVATIONS.items():
+            if isinstance(last, cls) and name is not None:
+                return nn.Sequential(*list(module.children())[:-1]), name
+        inner, name = _split_final_activation(last)
+        if name is not None:
+            return nn.Sequential(*list(module.children())[:-1], inner), name
+    return module, None
+
+
+class _Scored(nn.Module):
+    """(B, L, 4) ACGT one-hot -> model layout -> model -> (B, T)."""
+
+    def __init__(self, module: nn.Module, layout: str):
+        super().__init__()
+        self.module = module
+        self.layout = layout
+
+    def forward(self, x):
+        y = self.module(to_model_layout(x, self.layout))
+        if isinstance(y, (tuple, list)):
+            y = torch.cat([t.reshape(t.shape[0], -1) for t in y], dim=1)
+        return y.reshape(y.shape[0], -1)
+
+
+class TorchModel(AdapterBase):
+    """A torch.nn.Module as a :class:`~kipoi_dfim.backend.base.SequenceModel`.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The model; put in eval mode.
+    seq_len : int
+        Input length L.
+    layout : str
+        The module's input layout without the batch axis, e.g. ``"(4,L)"`` (the default: PyTorch is
+        channels-first) or ``"(L,4)"``.
+    targets : list of str, optional
+        Output names; default ``["0", "1", ...]``.
+    output : {"logit", "raw"}
+        ``"logit"`` removes a final nn.Sigmoid/nn.Softmax of an nn.Sequential and scores the value before it.
+    """
+
+    framework = "pytorch"
+
+    def __init__(
+        self,
+        module: nn.Module,
+        seq_len: int,
+        layout: str = "(4,L)",
+        targets: list[str] | None = None,
+        output: str = "logit",
+        batch_size: int = 64,
+    ):
+        module = module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        logit_module, activation = _split_final_activation(module)
+        self.raw_model = _Scored(module, layout).eval()
+        self.logit_model = _Scored(logit_module, layout).eval()
+        super().__init__(seq_len=seq_len, layout=layout, targets=targets, output=output,
+                         activation=activation, batch_size=batch_size)
+        if output == "logit" and activation is None:
+            log.info("no final sigmoid/softmax module found: scoring the module output as is")
+
+    def _n_outputs(self) -> int:
+        x = torch.zeros((1, self.seq_len, 4), dtype=torch.float32)
+        with torch.no_grad():
+            return int(self.raw_model(x).shape[1])
+
+    def _scored(self, output: str) -> nn.Module:
+        return self.logit_model if output == "logit" else self.raw_model
+
+    def _predict_batch(self, x: np.ndarray, output: str) -> np.ndarray:
+        with torch.no_grad():
+            return self._scored(output)(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+    def _gradient_batch(self, x: np.ndarray, target: int) -> np.ndarray:
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).requires_grad_(True)
+        y = self._scored(self.output)(xt)[:, target]
+        (g,) = torch.autograd.grad(y.sum(), xt)
+        return g.numpy()
+
+    def _multipliers(self, x: np.ndarray, references: np.ndarray, target: int) -> np.ndarray:
+        from kipoi_dfim.backend.deeplift_torch import deeplift_multipliers_torch
+
+        return deeplift_multipliers_torch(
+            self._scored(self.output), x, references, target, batch_size=self.batch_size
+        )
+
+
+def load_torch_file(path: str, **kw) -> TorchModel:
+    """A whole pickled module saved with torch.save(module, path)."""
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(obj, nn.Module):
+        raise InputError(
+            "is a state dict, not a module: give a Kipoi model directory (module_file + module_class) "
+            "or the nn.Module itself",
+            path=path,
+        )
+    return TorchModel(obj, **kw)
