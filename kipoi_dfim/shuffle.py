@@ -140,7 +140,7 @@ def dinucleotide_shuffle(
     if n < 0:
         raise InputError(f"n (number of shuffles) must be >= 0, got {n}")
     if isinstance(x, str):
-        return _shuffle_strings([x], n, sequence_rngs(_one_seed(seed), 1))[0]
+        return _shuffle_strings([x], n, sequence_rngs(seed, 1) if _is_seed_list(seed) else sequence_rngs(seed, 1))[0]
     if isinstance(x, list | tuple) and (len(x) == 0 or isinstance(x[0], str)):
         return _shuffle_strings(list(x), n, sequence_rngs(seed, len(x)))
     x = np.asarray(x)
