@@ -312,8 +312,12 @@ def score_variants(
 
     if window < 1:
         raise InputError(f"--window must be >= 1, got {window}")
-    m = load_model(model, source=source, output=output, batch_size=batch_size)
+    # cheap input checks first, so a typo in a path fails before a model is loaded
     fa = Fasta(fasta)
+    from kipoi_dfim.variants import open_vcf
+
+    open_vcf(vcf).close()
+    m = load_model(model, source=source, output=output, batch_size=batch_size)
     if m.seq_len < 2 * window + 1:
         raise InputError(f"the model input ({m.seq_len} bp) is shorter than the +-{window} bp target window")
     if target is None:
@@ -422,8 +426,19 @@ def _version() -> str:
 
 def _score_chunk(m, chunk: list[Variant], fa: Fasta, tidx, tnames, cfg: ScoringConfig, acc):
     """Rows (TSV dicts, one per variant x target, in record/ALT/target order), maps rows and FIS tracks."""
+    X, Xalt = windows([v for v in chunk if v.ok], fa, m.seq_len)
+    return score_windows(m, chunk, X, Xalt, tidx, tnames, cfg, acc)
+
+
+def score_windows(m, chunk: list[Variant], X: np.ndarray, Xalt: np.ndarray, tidx, tnames, cfg: ScoringConfig,
+                  acc=None):
+    """Score variants whose windows are already extracted.
+
+    ``X``/``Xalt`` hold the reference/alternate windows of the variants of ``chunk`` with status ok, in order;
+    the others get a row with their status. Returns (TSV rows, maps rows, FIS tracks). Used by
+    :func:`score_variants` and by the Kipoi model that ``kipoi-dfim kipoi-spec`` writes.
+    """
     ok = [v for v in chunk if v.ok]
-    X, Xalt = windows(ok, fa, m.seq_len)
     per_target: dict[int, dict] = {}
     ism = {}
     if ok:

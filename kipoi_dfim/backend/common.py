@@ -110,13 +110,14 @@ class AdapterBase:
 
         Contributions of pair (x, r) are m * (x - r). Hypothetical contributions give every base b at every
         position the score it would get if it were observed: m[b] - sum_c m[c] r[c], averaged over r
-        (the genomics convention of DeepSHAP); multiplied by x they give the actual contributions.
+        (the genomics convention of DeepSHAP); multiplied by x they give the actual contributions, which are
+        non-zero only at observed bases and sum per position to mean_r sum_c m[c] (x[c] - r[c]).
         """
         x = self._check_x(x)
         references = np.asarray(references, dtype=np.float32)
         if references.ndim == 3:
             references = references[:, None]
         m = self.deeplift_multipliers(x, references, target)
-        if hypothetical:
-            return (m - (m * references).sum(-1, keepdims=True)).mean(1)
-        return (m * (x[:, None] - references)).mean(1)
+        hyp = (m - (m * references).sum(-1, keepdims=True)).mean(1)
+        # actual contributions sit on the observed base; per position they sum to mean_r m * (x - r)
+        return hyp if hypothetical else hyp * x

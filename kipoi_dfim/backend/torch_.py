@@ -31,7 +31,39 @@ def _split_final_activation(module: nn.Module) -> tuple[nn.Module, str | None]:
         inner, name = _split_final_activation(last)
         if name is not None:
             return nn.Sequential(*list(module.children())[:-1], inner), name
-    return module, None
+        return module, None
+    return _split_traced(module)
+
+
+_FINAL_FUNCTIONS = {torch.sigmoid: "sigmoid", torch.softmax: "softmax", torch.nn.functional.softmax: "softmax",
+                    torch.nn.functional.sigmoid: "sigmoid"}
+
+
+def _split_traced(module: nn.Module) -> tuple[nn.Module, str | None]:
+    """Custom modules: trace forward() with torch.fx and cut a sigmoid/softmax that produces the output."""
+    try:
+        gm = torch.fx.symbolic_trace(module)
+    except Exception as e:  # noqa: BLE001 - data-dependent control flow cannot be traced
+        log.info("cannot trace %s to find a final activation (%s)", type(module).__name__, e)
+        return module, None
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    src = out.args[0]
+    if not isinstance(src, torch.fx.Node):
+        return module, None
+    name = None
+    if src.op == "call_module":
+        sub = gm.get_submodule(src.target)
+        name = next((nm for cls, nm in _FINAL_ACTIVATIONS.items() if isinstance(sub, cls)), None)
+    elif src.op == "call_function":
+        name = _FINAL_FUNCTIONS.get(src.target)
+    elif src.op == "call_method" and src.target in ("sigmoid", "softmax"):
+        name = src.target
+    if name is None:
+        return module, None
+    out.args = (src.args[0],)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm, name
 
 
 class _Scored(nn.Module):
@@ -117,7 +149,10 @@ class TorchModel(AdapterBase):
 
 def load_torch_file(path: str, **kw) -> TorchModel:
     """A whole pickled module saved with torch.save(module, path)."""
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - unpickling raises anything the pickled code raises
+        raise InputError(f"cannot load the pickled torch module ({type(e).__name__}: {e})", path=path) from e
     if not isinstance(obj, nn.Module):
         raise InputError(
             "is a state dict, not a module: give a Kipoi model directory (module_file + module_class) "

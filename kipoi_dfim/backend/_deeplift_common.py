@@ -1,0 +1,125 @@
+"""Framework-free parts of the DeepLIFT engines: the rule constants, input checks, pair batching and the
+summation-to-delta check.
+
+Both engines (``deeplift_torch`` and ``deeplift_keras``) import this module so that the numbers that
+define the rules (fallback thresholds, the conservation tolerance) exist once; see docs/deeplift.md.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+
+from kipoi_dfim.errors import InputError
+
+#: The Rescale rule falls back to the derivative at x where |x - r| is below this (absolute, both engines).
+RESCALE_EPS = 1e-6
+
+#: Summation-to-delta tolerance: |sum(m * (x - r)) - delta| <= CONSERVATION_RTOL * scale, where
+#: scale = max(|f(x)|, |f(r)|, CONSERVATION_FLOOR). See docs/deeplift.md for why this scale.
+CONSERVATION_RTOL = 1e-3
+CONSERVATION_FLOOR = 1e-2
+
+#: Elementwise nonlinearities with a Rescale rule, by canonical name. The same set in both engines.
+ELEMENTWISE = (
+    "relu",
+    "relu6",
+    "leaky_relu",
+    "elu",
+    "selu",
+    "sigmoid",
+    "hard_sigmoid",
+    "tanh",
+    "softplus",
+    "softsign",
+    "exp",
+)
+
+
+def check_inputs(x: np.ndarray, references: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and cast the engine inputs.
+
+    Parameters
+    ----------
+    x : np.ndarray
+        One-hot sequences (N, L, 4).
+    references : np.ndarray
+        References (N, R, L, 4), R references per sequence.
+    batch_size : int
+        Pairs per forward/backward pass; must be positive.
+
+    Returns
+    -------
+    x, references : np.ndarray
+        float32 copies (contiguous), so both frameworks see the same numbers.
+
+    Raises
+    ------
+    InputError
+        On a shape mismatch, naming both shapes.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    references = np.ascontiguousarray(references, dtype=np.float32)
+    if x.ndim != 3:
+        raise InputError(f"DeepLIFT: x must be (N, L, 4), got shape {x.shape}")
+    if references.ndim != 4 or references.shape[0] != x.shape[0] or references.shape[2:] != x.shape[1:]:
+        raise InputError(
+            f"DeepLIFT: references must be (N, R, L, 4) matching x {x.shape}, got shape {references.shape}"
+        )
+    if int(batch_size) < 1:
+        raise InputError(f"DeepLIFT: batch_size must be >= 1, got {batch_size}")
+    return x, references
+
+
+def pair_batches(n: int, r: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (sequence index, reference index) arrays covering all n * r pairs, batch_size at a time.
+
+    Pairs are enumerated sequence-major, so a batch may mix sequences; results do not depend on batch_size
+    because every pair is computed independently (the paired batch never mixes rows).
+    """
+    total = n * r
+    for start in range(0, total, batch_size):
+        flat = np.arange(start, min(start + batch_size, total))
+        yield flat // r, flat % r
+
+
+def conservation_violations(
+    multipliers: np.ndarray, x: np.ndarray, references: np.ndarray, f_x: np.ndarray, f_ref: np.ndarray
+) -> np.ndarray:
+    """Boolean (N, R) mask of pairs that break summation-to-delta.
+
+    A pair violates when |sum(m * (x - r)) - (f(x) - f(r))| > CONSERVATION_RTOL * max(|f(x)|, |f(r)|,
+    CONSERVATION_FLOOR). The scale is the size of the outputs rather than of their difference because float32
+    cancellation error grows with the outputs, not with delta; |delta| <= 2 * scale, so a rule that is off by
+    a fraction of delta is still caught unless delta is tiny compared with the outputs.
+
+    Parameters
+    ----------
+    multipliers : np.ndarray
+        (N, R, L, 4).
+    x : np.ndarray
+        (N, L, 4).
+    references : np.ndarray
+        (N, R, L, 4).
+    f_x, f_ref : np.ndarray
+        (N, R) scored outputs of x and of each reference.
+    """
+    total = np.sum(multipliers.astype(np.float64) * (x[:, None] - references), axis=(2, 3))
+    delta = f_x.astype(np.float64) - f_ref
+    scale = np.maximum(np.maximum(np.abs(f_x), np.abs(f_ref)), CONSERVATION_FLOOR)
+    return np.abs(total - delta) > CONSERVATION_RTOL * scale
+
+
+def warn_violations(violations: np.ndarray, engine: str) -> None:
+    """Emit ONE RuntimeWarning with the count of pairs that break summation-to-delta (none if all hold)."""
+    count = int(np.count_nonzero(violations))
+    if count:
+        warnings.warn(
+            f"DeepLIFT ({engine}): summation-to-delta fails (relative tolerance {CONSERVATION_RTOL:g}) for "
+            f"{count} of {violations.size} (sequence, reference) pairs; contributions of those pairs are not "
+            "exact (numerical precision or an op whose rule does not conserve).",
+            RuntimeWarning,
+            stacklevel=3,
+        )

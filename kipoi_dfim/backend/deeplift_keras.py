@@ -1,0 +1,488 @@
+"""DeepLIFT/DeepSHAP multipliers for Keras 3 (TensorFlow backend) models, with the rule set shared with
+``deeplift_torch``.
+
+Why an own engine rather than ``shap.DeepExplainer``: shap swaps TensorFlow's global gradient registry, runs
+one graph per explained sequence, and differentiates every op it has no handler for as if it were linear. Here
+the model's layer graph is walked (recursing into nested models): every layer is classified as linear,
+elementwise-nonlinear (Rescale rule), max-pooling (the shared max-pool rule) or unsupported
+(``UnsupportedModelError`` naming the layer), and the graph is re-run on the paired batch ``[x; ref]`` with
+``tf.custom_gradient`` ops at the nonlinearities, inside one ``tf.function`` per (model, input shape) that is
+cached, so repeated calls do not retrace. The rules are described in docs/deeplift.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kipoi_dfim.backend._deeplift_common import (
+    RESCALE_EPS,
+    check_inputs,
+    conservation_violations,
+    pair_batches,
+    warn_violations,
+)
+from kipoi_dfim.errors import InputError, UnsupportedModelError
+
+__all__ = ["deeplift_multipliers_keras", "window_max_tf"]
+
+_L = keras.layers
+_A = keras.activations
+
+_LINEAR_LAYERS: tuple[type, ...] = (
+    _L.InputLayer,
+    _L.Dense,
+    _L.Conv1D,
+    _L.Conv2D,
+    _L.Conv1DTranspose,
+    _L.Conv2DTranspose,
+    _L.SeparableConv1D,
+    _L.SeparableConv2D,
+    _L.DepthwiseConv1D,
+    _L.DepthwiseConv2D,
+    _L.BatchNormalization,
+    _L.Dropout,
+    _L.SpatialDropout1D,
+    _L.SpatialDropout2D,
+    _L.GaussianDropout,
+    _L.GaussianNoise,
+    _L.AlphaDropout,
+    _L.Flatten,
+    _L.Reshape,
+    _L.Permute,
+    _L.RepeatVector,
+    _L.AveragePooling1D,
+    _L.AveragePooling2D,
+    _L.GlobalAveragePooling1D,
+    _L.GlobalAveragePooling2D,
+    _L.Concatenate,
+    _L.Add,
+    _L.Subtract,
+    _L.Average,
+    _L.ZeroPadding1D,
+    _L.ZeroPadding2D,
+    _L.Cropping1D,
+    _L.Cropping2D,
+    _L.UpSampling1D,
+    _L.Identity,
+)
+
+_MAXPOOL_LAYERS: tuple[type, ...] = (
+    _L.MaxPooling1D,
+    _L.MaxPooling2D,
+    _L.GlobalMaxPooling1D,
+    _L.GlobalMaxPooling2D,
+)
+
+#: Keras activation functions with a Rescale rule (identity, so a custom function of the same name is
+#: not mistaken for a built-in). ``linear`` means "no activation".
+_ACTIVATIONS: dict[Any, str] = {
+    _A.linear: "linear",
+    _A.relu: "relu",
+    _A.relu6: "relu6",
+    _A.leaky_relu: "leaky_relu",
+    _A.elu: "elu",
+    _A.selu: "selu",
+    _A.sigmoid: "sigmoid",
+    _A.hard_sigmoid: "hard_sigmoid",
+    _A.tanh: "tanh",
+    _A.softplus: "softplus",
+    _A.softsign: "softsign",
+    _A.exponential: "exp",
+}
+
+#: keras.ops operations that appear as graph nodes when a functional model applies ops to KerasTensors.
+_LINEAR_OPS = {"Add", "Subtract", "Negative", "Reshape", "Transpose", "Squeeze", "ExpandDims", "Concatenate",
+               "GetItem", "Flatten", "Sum", "Mean"}
+_ELEMENTWISE_OPS = {"Relu": "relu", "Relu6": "relu6", "Sigmoid": "sigmoid", "Tanh": "tanh", "Exp": "exp",
+                    "Softplus": "softplus", "Softsign": "softsign", "Elu": "elu", "Selu": "selu",
+                    "LeakyRelu": "leaky_relu", "HardSigmoid": "hard_sigmoid"}
+
+_SUPPORTED = (
+    "supported are linear layers (Dense, Conv, BatchNormalization, Dropout, Flatten, Reshape, Permute, "
+    "AveragePooling, Concatenate, Add, ...), the activations relu, relu6, leaky_relu, elu, selu, sigmoid, "
+    "hard_sigmoid, tanh, softplus, softsign, exponential, and max-pooling (see docs/deeplift.md)"
+)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The two rules as custom-gradient ops on the paired batch [x; ref].
+# --------------------------------------------------------------------------------------------------------
+
+
+def rescale_multiplier_tf(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, r: tf.Tensor) -> tf.Tensor:
+    """Rescale multiplier (fn(x) - fn(r)) / (x - r), derivative at x where |x - r| < RESCALE_EPS.
+
+    The same definition as ``deeplift_torch.rescale_multiplier_torch``; computed in float64 by the callers
+    so that both engines agree although their float32 activations differ in the last bits.
+    """
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        fx_ = fn(x)
+    derivative = tape.gradient(fx_, x)
+    if derivative is None:  # fn constant
+        derivative = tf.zeros_like(x)
+    delta = x - r
+    small = tf.abs(delta) < RESCALE_EPS
+    secant = (fx_ - fn(r)) / tf.where(small, tf.ones_like(delta), delta)
+    return tf.where(small, derivative, secant)
+
+
+def _rescale_op(fn: Callable[[tf.Tensor], tf.Tensor]) -> Callable[[tf.Tensor], tf.Tensor]:
+    """fn on the paired batch, with the Rescale rule as its gradient (x-half multipliers, duplicated)."""
+
+    @tf.custom_gradient
+    def op(z: tf.Tensor) -> Any:
+        def grad(g: tf.Tensor) -> tf.Tensor:
+            half = tf.shape(z)[0] // 2
+            x = tf.cast(z[:half], tf.float64)
+            r = tf.cast(z[half:], tf.float64)
+            h = g[:half] * tf.cast(rescale_multiplier_tf(fn, x, r), g.dtype)
+            return tf.concat([h, h], 0)
+
+        return fn(z), grad
+
+    return op
+
+
+def maxpool_multiplier_tf(
+    window_max: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, r: tf.Tensor, grad: tf.Tensor
+) -> tf.Tensor:
+    """Upstream multipliers pushed through a max-pool by the shared rule (see the torch twin).
+
+    With c = max(y_x, y_r) per window, (c - y_r) goes to the argmax of x and (y_x - c) to the argmax of the
+    reference (ties split evenly by reduce_max's gradient); each input's total is divided by its x - r, and
+    where x == r the gradient at x is used.
+    """
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, r])
+        yx = window_max(x)
+        yr = window_max(r)
+    cross = tf.maximum(yx, yr)
+    routed_x = tape.gradient(yx, x, output_gradients=grad * (cross - yr))
+    gradient_x = tape.gradient(yx, x, output_gradients=grad)
+    routed_r = tape.gradient(yr, r, output_gradients=grad * (yx - cross))
+    del tape
+    delta = x - r
+    zero = tf.equal(delta, 0.0)
+    ratio = (routed_x + routed_r) / tf.where(zero, tf.ones_like(delta), delta)
+    return tf.where(zero, gradient_x, ratio)
+
+
+def _maxpool_op(
+    forward_fn: Callable[[tf.Tensor], tf.Tensor], window_max: Callable[[tf.Tensor], tf.Tensor]
+) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The model's pooling on the paired batch, with the shared max-pool rule as its gradient."""
+
+    @tf.custom_gradient
+    def op(z: tf.Tensor) -> Any:
+        def grad(g: tf.Tensor) -> tf.Tensor:
+            half = tf.shape(z)[0] // 2
+            m = maxpool_multiplier_tf(
+                window_max,
+                tf.cast(z[:half], tf.float64),
+                tf.cast(z[half:], tf.float64),
+                tf.cast(g[:half], tf.float64),
+            )
+            m = tf.cast(m, g.dtype)
+            return tf.concat([m, m], 0)
+
+        return forward_fn(z), grad
+
+    return op
+
+
+# --------------------------------------------------------------------------------------------------------
+# Pooling as an explicit max over windows (the twin of deeplift_torch.window_max_torch).
+# --------------------------------------------------------------------------------------------------------
+
+
+def window_max_tf(
+    z: tf.Tensor, pool_size: tuple[int, ...], strides: tuple[int, ...], padding: str, axes: tuple[int, ...]
+) -> tf.Tensor:
+    """Keras max-pooling over ``axes`` as reduce_max over explicit windows (tf.signal.frame).
+
+    Padding "same" pads with -inf (TensorFlow's convention: the extra element goes to the end).
+    reduce_max's gradient splits ties evenly, like torch's amax, which keeps tie routing identical
+    between the engines.
+    """
+    frame_axes = []
+    for i in sorted(range(len(axes)), key=lambda j: -axes[j]):  # last axis first: earlier indices stay put
+        axis, k, s = axes[i], pool_size[i], strides[i]
+        length = z.shape[axis]
+        if length is None:
+            raise UnsupportedModelError("DeepLIFT: max-pooling needs a fixed input length")
+        if padding == "same":
+            out = math.ceil(length / s)
+            total = max((out - 1) * s + k - length, 0)
+            pads = [[0, 0]] * z.shape.rank
+            pads[axis] = [total // 2, total - total // 2]
+            z = tf.pad(z, pads, constant_values=-np.inf)
+        else:
+            out = (length - k) // s + 1
+        z = tf.signal.frame(z, k, s, axis=axis)
+        begin = [0] * z.shape.rank
+        size = [-1] * z.shape.rank
+        size[axis] = out
+        z = tf.slice(z, begin, size)
+        frame_axes.append(axis)
+    # axis a_i (ascending order i) ended up split at a_i + i, its window dimension at a_i + i + 1.
+    window_dims = [a + i + 1 for i, a in enumerate(sorted(axes))]
+    return tf.reduce_max(z, axis=window_dims)
+
+
+def _window_max_for(layer: keras.layers.Layer) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The window-max re-expression of a Keras max-pooling layer."""
+    channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
+    if isinstance(layer, (_L.GlobalMaxPooling1D, _L.GlobalMaxPooling2D)):
+        nd = 1 if isinstance(layer, _L.GlobalMaxPooling1D) else 2
+        axes = tuple(range(2, 2 + nd)) if channels_first else tuple(range(1, 1 + nd))
+        keepdims = bool(getattr(layer, "keepdims", False))
+        return lambda t: tf.reduce_max(t, axis=axes, keepdims=keepdims)
+    nd = 1 if isinstance(layer, _L.MaxPooling1D) else 2
+    axes = tuple(range(2, 2 + nd)) if channels_first else tuple(range(1, 1 + nd))
+    pool = tuple(int(v) for v in layer.pool_size)
+    strides = tuple(int(v) for v in (layer.strides or layer.pool_size))
+    padding = str(layer.padding).lower()
+    return lambda t: window_max_tf(t, pool, strides, padding, axes)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Classification of layers and the re-run of the graph.
+# --------------------------------------------------------------------------------------------------------
+
+
+def _name(op: Any) -> str:
+    return f"layer '{getattr(op, 'name', '?')}' ({type(op).__name__})"
+
+
+def _activation_fn(layer: Any) -> tuple[str, Callable[[tf.Tensor], tf.Tensor]]:
+    """(canonical name, function) of the elementwise nonlinearity a layer applies; raises if unsupported."""
+    if isinstance(layer, _L.ReLU):
+        kw = dict(negative_slope=layer.negative_slope, max_value=layer.max_value, threshold=layer.threshold)
+        return "relu", lambda t: _A.relu(t, **kw)
+    if isinstance(layer, _L.LeakyReLU):
+        slope = layer.negative_slope
+        return "leaky_relu", lambda t: _A.leaky_relu(t, negative_slope=slope)
+    if isinstance(layer, _L.ELU):
+        alpha = layer.alpha
+        return "elu", lambda t: _A.elu(t, alpha=alpha)
+    if isinstance(layer, keras.Operation) and not isinstance(layer, keras.layers.Layer):
+        kind = _ELEMENTWISE_OPS.get(type(layer).__name__)
+        if kind is None:
+            raise UnsupportedModelError(f"DeepLIFT: op {_name(layer)} has no DeepLIFT rule; {_SUPPORTED}")
+        return kind, lambda t: layer(t)
+    act = getattr(layer, "activation", None)
+    if act is None:
+        return "linear", _A.linear
+    try:
+        kind = _ACTIVATIONS.get(act)
+    except TypeError:  # unhashable callable object
+        kind = None
+    if kind is None:
+        label = getattr(act, "__name__", type(act).__name__)
+        raise UnsupportedModelError(
+            f"DeepLIFT: {_name(layer)} uses activation '{label}', which has no DeepLIFT rule; {_SUPPORTED}"
+        )
+    return kind, act
+
+
+def _kind(op: Any) -> str:
+    """"model", "linear", "activation" (linear part + elementwise), "rescale", "maxpool"; raises otherwise."""
+    if isinstance(op, keras.Model):
+        return "model"
+    if isinstance(op, _MAXPOOL_LAYERS):
+        return "maxpool"
+    if isinstance(op, (_L.Activation, _L.ReLU, _L.LeakyReLU, _L.ELU)):
+        _activation_fn(op)
+        return "rescale"
+    if isinstance(op, _LINEAR_LAYERS):
+        if hasattr(op, "activation"):
+            return "linear" if _activation_fn(op)[0] == "linear" else "activation"
+        return "linear"
+    if isinstance(op, keras.Operation) and not isinstance(op, keras.layers.Layer):
+        name = type(op).__name__
+        if name in _LINEAR_OPS:
+            return "linear"
+        if name in _ELEMENTWISE_OPS:
+            return "rescale"
+        raise UnsupportedModelError(f"DeepLIFT: op {_name(op)} has no DeepLIFT rule; {_SUPPORTED}")
+    raise UnsupportedModelError(f"DeepLIFT: {_name(op)} has no DeepLIFT rule; {_SUPPORTED}")
+
+
+def _operations(model: keras.Model) -> list[Any]:
+    """The layers/ops of a Sequential or Functional model, in order."""
+    if isinstance(model, keras.Sequential):
+        return list(model.layers)
+    ops = getattr(model, "operations", None)
+    if ops is None or not hasattr(model, "_run_through_graph"):
+        raise UnsupportedModelError(
+            f"DeepLIFT: {_name(model)} is a subclassed Keras model; its call() cannot be inspected. "
+            "Build it with the Sequential or functional API."
+        )
+    return list(ops)
+
+
+def validate_keras_model(model: keras.Model) -> None:
+    """Raise UnsupportedModelError naming the first layer/op (recursively) without a DeepLIFT rule.
+
+    Max-pooling layers whose input shape is known are also probed: the window-max re-expression used by the
+    rule must reproduce the layer's output exactly, or the configuration is rejected.
+    """
+    for op in _operations(model):
+        kind = _kind(op)
+        if kind == "model":
+            validate_keras_model(op)
+        elif kind == "maxpool":
+            _probe_pool(op)
+
+
+def _probe_pool(layer: keras.layers.Layer) -> None:
+    try:
+        shape = tuple(layer.input.shape)
+    except (AttributeError, ValueError):
+        return
+    if any(s is None for s in shape[1:]):
+        return
+    rng = np.random.default_rng(0)
+    z = tf.constant(np.round(rng.normal(size=(2, *shape[1:])), 1), dtype=tf.float32)  # rounding -> ties
+    if not np.array_equal(layer(z).numpy(), _window_max_for(layer)(z).numpy()):
+        raise UnsupportedModelError(f"DeepLIFT: max-pooling {_name(layer)}: this configuration is not supported")
+
+
+@contextlib.contextmanager
+def _linear_activation(layer: keras.layers.Layer) -> Iterator[None]:
+    """Temporarily drop a layer's activation so its linear part can be called on its own."""
+    saved = layer.activation
+    layer.activation = _A.linear
+    try:
+        yield
+    finally:
+        layer.activation = saved
+
+
+def _call(op: Any, args: tuple, kwargs: dict) -> Any:
+    """Run one layer/op on the paired batch with its DeepLIFT rule."""
+    kind = _kind(op)
+    if kind == "model":
+        return _run(op, args[0])
+    if isinstance(op, keras.layers.Layer) and getattr(op, "_call_has_training_arg", False):
+        kwargs = {**kwargs, "training": False}
+    if kind == "linear":
+        return op(*args, **kwargs)
+    if kind == "activation":
+        with _linear_activation(op):
+            pre = op(*args, **kwargs)
+        return _rescale_op(_activation_fn(op)[1])(pre)
+    if kind == "rescale":
+        return _rescale_op(_activation_fn(op)[1])(args[0])
+    return _maxpool_op(lambda t: op(t), _window_max_for(op))(args[0])
+
+
+def _run(model: keras.Model, h: tf.Tensor) -> Any:
+    """Re-run a (possibly nested) model's graph on h with DeepLIFT rules at every nonlinear layer."""
+    if isinstance(model, keras.Sequential):
+        for layer in model.layers:
+            h = _call(layer, (h,), {})
+        return h
+    out = model._run_through_graph([h], operation_fn=lambda op: (lambda *a, **k: _call(op, a, k)))
+    while isinstance(out, (list, tuple)) and len(out) == 1:
+        out = out[0]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Cached tf.function per (model, input shape).
+# --------------------------------------------------------------------------------------------------------
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _engine(model: keras.Model, shape: tuple[int, ...]) -> tuple[Callable, int]:
+    """(tf.function(x, r, target) -> (m, f_x, f_r), number of outputs) for this model and input shape.
+
+    The function closes over a weak reference to the model so the cache does not keep models alive.
+    """
+    entry = _CACHE.setdefault(model, {})
+    if shape in entry:
+        return entry[shape]
+    validate_keras_model(model)
+    probe = model(np.zeros((1, *shape), dtype=np.float32), training=False)
+    if isinstance(probe, (list, tuple)) or probe.shape.rank < 2 or any(s != 1 for s in probe.shape[2:]):
+        raise UnsupportedModelError(
+            f"DeepLIFT: the model must return one (B, T) tensor, got {getattr(probe, 'shape', type(probe))}"
+        )
+    n_out = int(probe.shape[1])
+    ref = weakref.ref(model)
+    spec = tf.TensorSpec((None, *shape), tf.float32)
+
+    @tf.function(input_signature=[spec, spec, tf.TensorSpec((), tf.int32)], autograph=False)
+    def run(x: tf.Tensor, r: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        half = tf.shape(x)[0]
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = _run(ref(), tf.concat([x, r], 0))
+            y = tf.reshape(y, [tf.shape(y)[0], -1])
+            scored = tf.gather(y, target, axis=1)
+            total = tf.reduce_sum(scored[:half])
+        return tape.gradient(total, x), scored[:half], scored[half:]
+
+    entry[shape] = (run, n_out)
+    return entry[shape]
+
+
+def deeplift_multipliers_keras(
+    model: keras.Model, x: np.ndarray, references: np.ndarray, target: int, batch_size: int = 64
+) -> np.ndarray:
+    """DeepLIFT multipliers of output ``target`` for every (sequence, reference) pair (Keras 3, TF backend).
+
+    Same contract and rules as ``deeplift_torch.deeplift_multipliers_torch``: contribution of pair (i, r) is
+    ``m[i, r] * (x[i] - references[i, r])``, summing over (L, 4) to ``f(x_i)[target] - f(ref_ir)[target]``;
+    one RuntimeWarning counts the pairs that miss the tolerance in docs/deeplift.md.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Sequential or functional Keras 3 model mapping (B, L, 4) to (B, T) scored outputs (logits). Nested
+        models are walked. Subclassed models and layers without a rule raise.
+    x : np.ndarray
+        One-hot sequences (N, L, 4), ACGT.
+    references : np.ndarray
+        References (N, R, L, 4).
+    target : int
+        Output column to explain.
+    batch_size : int
+        Pairs per pass (the model sees 2 * batch_size rows). Results do not depend on it.
+
+    Returns
+    -------
+    np.ndarray
+        float32 multipliers (N, R, L, 4).
+
+    Raises
+    ------
+    UnsupportedModelError
+        If a layer or op has no rule; the message names it.
+    """
+    x, references = check_inputs(x, references, batch_size)
+    n, r = references.shape[:2]
+    run, n_out = _engine(model, tuple(x.shape[1:]))
+    target = int(target)
+    if not 0 <= target < n_out:
+        raise InputError(f"DeepLIFT: target {target} out of range for {n_out} model outputs")
+    out = np.zeros(references.shape, dtype=np.float32)
+    f_x = np.zeros((n, r), dtype=np.float64)
+    f_ref = np.zeros((n, r), dtype=np.float64)
+    for seq, ref in pair_batches(n, r, int(batch_size)):
+        m, yx, yr = run(tf.constant(x[seq]), tf.constant(references[seq, ref]), tf.constant(target, tf.int32))
+        out[seq, ref] = m.numpy()
+        f_x[seq, ref], f_ref[seq, ref] = yx.numpy(), yr.numpy()
+    warn_violations(conservation_violations(out, x, references, f_x, f_ref), "Keras")
+    return out
