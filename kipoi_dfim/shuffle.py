@@ -140,24 +140,17 @@ def dinucleotide_shuffle(
     if n < 0:
         raise InputError(f"n (number of shuffles) must be >= 0, got {n}")
     if isinstance(x, str):
-        return _shuffle_strings([x], n, sequence_rngs(seed, 1) if _is_seed_list(seed) else sequence_rngs(seed, 1))[0]
+        return _shuffle_strings([x], n, sequence_rngs(seed, 1))[0]
     if isinstance(x, list | tuple) and (len(x) == 0 or isinstance(x[0], str)):
         return _shuffle_strings(list(x), n, sequence_rngs(seed, len(x)))
     x = np.asarray(x)
     single = x.ndim == 2
     xb = x[None] if single else x
     codes = _codes_from_one_hot(xb)
-    rngs = sequence_rngs(_one_seed(seed) if single else seed, codes.shape[0])
+    rngs = sequence_rngs(seed, codes.shape[0])
     shuffled = shuffle_codes(codes, n, rngs)
     out = (shuffled[..., None] == np.arange(4, dtype=np.int8)).astype(x.dtype)
     return out[0] if single else out
-
-
-def _one_seed(seed):
-    """For a single sequence, accept either a seed or a length-1 list of seeds."""
-    if isinstance(seed, list | tuple | np.ndarray) and len(seed) == 1:
-        return seed
-    return seed
 
 
 def _codes_from_one_hot(x: np.ndarray) -> np.ndarray:
@@ -284,20 +277,24 @@ def _shuffle_rows(seq: np.ndarray, m: np.ndarray, keys: np.ndarray, tree_u: np.n
         j = hit.argmax(1)
         has = hit[rows, j]
         ekey[rows[has], j[has]] = 2.0 * v + 1.5
-    perm = np.argsort(ekey, axis=1, kind="stable")
-    dst_sorted = np.take_along_axis(dst, perm, axis=1)
+    perm = np.argsort(ekey, axis=1)  # keys are distinct with probability 1: no need for a stable sort
+    dst_sorted = np.take_along_axis(dst, perm, axis=1).astype(np.int8).ravel()
+    # Pointer to the next unused out-edge of each letter, as flat indices into dst_sorted.
     ptr = np.zeros((R, 4), dtype=np.int64)
     ptr[:, 1:] = np.cumsum(outdeg, axis=1)[:, :-1].astype(np.int64)
+    ptr = (ptr + (rows * (M - 1))[:, None]).ravel()
+    last = len(dst_sorted) - 1
 
     walk = np.empty((R, M), dtype=np.int8)
     walk[:, 0] = first
     cur = first
     steps = m - 1
+    slot = rows * 4
     for t in range(M - 1):
-        p = ptr[rows, cur]
-        nxt = dst_sorted[rows, np.minimum(p, M - 2)]
+        k = slot + cur
+        p = ptr[k]
         active = t < steps
-        ptr[rows, cur] += active
-        cur = np.where(active, nxt, cur)
+        cur = np.where(active, dst_sorted[np.minimum(p, last)], cur).astype(np.int64)
+        ptr[k] = p + active
         walk[:, t + 1] = cur
     return walk
