@@ -19,6 +19,7 @@ import os
 import shlex
 import sys
 import tempfile
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -221,10 +222,23 @@ class _MapsWriter:
             ds[self.n : self.n + m] = np.asarray(vals) if ds.dtype.kind != "O" else np.asarray(vals, dtype=object)
         self.n += m
 
-    def finish(self, pval: np.ndarray, qval: np.ndarray, fis_pval: np.ndarray) -> None:
+    def finish(self, pval: np.ndarray, qval: np.ndarray, tslot: np.ndarray, moments) -> None:
+        """Write the file-wide statistics; per-base p-values from the pooled per-target null of FIS."""
+        from scipy.stats import norm
+
         self.h5.create_dataset("pval", data=np.asarray(pval, np.float32))
         self.h5.create_dataset("qval", data=np.asarray(qval, np.float32))
-        self.h5.create_dataset("fis_pval", data=np.asarray(fis_pval, np.float32))
+        fp = self.h5.create_dataset("fis_pval", shape=(self.n, self.D), dtype=np.float32, fillvalue=np.nan)
+        if moments is not None:
+            step = 4096
+            for a in range(0, self.n, step):
+                F = self.h5["fis"][a : a + step]
+                P = np.full(F.shape, np.nan, np.float32)
+                for t, (mu, sd) in enumerate(moments):
+                    sel = tslot[a : a + step] == t
+                    if sd > 0 and sel.any():
+                        P[sel] = 2 * norm.sf(np.abs(F[sel] - mu) / sd)
+                fp[a : a + step] = P
         self.h5.close()
         os.replace(self.tmp, self.path)
 
@@ -338,16 +352,16 @@ def score_variants(
     workdir = tempfile.mkdtemp(prefix="kipoi_dfim_")
     partial = os.path.join(workdir, "partial.tsv")
     acc = _NullAccumulator(len(tidx)) if null_shuffles > 0 else None
-    row_target: list[int] = []  # target slot of each row (for pooling the null per target)
-    row_max_abs: list[float] = []
-    row_fis_maps: list[tuple[int, int]] = []  # (row, maps row)
+    # compact per-row state for the file-wide statistics (8-12 bytes a row)
+    row_target = array("i")  # target slot of each row (the null is pooled per target)
+    row_max_abs = array("d")
+    maps_rows_idx = array("q")  # TSV row of each maps row
     maps_writer = None
     if maps:
         maps_writer = _MapsWriter(
             maps, cfg.flank, {"window": window, "flank": cfg.flank, "method": method, "model": str(model),
                               "targets": tnames, "seed": seed, "n_refs": n_refs, "null_shuffles": null_shuffles,
                               "version": _version()}, all_alts)
-    maps_fis: list[np.ndarray] = []
     total = _count_records(str(vcf))
     from tqdm.auto import tqdm
 
@@ -362,46 +376,35 @@ def score_variants(
                 if wanted is not None:
                     chunk = [v for v in chunk if v.variant_id in wanted]
                     seen_ids.update(v.variant_id for v in chunk)
-                rows, maps_rows, fis_tracks = _score_chunk(m, chunk, fa, tidx, tnames, cfg, acc)
+                rows, maps_rows, _ = _score_chunk(m, chunk, fa, tidx, tnames, cfg, acc)
                 for r, mr in zip(rows, maps_rows, strict=True):
                     row_target.append(r.pop("_tslot"))
                     row_max_abs.append(r.get("max_abs_fis", np.nan))
                     if mr is not None:
                         mr["tsv_row"] = n_rows
-                        row_fis_maps.append((n_rows, len(row_fis_maps)))
+                        maps_rows_idx.append(n_rows)
                     w.writerow([fmt(r.get(c)) for c in ALL_COLUMNS])
                     n_rows += 1
                 if maps_writer is not None:
                     ok_maps = [mr for mr in maps_rows if mr is not None]
                     if ok_maps:
                         maps_writer.append({k: [mr[k] for mr in ok_maps] for k in ok_maps[0]})
-                        maps_fis.extend(fis_tracks)
                 bar.update(len({v.record_index for v in chunk}) if wanted is None else 0)
         bar.close()
         if wanted is not None and not seen_ids:
             raise InputError(f"none of the variant IDs {sorted(wanted)[:5]} is in the VCF", path=str(vcf))
 
         # file-wide statistics
-        pval, pemp, qval = _pvalues(np.array(row_max_abs, np.float64), np.array(row_target), acc, len(tidx))
+        row_target_np = np.frombuffer(row_target, dtype=np.int32) if len(row_target) else np.zeros(0, np.int32)
+        pval, pemp, qval = _pvalues(np.array(row_max_abs, np.float64), row_target_np, acc, len(tidx))
         _finish_tsv(partial, tsv, pval, pemp, qval)
         if out:
             write_vcf(str(vcf), out, _rows_by_record(tsv or partial), tnames, window, method, acc is not None,
                       command=command)
         if maps_writer is not None:
-            rows_idx = np.array([r for r, _ in row_fis_maps], dtype=np.int64)
-            fis_p = np.full((len(rows_idx), 2 * cfg.flank + 1), np.nan, np.float32)
-            if acc is not None and len(rows_idx):
-                from scipy.stats import norm
-
-                tr = np.array(row_target)[rows_idx]
-                F = np.stack(maps_fis)
-                for t in range(len(tidx)):
-                    mu, sd = acc.per_base_moments(t)
-                    sel = tr == t
-                    if sd > 0:
-                        fis_p[sel] = 2 * norm.sf(np.abs(F[sel] - mu) / sd)
-            maps_writer.finish(pval[rows_idx] if len(rows_idx) else [], qval[rows_idx] if len(rows_idx) else [],
-                               fis_p)
+            rows_idx = np.array(maps_rows_idx, dtype=np.int64)
+            moments = [acc.per_base_moments(t) for t in range(len(tidx))] if acc is not None else None
+            maps_writer.finish(pval[rows_idx], qval[rows_idx], row_target_np[rows_idx], moments)
             maps_writer = None
         if return_table:
             import pandas as pd

@@ -203,3 +203,16 @@ def test_tsv_written_atomically_on_failure(case, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["t.tsv"]
     with open(case["dir"] / "in.vcf") as fh:
         assert sum(1 for _ in csv.reader(fh)) > 0
+
+
+def test_bgzipped_vcf_input_and_missing_fai(case, tmp_path):
+    d = case["dir"]
+    gz = tmp_path / "in.vcf.gz"
+    pysam.tabix_compress(str(d / "in.vcf"), str(gz))
+    fa = tmp_path / "ref.fa"
+    fa.write_text((d / "ref.fa").read_text())  # no .fai: it is built
+    m = kipoi_dfim.load_model(case["model"], seq_len=L, layout="(4,L)")
+    a = kipoi_dfim.score_variants(m, str(gz), str(fa), method="grad_input", quiet=True)
+    b = _score(case)
+    pd.testing.assert_frame_equal(a, b)
+    assert os.path.exists(str(fa) + ".fai")
