@@ -1,0 +1,794 @@
+"""Figures of variant interactions: the paper's Figs. 4-5 (tracks + DFIM heatmap) and Fig. 8 (aggregated map).
+
+Everything here takes numpy arrays and returns a :class:`matplotlib.figure.Figure` built without pyplot (the
+Agg canvas), so drawing works headless, in a loop over thousands of variants without leaking pyplot state,
+and inside the HTML report. ``kipoi-dfim plot`` (:func:`run`) draws one variant from a ``score-variants --maps``
+HDF5 file (layout in docs/architecture.md) or scores that single variant first and then draws it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+
+from kipoi_dfim.errors import InputError
+from kipoi_dfim.sequence import ALPHABET
+
+log = logging.getLogger(__name__)
+
+#: gid of the shaded column marking the variant on every track (tests and users can find it by gid)
+VARIANT_GID = "variant"
+#: datasets a maps file must hold for :func:`plot_variant`
+REQUIRED_DATASETS = (
+    "variant_id", "chrom", "pos", "ref", "alt", "target", "tsv_row", "offsets",
+    "seq_ref", "seq_alt", "imp_ref", "imp_alt", "fis", "fis_pval", "max_abs_fis", "pval", "qval",
+)  # fmt: skip
+_INDEX_COLUMNS = ("variant_id", "chrom", "pos", "ref", "alt", "target", "tsv_row", "max_abs_fis", "pval", "qval")
+_FIGURE_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
+_VARIANT_COLOR = "#f2c14e"
+
+
+# ----------------------------------------------------------------------------------------------- labels
+def position_base_labels(offsets: Sequence[int], bases: str = ALPHABET) -> list[str]:
+    """Labels ``"A@-3"`` for every (position, base) pair, position-major, matching a (D, 4) array raveled.
+
+    Why: DFIM rows/columns are (base, position) pairs; naming them base@offset keeps the heatmap readable
+    and is the order ``array.reshape(D * 4)`` produces.
+    """
+    return [f"{b}@{int(o):+d}" if o else f"{b}@0" for o in offsets for b in bases]
+
+
+def observed_base_labels(offsets: Sequence[int], seq: np.ndarray) -> list[str]:
+    """``"A@-3"`` labels naming the observed base of a one-hot window (D, 4) at each offset ('N' if none)."""
+    seq = np.asarray(seq)
+    letters = np.array(list(ALPHABET + "N"))
+    idx = np.where(seq.sum(-1) > 0, seq.argmax(-1), 4)
+    return [f"{letters[i]}@{int(o):+d}" if o else f"{letters[i]}@0" for i, o in zip(idx, offsets, strict=True)]
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _new_figure(figsize: tuple[float, float]) -> Figure:
+    fig = Figure(figsize=figsize, layout=None)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _default_offsets(d: int) -> np.ndarray:
+    return np.arange(d) - d // 2
+
+
+def _as_track(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != 4:
+        raise InputError(f"{name} must be an array (D, 4) of per-base values in ACGT order, got shape {x.shape}")
+    return x
+
+
+def _letters(values: np.ndarray, offsets: np.ndarray) -> pd.DataFrame:
+    """(D, 4) values -> the DataFrame logomaker draws (index = bp offsets, NaN drawn as nothing)."""
+    return pd.DataFrame(np.nan_to_num(values, nan=0.0), columns=list(ALPHABET), index=np.asarray(offsets, int))
+
+
+def _draw_logo(ax: Axes, values: np.ndarray, offsets: np.ndarray) -> Any:
+    import logomaker  # imported here: it pulls pyplot, which `kipoi-dfim --help` should not pay for
+
+    with warnings.catch_warnings():  # an all-zero track (no significant FIS) makes logomaker warn about ylim
+        warnings.filterwarnings("ignore", message="Attempting to set identical low and high ylims")
+        logo = logomaker.Logo(_letters(values, offsets), ax=ax, color_scheme="classic", baseline_width=0.6)
+    logo.style_spines(visible=False)
+    logo.style_spines(spines=["left", "bottom"], visible=True)
+    return logo
+
+
+def mark_variant(ax: Axes, variant_offset: float = 0, label: str | None = None, width: int = 1) -> None:
+    """Shade the variant's column(s) (gid :data:`VARIANT_GID`) and optionally write ``ref>alt`` above it."""
+    ax.axvspan(variant_offset - 0.5, variant_offset + width - 0.5, color=_VARIANT_COLOR, alpha=0.35, zorder=-5,
+               lw=0, gid=VARIANT_GID)  # fmt: skip
+    if label:
+        ax.text(variant_offset + (width - 1) / 2, 1.02, label, transform=ax.get_xaxis_transform(), ha="center",
+                va="bottom", fontsize=9, fontweight="bold", color="#8a5a00", gid="variant_label")  # fmt: skip
+
+
+def _symmetric_ylim(axes: Sequence[Axes], tracks: Sequence[np.ndarray]) -> None:
+    """Same y range on tracks that are compared by eye (ref vs alt; FIS vs significant FIS)."""
+    lo = min(0.0, *(float(np.nanmin(np.nan_to_num(t, nan=0.0).clip(max=0).sum(1))) for t in tracks))
+    hi = max(0.0, *(float(np.nanmax(np.nan_to_num(t, nan=0.0).clip(min=0).sum(1))) for t in tracks))
+    if hi - lo <= 0:
+        lo, hi = -1.0, 1.0
+    pad = 0.08 * (hi - lo)
+    for ax in axes:
+        ax.set_ylim(lo - pad if lo < 0 else lo, hi + pad)
+
+
+def fis_letters(
+    fis: np.ndarray | None,
+    imp_ref: np.ndarray,
+    imp_alt: np.ndarray,
+    seq: np.ndarray | None = None,
+    variant_index: int | None = None,
+) -> np.ndarray:
+    """Per-base FIS letters (D, 4): imp_ref - imp_alt, or a per-position FIS placed on the observed base.
+
+    Why: away from the variant both sequences carry the same base, so imp_ref - imp_alt is non-zero only at
+    that base and its row sum is the per-position FIS; drawing it as a letter shows *which* base interacts.
+    At the variant itself the two sequences differ and the difference is not an interaction: it is zeroed.
+    """
+    if fis is None:
+        letters = imp_ref - imp_alt
+    else:
+        fis = np.asarray(fis, dtype=np.float64)
+        if fis.ndim == 2:
+            letters = _as_track(fis, "fis").copy()
+        else:
+            if seq is None:
+                seq = np.eye(4)[np.argmax(np.abs(imp_ref) + np.abs(imp_alt), axis=1)]
+            seq = _as_track(seq, "seq")
+            if fis.shape != (seq.shape[0],):
+                raise InputError(f"fis must have shape (D,) = ({seq.shape[0]},) or (D, 4), got {fis.shape}")
+            letters = np.nan_to_num(fis, nan=0.0)[:, None] * (seq > 0)
+    letters = np.nan_to_num(np.asarray(letters, dtype=np.float64), nan=0.0)
+    if variant_index is not None:
+        letters[variant_index] = 0.0
+    return letters
+
+
+def significant_mask(
+    d: int, fis_significant: np.ndarray | None = None, pvalues: np.ndarray | None = None, alpha: float = 0.05
+) -> np.ndarray | None:
+    """Boolean (D,) of significant positions: the given mask, or p < alpha (NaN p-values are not significant).
+
+    Returns None when neither is given (no shuffled null was run), so the caller can say so on the figure.
+    """
+    if fis_significant is not None:
+        mask = np.asarray(fis_significant, dtype=bool)
+    elif pvalues is not None:
+        p = np.asarray(pvalues, dtype=np.float64)
+        mask = np.zeros(p.shape, dtype=bool)
+        np.less(p, alpha, out=mask, where=np.isfinite(p))
+        if not np.isfinite(p).any():
+            return None
+    else:
+        return None
+    if mask.shape != (d,):
+        raise InputError(f"significance mask/p-values must have shape ({d},), got {mask.shape}")
+    return mask
+
+
+# ----------------------------------------------------------------------------------------------- tracks
+def plot_delta_tracks(
+    imp_ref: np.ndarray,
+    imp_alt: np.ndarray,
+    fis: np.ndarray | None = None,
+    offsets: Sequence[int] | None = None,
+    fis_significant: np.ndarray | None = None,
+    pvalues: np.ndarray | None = None,
+    alpha: float = 0.05,
+    variant_offset: int = 0,
+    variant_width: int = 1,
+    ref: str | None = None,
+    alt: str | None = None,
+    seq: np.ndarray | None = None,
+    title: str | None = None,
+    fig: Figure | None = None,
+    axes: Sequence[Axes] | None = None,
+) -> Figure:
+    """Draw the four tracks of the paper's Figs. 4-5: C_X, C_X', FIS and the significant FIS only.
+
+    Parameters
+    ----------
+    imp_ref, imp_alt : array (D, 4)
+        Importance of the observed bases of the reference and the alternate window (zero elsewhere).
+    fis : array (D,) or (D, 4), optional
+        FIS per position (placed on the observed base of ``seq``) or per base; default ``imp_ref - imp_alt``.
+        Drawn as a letter logo: which base the variant talks to, and with which sign.
+    offsets : sequence of int, optional
+        bp relative to the variant for each of the D positions (default centred: ``arange(D) - D // 2``).
+    fis_significant : bool array (D,), optional
+        Positions to keep on the fourth track; else ``pvalues < alpha``; with neither the track says that
+        no shuffled null was computed (an empty track would look like "nothing is significant").
+    variant_offset : int
+        Offset of the variant, shaded on every track and labelled ``ref>alt``.
+    variant_width : int
+        Bases substituted (len(REF) of an MNV); their FIS is not drawn (not an interaction).
+    ref, alt : str, optional
+        Alleles for the label.
+    seq : array (D, 4), optional
+        One-hot reference window; places a (D,) ``fis`` on the observed base.
+    title : str, optional
+        Figure title.
+    fig, axes : optional
+        Draw into 4 given axes, or into a (new, empty) figure; default a new 12 x 7 in figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Four axes sharing the x axis (bp relative to the variant).
+    """
+    imp_ref = _as_track(imp_ref, "imp_ref")
+    imp_alt = _as_track(imp_alt, "imp_alt")
+    if imp_ref.shape != imp_alt.shape:
+        raise InputError(f"imp_ref {imp_ref.shape} and imp_alt {imp_alt.shape} must have the same shape")
+    d = imp_ref.shape[0]
+    offsets = _default_offsets(d) if offsets is None else np.asarray(offsets, dtype=int)
+    if offsets.shape != (d,):
+        raise InputError(f"offsets must have shape ({d},), got {offsets.shape}")
+    letters = fis_letters(fis, imp_ref, imp_alt, seq=seq)
+    letters[(offsets >= variant_offset) & (offsets < variant_offset + variant_width)] = 0.0
+    mask = significant_mask(d, fis_significant, pvalues, alpha)
+    sig = letters * mask[:, None] if mask is not None else np.zeros_like(letters)
+
+    if axes is None:
+        fig = fig if fig is not None else _new_figure((max(8.0, 0.32 * d + 2), 7.0))
+        axes = fig.subplots(4, 1, sharex=True, gridspec_kw={"hspace": 0.45})
+    axes = list(axes)
+    if len(axes) != 4:
+        raise InputError(f"plot_delta_tracks needs 4 axes, got {len(axes)}")
+    fig = axes[0].figure
+
+    label = f"{ref}>{alt}" if ref is not None and alt is not None else None
+    titles = [
+        "importance, reference sequence (C_X)",
+        "importance, alternate sequence (C_X')",
+        "FIS = C_X - C_X'",
+        f"significant FIS (p < {alpha:g})" if fis_significant is None else "significant FIS",
+    ]
+    ylabels = ["C_X", "C_X'", "FIS", "FIS"]
+    for ax, values, t, yl in zip(axes, [imp_ref, imp_alt, letters, sig], titles, ylabels, strict=True):
+        _draw_logo(ax, values, offsets)
+        mark_variant(ax, variant_offset, label if ax is axes[0] else None, width=variant_width)
+        ax.set_title(t, loc="left", fontsize=9)
+        ax.set_ylabel(yl, fontsize=8)
+        ax.tick_params(labelsize=7)
+    if mask is None:
+        axes[3].text(0.5, 0.5, "no shuffled null: run score-variants with --null-shuffles", ha="center",
+                     va="center", transform=axes[3].transAxes, fontsize=8, color="0.4", gid="no_null")  # fmt: skip
+    _symmetric_ylim(axes[:2], [imp_ref, imp_alt])
+    _symmetric_ylim(axes[2:], [letters, sig])
+    axes[0].set_xlim(offsets.min() - 0.5, offsets.max() + 0.5)
+    step = 5 if d > 25 else 1
+    ticks = [o for o in offsets if o % step == 0]
+    axes[-1].set_xticks(ticks)
+    axes[-1].set_xlabel("bp relative to the variant", fontsize=8)
+    for ax in axes:
+        ax.tick_params(axis="x", labelbottom=ax is axes[-1])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------- heatmaps
+def _heatmap(
+    ax: Axes,
+    data: np.ndarray,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    cmap: str,
+    vmax: float | None,
+    cbar_label: str,
+    x: Sequence[float] | None = None,
+) -> Any:
+    data = np.asarray(data, dtype=np.float64)
+    if data.ndim != 2:
+        raise InputError(f"a heatmap needs a 2-D array, got shape {data.shape}")
+    if len(row_labels) != data.shape[0] or len(col_labels) != data.shape[1]:
+        raise InputError(
+            f"labels ({len(row_labels)} rows, {len(col_labels)} columns) do not match the array {data.shape}"
+        )
+    finite = data[np.isfinite(data)]
+    if vmax is None:
+        vmax = float(np.abs(finite).max()) if finite.size else 1.0
+    vmax = vmax if vmax > 0 else 1.0
+    import matplotlib
+
+    cm = matplotlib.colormaps[cmap].with_extremes(bad="0.85")
+    if x is None:
+        xs = np.arange(data.shape[1], dtype=float)
+    else:
+        xs = np.asarray(x, dtype=float)
+    step = (xs[1] - xs[0]) if len(xs) > 1 else 1.0
+    extent = (xs[0] - step / 2, xs[-1] + step / 2, data.shape[0] - 0.5, -0.5)
+    im = ax.imshow(np.ma.masked_invalid(data), cmap=cm, norm=TwoSlopeNorm(0.0, -vmax, vmax), aspect="auto",
+                   interpolation="nearest", extent=extent)  # fmt: skip
+    box = ax.get_position()
+    fig_w, fig_h = ax.figure.get_size_inches()
+    col_pt = 72 * box.width * fig_w / max(len(col_labels), 1)  # room per column, in points
+    row_pt = 72 * box.height * fig_h / max(len(row_labels), 1)
+    ax.set_xticks(xs, labels=list(col_labels), rotation=90, fontsize=float(np.clip(0.8 * col_pt, 4, 8)))
+    ax.set_yticks(np.arange(data.shape[0]), labels=list(row_labels), fontsize=float(np.clip(0.8 * row_pt, 4, 8)))
+    cax = ax.inset_axes([1.01, 0.0, 0.015, 1.0])
+    cbar = ax.figure.colorbar(im, cax=cax)
+    cbar.set_label(cbar_label, fontsize=8)
+    cbar.ax.tick_params(labelsize=7)
+    return im
+
+
+def plot_dfim(
+    dfim: np.ndarray,
+    source_labels: Sequence[str],
+    target_labels: Sequence[str],
+    ax: Axes | None = None,
+    vmax: float | None = None,
+    cmap: str = "RdBu_r",
+    title: str | None = None,
+    cbar_label: str = "FIS",
+    x: Sequence[float] | None = None,
+) -> Figure:
+    """DFIM heatmap (row 5 of Figs. 4-5): FIS of each target (columns) given each source mutation (rows).
+
+    Parameters
+    ----------
+    dfim : array (S, T)
+        FIS, rows = source mutations, columns = targets (e.g. 4 * D columns labelled by
+        :func:`position_base_labels`). NaN cells are grey.
+    source_labels, target_labels : sequence of str
+        Tick labels, e.g. ``"G>T@0"`` and ``"A@-3"``.
+    ax : Axes, optional
+        Draw here (a colourbar is inset to its right, so the axis keeps its width and stays aligned with
+        tracks above it); default a new figure.
+    vmax : float, optional
+        Colour limit; default max |dfim|. The diverging colormap is centred at 0 because FIS is signed:
+        red = the mutation lowers the target's importance, blue = raises it.
+    x : sequence of float, optional
+        Evenly spaced x coordinates of the columns (e.g. bp offsets) to share an x axis with tracks.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if ax is None:
+        n_cols = len(target_labels)
+        fig = _new_figure((max(6.0, 0.16 * n_cols + 2.5), max(3.0, 0.3 * len(source_labels) + 2.2)))
+        ax = fig.add_subplot()
+    _heatmap(ax, dfim, source_labels, target_labels, cmap, vmax, cbar_label, x=x)
+    ax.set_xlabel("target (base@bp)", fontsize=8)
+    ax.set_ylabel("source mutation", fontsize=8)
+    if title:
+        ax.set_title(title, loc="left", fontsize=9)
+    return ax.figure
+
+
+def plot_aggregated_map(
+    matrix: np.ndarray | pd.DataFrame,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    counts: np.ndarray | None = None,
+    ax: Axes | None = None,
+    vmax: float | None = None,
+    cmap: str = "RdBu_r",
+    annotate: bool = True,
+    title: str | None = None,
+    cbar_label: str = "mean FIS",
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+    value: str = "mean_fis",
+) -> Figure:
+    """Aggregated interaction map in the style of the paper's Fig. 8: mean FIS between feature identities.
+
+    Parameters
+    ----------
+    matrix : array (R, C) or DataFrame
+        Mean FIS of target identity (columns) given source identity (rows), e.g. motif x motif or base x base
+        (a wide DataFrame brings its index/columns as labels). A long table from
+        :func:`kipoi_dfim.fis.aggregate_fis` / ``marginalise_offsets`` (a ``value`` column, default
+        ``mean_fis``, with ``n``) is pivoted: columns = ``target`` (or ``offset``), rows = the other keys.
+    row_labels, col_labels : sequence of str, optional
+        Labels (required for an array).
+    counts : int array (R, C), optional
+        Number of pairs averaged in each cell, written under the value (a mean over 3 pairs is not a mean
+        over 3000).
+    annotate : bool
+        Write the value in each cell (the paper's figure is read by its numbers as much as its colours).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if isinstance(matrix, pd.DataFrame) and value in matrix.columns:
+        matrix, rows, cols, n = _pivot_aggregate(matrix, value)
+        row_labels = rows if row_labels is None else row_labels
+        col_labels = cols if col_labels is None else col_labels
+        counts = n if counts is None else counts
+    if isinstance(matrix, pd.DataFrame):
+        row_labels = [str(r) for r in matrix.index] if row_labels is None else row_labels
+        col_labels = [str(c) for c in matrix.columns] if col_labels is None else col_labels
+        matrix = matrix.to_numpy(dtype=np.float64)
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if row_labels is None or col_labels is None:
+        raise InputError("plot_aggregated_map needs row_labels and col_labels for an array (or a DataFrame)")
+    if counts is not None and np.shape(counts) != matrix.shape:
+        raise InputError(f"counts {np.shape(counts)} must have the shape of the matrix {matrix.shape}")
+    if ax is None:
+        fig = _new_figure((max(4.0, 0.7 * matrix.shape[1] + 2.5), max(3.0, 0.55 * matrix.shape[0] + 1.5)))
+        ax = fig.add_subplot()
+    im = _heatmap(ax, matrix, row_labels, col_labels, cmap, vmax, cbar_label)
+    long_labels = max((len(str(c)) for c in col_labels), default=0) > 3
+    for lab in ax.get_xticklabels():
+        lab.set_rotation(45 if long_labels else 0)
+        lab.set_ha("right" if long_labels else "center")
+    if annotate and matrix.size <= 400:
+        norm = im.norm
+        for (i, j), v in np.ndenumerate(matrix):
+            if not np.isfinite(v):
+                continue
+            txt = f"{v:.2g}" if counts is None else f"{v:.2g}\nn={int(counts[i, j])}"
+            dark = abs(norm(v) - 0.5) > 0.3
+            ax.text(j, i, txt, ha="center", va="center", fontsize=7, color="white" if dark else "black",
+                    gid="cell_value")  # fmt: skip
+    ax.set_xlabel(xlabel if xlabel is not None else "target", fontsize=8)
+    ax.set_ylabel(ylabel if ylabel is not None else "source", fontsize=8)
+    if title:
+        ax.set_title(title, loc="left", fontsize=9)
+    return ax.figure
+
+
+_AGG_STATS = ("n", "mean_fis", "mean_abs_fis")
+
+
+def _pivot_aggregate(table: pd.DataFrame, value: str) -> tuple[np.ndarray, list[str], list[str], np.ndarray | None]:
+    """Long aggregate table -> (matrix, row labels, column labels, counts)."""
+    col = "offset" if "offset" in table.columns else "target"
+    if col not in table.columns:
+        raise InputError(f"an aggregate table needs a 'target' or 'offset' column; it has {list(table.columns)}")
+    keys = [c for c in table.columns if c not in (col, value, *_AGG_STATS)]
+    t = table.assign(_row="all") if not keys else table.assign(_row=table[keys].astype(str).agg(" | ".join, axis=1))
+    wide = t.pivot_table(index="_row", columns=col, values=value, aggfunc="mean", sort=True)
+    counts = None
+    if "n" in t.columns:
+        counts = t.pivot_table(index="_row", columns=col, values="n", aggfunc="sum", sort=True)
+        counts = counts.reindex(index=wide.index, columns=wide.columns).fillna(0).to_numpy(dtype=int)
+    return (wide.to_numpy(dtype=np.float64), [str(r) for r in wide.index], [str(c) for c in wide.columns], counts)
+
+
+# ----------------------------------------------------------------------------------------------- maps file
+def _decode(values: Any) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype.kind in ("S", "O"):
+        return np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in arr.ravel()],
+                        dtype=object).reshape(arr.shape)  # fmt: skip
+    return arr
+
+
+def _attr(v: Any) -> Any:
+    v = _decode(v)
+    return v.tolist() if np.ndim(v) else v.item() if hasattr(v, "item") else v
+
+
+class MapsFile:
+    """Read access to a ``score-variants --maps`` file (or a dict with the same keys and ``attrs``).
+
+    The index columns (ids, alleles, targets, summary scores) are read at once; the tracks (M, D, 4) are read
+    one row at a time, so a report of the top 50 variants of a genome-wide run does not load the whole file.
+    """
+
+    def __init__(self, source: str | os.PathLike | Mapping[str, Any]):
+        self.path = None if isinstance(source, Mapping) else os.fspath(source)
+        self._h5 = None
+        if self.path is None:
+            self._data: Mapping[str, Any] = source
+            self.attrs = dict(source.get("attrs", {}))
+        else:
+            import h5py
+
+            try:
+                self._h5 = h5py.File(self.path, "r")
+            except (OSError, FileNotFoundError) as e:
+                raise InputError(f"cannot open the maps HDF5 file: {e}", path=self.path) from None
+            self._data = self._h5
+            self.attrs = {k: _attr(v) for k, v in self._h5.attrs.items()}
+        missing = [k for k in REQUIRED_DATASETS if k not in self._data]
+        if missing:
+            raise InputError(
+                f"not a score-variants --maps file: missing dataset(s) {', '.join(missing)}",
+                path=self.path or "<maps dict>",
+            )
+        self.index = pd.DataFrame({k: _decode(self._column(k)) for k in _INDEX_COLUMNS})
+        self.offsets = np.asarray(self._column("offsets"), dtype=int)
+
+    def _column(self, key: str) -> np.ndarray:
+        v = self._data[key]
+        return v[()] if self._h5 is not None else np.asarray(v)
+
+    def __enter__(self) -> MapsFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def has_all_alts(self) -> bool:
+        return "fis_all_alts" in self._data
+
+    def row(self, i: int) -> dict[str, Any]:
+        """All datasets of row ``i`` (tracks as float arrays, strings decoded) plus ``offsets``."""
+        out: dict[str, Any] = dict(self.index.iloc[int(i)].to_dict())
+        for k in ("seq_ref", "seq_alt", "imp_ref", "imp_alt", "fis", "fis_pval", "fis_all_alts"):
+            if k in self._data:
+                out[k] = np.asarray(self._data[k][int(i)], dtype=np.float64)
+        if "all_alts_bases" in self._data:
+            out["all_alts_bases"] = [str(b) for b in _decode(self._data["all_alts_bases"][int(i)])]
+        out["offsets"] = self.offsets
+        return out
+
+    def known_ids(self, n: int = 5) -> list[str]:
+        return list(pd.unique(self.index["variant_id"]))[:n]
+
+    def find(self, variant_id: str, target: str | int | None = None, alt: str | None = None) -> int:
+        """Row of ``variant_id`` (or ``chrom:pos:ref:alt``); several rows -> the one with the largest maxAbsFIS.
+
+        Raises InputError naming a few ids that exist when nothing matches.
+        """
+        idx = self.index
+        hit = idx["variant_id"].astype(str) == str(variant_id)
+        if not hit.any():
+            parts = str(variant_id).split(":")
+            if len(parts) == 4 and parts[1].isdigit():
+                hit = (
+                    (idx["chrom"].astype(str) == parts[0])
+                    & (idx["pos"].astype(int) == int(parts[1]))
+                    & (idx["ref"].astype(str) == parts[2])
+                    & (idx["alt"].astype(str) == parts[3])
+                )
+        where = self.path or "<maps dict>"
+        if not hit.any():
+            raise InputError(
+                f"variant {variant_id!r} is not in the maps file ({len(idx)} rows); ids that exist include: "
+                + ", ".join(self.known_ids()),
+                path=where,
+            )
+        if alt is not None:
+            hit &= idx["alt"].astype(str) == str(alt)
+            if not hit.any():
+                raise InputError(f"variant {variant_id!r} has no ALT {alt!r} in the maps file", path=where)
+        if target is not None:
+            names = list(self.attrs.get("targets", []) or [])
+            t = str(target)
+            if t.lstrip("-").isdigit() and t not in set(idx["target"].astype(str)) and names:
+                t = str(names[int(t)])
+            by_target = hit & (idx["target"].astype(str) == t)
+            if not by_target.any():
+                have = sorted(set(idx.loc[hit, "target"].astype(str)))
+                raise InputError(
+                    f"variant {variant_id!r} has no target {target!r} in the maps file; it has: {', '.join(have)}",
+                    path=where,
+                )
+            hit = by_target
+        rows = np.nonzero(hit.to_numpy())[0]
+        if len(rows) > 1:
+            score = np.nan_to_num(idx["max_abs_fis"].to_numpy(dtype=float)[rows], nan=-np.inf)
+            chosen = int(rows[int(np.argmax(score))])
+            log.info(
+                "variant %s has %d rows in the maps file; drawing the largest maxAbsFIS (target %s, alt %s)",
+                variant_id, len(rows), idx["target"][chosen], idx["alt"][chosen],
+            )  # fmt: skip
+            return chosen
+        return int(rows[0])
+
+
+def _fmt(x: Any, spec: str = ".3g") -> str:
+    try:
+        xf = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    return "NA" if not np.isfinite(xf) else format(xf, spec)
+
+
+def _crop(r: dict[str, Any], flank: int | None) -> dict[str, Any]:
+    """Keep offsets -flank..+flank of every track of a row (the stored flank may be wider than the targets)."""
+    if flank is None:
+        return r
+    keep = np.abs(r["offsets"]) <= int(flank)
+    r = dict(r, offsets=r["offsets"][keep])
+    for k in ("seq_ref", "seq_alt", "imp_ref", "imp_alt", "fis", "fis_pval"):
+        if k in r:
+            r[k] = r[k][keep]
+    if "fis_all_alts" in r:
+        r["fis_all_alts"] = r["fis_all_alts"][:, keep]
+    return r
+
+
+def _mark_window(ax: Axes, window: int) -> None:
+    for x in (-window - 0.5, window + 0.5):
+        ax.axvline(x, color="0.5", lw=0.8, ls="--", zorder=-4, gid="target_window")
+
+
+def plot_maps_row(maps: MapsFile, i: int, model: str | None = None, flank: int | None = None) -> Figure:
+    """Figure of row ``i`` of a maps file: the four tracks, plus a 3 x D DFIM heatmap with ``fis_all_alts``.
+
+    ``flank`` (bp each side) defaults to the file's ``window`` attribute: the targets that were scored (the
+    stored tracks may extend further, for context). Wider views mark the target window with dashed lines.
+    """
+    window = maps.attrs.get("window")
+    if flank is None and window is not None:
+        flank = int(window)
+    r = _crop(maps.row(i), flank)
+    offsets = r["offsets"]
+    d = len(offsets)
+    has_dfim = "fis_all_alts" in r and bool(np.isfinite(r["fis_all_alts"]).any())  # SNVs only
+    n_rows = 5 if has_dfim else 4
+    fig = _new_figure((max(9.0, 0.34 * d + 2.5), 8.8 if has_dfim else 7.0))
+    ratios = [1, 1, 1, 1] + ([0.9] if has_dfim else [])
+    axes = fig.subplots(n_rows, 1, sharex=True, gridspec_kw={"hspace": 0.55, "height_ratios": ratios})
+    plot_delta_tracks(
+        r["imp_ref"], r["imp_alt"], fis=r["fis"], offsets=offsets, pvalues=r["fis_pval"], ref=r["ref"],
+        alt=r["alt"], seq=r["seq_ref"], axes=axes[:4], variant_width=max(len(str(r["ref"])), 1),
+    )  # fmt: skip
+    if has_dfim:
+        ax = axes[4]
+        bases = r.get("all_alts_bases") or [b for b in ALPHABET if b != r["ref"]][:3]
+        src = [f"{r['ref']}>{b}@0" for b in bases]
+        plot_dfim(r["fis_all_alts"], src, observed_base_labels(offsets, r["seq_ref"]), ax=ax, x=offsets,
+                  title="DFIM: FIS of each target for each mutant base at the variant")  # fmt: skip
+        for a in axes[:4]:
+            a.tick_params(axis="x", labelbottom=False)
+        axes[3].set_xlabel("")
+        ax.set_xlabel("target (observed base@bp relative to the variant)", fontsize=8)
+        mark_variant(ax, 0)
+    if window is not None and d and int(window) < int(np.abs(offsets).max()):
+        for a in axes:
+            _mark_window(a, int(window))
+    method = maps.attrs.get("method")
+    head = f"{r['variant_id']}  {r['chrom']}:{r['pos']} {r['ref']}>{r['alt']}  target {r['target']}"
+    sub = (f"maxAbsFIS {_fmt(r['max_abs_fis'])}   p {_fmt(r['pval'], '.2g')}   q {_fmt(r['qval'], '.2g')}"
+           + (f"   method {method}" if method else "") + (f"   model {model}" if model else ""))  # fmt: skip
+    fig.suptitle(f"{head}\n{sub}", fontsize=10)
+    fig.subplots_adjust(left=0.07, right=0.93, top=0.9 if has_dfim else 0.88, bottom=0.1)
+    return fig
+
+
+def plot_variant(
+    maps: str | os.PathLike | Mapping[str, Any] | MapsFile,
+    variant_id: str,
+    target: str | int | None = None,
+    alt: str | None = None,
+    model: str | None = None,
+    flank: int | None = None,
+) -> Figure:
+    """One variant's figure from a ``score-variants --maps`` file, without recomputing anything.
+
+    Parameters
+    ----------
+    maps : path, dict or MapsFile
+        The HDF5 written by ``score-variants --maps`` (layout in docs/architecture.md), or a dict with the
+        same datasets.
+    variant_id : str
+        The VCF ID (as in the TSV) or ``chrom:pos:ref:alt``.
+    target : str or int, optional
+        Model output (label, or index into the file's ``targets`` attribute). Default: the row of this variant
+        with the largest maxAbsFIS, i.e. the most interacting target / ALT.
+    alt : str, optional
+        ALT allele of a multi-allelic record.
+    model : str, optional
+        Only written in the title.
+    flank : int, optional
+        bp shown each side of the variant; default the file's ``window`` (the scored targets).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Tracks C_X, C_X', FIS, significant FIS, and the DFIM heatmap when the file has ``fis_all_alts``.
+    """
+    if isinstance(maps, MapsFile):
+        return plot_maps_row(maps, maps.find(variant_id, target=target, alt=alt), model=model, flank=flank)
+    with MapsFile(maps) as m:
+        return plot_maps_row(m, m.find(variant_id, target=target, alt=alt), model=model, flank=flank)
+
+
+# ----------------------------------------------------------------------------------------------- saving
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> None:
+    """Write a figure atomically (temp file in the same directory, then ``os.replace``) as .png/.pdf/.svg.
+
+    Why: a crashed or interrupted run never leaves a truncated figure behind under the requested name.
+    """
+    from kipoi_dfim.io import atomic_path
+
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in _FIGURE_FORMATS:
+        raise InputError(f"unknown figure format {ext or '(none)'!r}; use .png, .pdf or .svg", path=path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=_FIGURE_FORMATS[ext], dpi=dpi, bbox_inches="tight", pad_inches=0.1)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def _resolve_vcf_variant(vcf: str, variant: str, n_known: int = 5) -> str:
+    """The ``variant_id`` (as score-variants names it) of ``variant`` (an ID or chrom:pos:ref:alt) in the VCF.
+
+    Checked before any model is loaded, so a typo fails in a second with ids that do exist.
+    """
+    from kipoi_dfim.variants import Variant, open_vcf
+
+    known: list[str] = []
+    reader = open_vcf(vcf)
+    try:
+        for i, rec in enumerate(reader):
+            for j, alt in enumerate(list(rec.ALT) or ["."]):
+                v = Variant(record_index=i, alt_index=j, line=0, chrom=rec.CHROM, pos=int(rec.POS),
+                            ref=rec.REF or "", alt=alt, vcf_id=rec.ID)  # fmt: skip
+                if variant in (v.variant_id, f"{v.chrom}:{v.pos}:{v.ref}:{v.alt}"):
+                    return v.variant_id
+                if len(known) < n_known and v.variant_id not in known:
+                    known.append(v.variant_id)
+    finally:
+        reader.close()
+    raise InputError(f"variant {variant!r} is not in the VCF; ids that exist include: {', '.join(known)}", path=vcf)
+
+
+def _score_one_variant(args: Any, variant_id: str, maps_path: str) -> None:
+    """Score only ``variant_id`` with the same options as ``score-variants`` (and all three alternative bases,
+    for the DFIM heatmap) into a maps file."""
+    from kipoi_dfim.scoring import score_variants
+
+    score_variants(
+        args.model,
+        args.vcf,
+        args.fasta,
+        maps=maps_path,
+        variant_ids=[variant_id],
+        source=args.source,
+        target=args.target,
+        output=args.output,
+        window=args.window,
+        all_alts=True,
+        method=args.method,
+        n_refs=args.n_refs,
+        null_shuffles=args.null_shuffles,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        quiet=args.quiet,
+        return_table=False,
+    )
+
+
+def figure_for(args: Any) -> Figure:
+    """The figure ``kipoi-dfim plot`` saves (see :func:`run`); separate so that it can be inspected."""
+    target = None
+    if args.target:
+        if len(args.target) > 1:
+            log.warning("plot draws one target; using the first of %s", args.target)
+        target = args.target[0]
+    model_label = args.model if isinstance(args.model, (str, os.PathLike)) else type(args.model).__name__
+    if args.maps:
+        return plot_variant(args.maps, args.variant, target=target, model=str(model_label), flank=args.window)
+    if not args.vcf or not args.fasta:
+        raise InputError("plot needs --maps H5, or --vcf and --fasta to score the variant first")
+    variant_id = _resolve_vcf_variant(str(args.vcf), args.variant)
+    with tempfile.TemporaryDirectory(prefix="kipoi-dfim-plot-") as tmp:
+        maps_path = os.path.join(tmp, "maps.h5")
+        _score_one_variant(args, variant_id, maps_path)
+        with MapsFile(maps_path) as m:
+            if len(m) == 0:
+                raise InputError(f"variant {args.variant!r} could not be scored (run score-variants for its status)",
+                                 path=str(args.vcf))  # fmt: skip
+            return plot_maps_row(m, m.find(variant_id, target=target), model=str(model_label), flank=args.window)
+
+
+def run(args: Any) -> None:
+    """``kipoi-dfim plot MODEL --variant ID -o FIG [--maps H5 | --vcf VCF --fasta FA]``.
+
+    With ``--maps`` nothing is recomputed and MODEL only labels the figure (it is not loaded). Without it,
+    the one variant is scored (with all three alternative bases, for the DFIM heatmap) into a temporary maps
+    file, which is then drawn. ``--window`` is the half-width shown (at most what the maps file holds).
+    """
+    ext = os.path.splitext(args.out)[1].lower()
+    if ext not in _FIGURE_FORMATS:
+        raise InputError(f"unknown figure format {ext or '(none)'!r}; use .png, .pdf or .svg", path=args.out)
+    save_figure(figure_for(args), args.out)

@@ -1,0 +1,196 @@
+"""The offline HTML report: parsed with html.parser; ranking, every record kept, embedded figures only."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+from test_plot import ROWS, make_maps, write_maps_h5
+
+from kipoi_dfim import report
+from kipoi_dfim.cli import main
+from kipoi_dfim.errors import InputError
+
+HEADER = list(report.TSV_COLUMNS)
+
+
+class Page(HTMLParser):
+    """Collects every tag's attributes and the cells of the variants table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.rows: list[list[str]] = []
+        self.row_classes: list[str | None] = []
+        self._in_table = self._in_cell = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append((tag, a))
+        if tag == "table" and a.get("id") == "variants":
+            self._in_table = True
+        elif self._in_table and tag == "tr":
+            self.rows.append([])
+            self.row_classes.append(a.get("class"))
+        elif self._in_table and tag == "td":
+            self._in_cell = True
+            self.rows[-1].append("")
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._in_table = False
+        elif tag == "td":
+            self._in_cell = False
+
+    def handle_data(self, data):
+        if self._in_cell:
+            self.rows[-1][-1] += data
+
+
+def parse(path) -> Page:
+    p = Page()
+    p.feed(open(path, encoding="utf-8").read())
+    data_rows = [(r, c) for r, c in zip(p.rows, p.row_classes, strict=True) if r]  # header row has th only
+    p.rows = [r for r, _ in data_rows]
+    p.row_classes = [c for _, c in data_rows]
+    return p
+
+
+def cell(row: list[str], column: str) -> str:
+    return row[2 + HEADER.index(column)]  # after "rank" and "figure"
+
+
+def write_tsv(path, records: list[dict]) -> str:
+    with open(path, "w") as fh:
+        fh.write("\t".join(HEADER) + "\n")
+        for r in records:
+            fh.write("\t".join("NA" if r.get(c) is None else str(r.get(c)) for c in HEADER) + "\n")
+    return str(path)
+
+
+def tsv_records(maps_data: dict, null: bool = True) -> list[dict]:
+    """TSV rows 0..4: rows 0, 1, 3 scored (their maps are ROWS), rows 2 and 4 not scored."""
+    by_row = {int(r): i for i, r in enumerate(maps_data["tsv_row"])}
+    q = {0: 0.2, 1: 0.01, 3: 0.01}
+    p = {0: 0.05, 1: 0.001, 3: 0.0005}
+    out = []
+    for row in range(5):
+        if row in by_row:
+            src = ROWS[by_row[row]]
+            rec = {k: src[k] for k in ("variant_id", "chrom", "pos", "ref", "alt", "target")}
+            rec.update(status="ok", max_abs_fis=float(maps_data["max_abs_fis"][by_row[row]]), max_fis_offset=2,
+                       max_fis_base="G", fis_at_max=0.3, ref_pred=0.1, alt_pred=0.2, diff=0.1, logit_ref=-2.2,
+                       logit_alt=-1.4, logit=0.8, deepsea_effect=0.05)  # fmt: skip
+            if null:
+                rec.update(pval=p[row], qval=q[row])
+        else:
+            rec = {"variant_id": f"rs{row}x", "chrom": "chr9", "pos": 10 + row, "ref": "A", "alt": "C",
+                   "target": "t0", "status": "ref_mismatch" if row == 2 else "out_of_bounds"}  # fmt: skip
+        out.append(rec)
+    return out
+
+
+@pytest.fixture
+def run_files(tmp_path):
+    data = make_maps(ROWS)
+    maps = write_maps_h5(str(tmp_path / "maps.h5"), data)
+    tsv = write_tsv(tmp_path / "scored.tsv", tsv_records(data))
+    return tsv, maps, data
+
+
+def test_report_ranked_table_all_records_and_embedded_figures(tmp_path, run_files):
+    tsv, maps, data = run_files
+    out = tmp_path / "report.html"
+    assert report.write_report(tsv, maps, str(out), progress=False) == str(out)
+    page = parse(out)
+    # offline: no external URL anywhere, no script, no stylesheet link
+    for tag, attrs in page.tags:
+        assert tag not in ("script", "link", "iframe")
+        for k in ("src", "href"):
+            v = attrs.get(k)
+            assert v is None or v.startswith(("data:image/png;base64,", "#")), (tag, k, v)
+    # ranking: q-value, then p-value; not-scored records last, in TSV order, with their status
+    assert [cell(r, "variant_id") for r in page.rows] == ["rs3", "rs1", "rs1", "rs2x", "rs4x"]
+    assert [cell(r, "target") for r in page.rows] == ["t0", "t1", "t0", "t0", "t0"]
+    assert [cell(r, "status") for r in page.rows] == ["ok"] * 3 + ["ref_mismatch", "out_of_bounds"]
+    assert page.row_classes[3:] == ["notok", "notok"]
+    assert cell(page.rows[0], "qval") == "0.01" and cell(page.rows[0], "pval") == "0.0005"
+    assert cell(page.rows[0], "logit") == "0.8" and cell(page.rows[3], "max_abs_fis") == ""
+    # one figure per variant allele (its best row), linked from the table
+    imgs = [a["src"] for t, a in page.tags if t == "img"]
+    assert len(imgs) == 2
+    sections = [a["id"] for t, a in page.tags if t == "section"]
+    assert sections == ["fig-3", "fig-1"]
+    links = [a["href"] for t, a in page.tags if t == "a"]
+    assert links == ["#fig-3", "#fig-1"]
+    png = imread(io.BytesIO(base64.b64decode(imgs[0].split(",", 1)[1])), format="png")
+    assert png.shape[0] > 300 and png.shape[1] > 500 and png[..., :3].std() > 0.05  # a drawn figure, not blank
+    assert sorted(os.listdir(tmp_path)) == ["maps.h5", "report.html", "scored.tsv"]  # no temp file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(out).st_mode & 0o777 == 0o666 & ~umask  # the permissions of a normal new file, not 0600
+
+
+def test_report_without_null_ranks_by_max_abs_fis_and_top(tmp_path):
+    data = make_maps(ROWS, null=False)
+    for k in ("pval", "qval"):
+        data[k][:] = np.nan
+    maps = write_maps_h5(str(tmp_path / "maps.h5"), data)
+    tsv = write_tsv(tmp_path / "s.tsv", tsv_records(data, null=False))
+    out = tmp_path / "r.html"
+    report.write_report(tsv, maps, str(out), top=1, progress=False)
+    page = parse(out)
+    fis = {int(r): float(v) for r, v in zip(data["tsv_row"], data["max_abs_fis"], strict=True)}
+    want_ok = sorted(fis, key=lambda r: -fis[r])
+    got_ok = [cell(r, "max_abs_fis") for r in page.rows[:3]]
+    assert got_ok == [f"{fis[r]:.3g}" for r in want_ok]
+    assert len([1 for t, _ in page.tags if t == "img"]) == 1
+    assert [a["id"] for t, a in page.tags if t == "section"] == [f"fig-{want_ok[0]}"]
+    assert "no shuffled null" in open(out).read()
+
+
+def test_rank_rows_nan_and_ties():
+    import pandas as pd
+
+    df = pd.DataFrame(
+        {"status": ["ok", "ok", "ok", "bad", "ok"], "qval": [np.nan, 0.1, 0.1, np.nan, 0.1],
+         "pval": [np.nan, 0.02, 0.02, np.nan, 0.01], "max_abs_fis": [9.0, 1.0, 2.0, np.nan, 0.5]}
+    )  # fmt: skip
+    assert report.rank_rows(df)["max_abs_fis"].tolist()[:4] == [0.5, 2.0, 1.0, 9.0]
+    assert report.rank_rows(df)["status"].tolist()[-1] == "bad"
+
+
+def test_read_scored_tsv_text_and_errors(tmp_path):
+    recs = tsv_records(make_maps(ROWS))
+    recs[0]["variant_id"] = "NA"  # a name, not a missing value
+    path = write_tsv(tmp_path / "a.tsv", recs)
+    df = report.read_scored_tsv(path)
+    assert df["variant_id"][0] == "NA" and np.isnan(df["qval"][2]) and df["pos"].dtype == float
+    recs[3]["pval"] = "high"
+    with pytest.raises(InputError, match=r"b.tsv, line 5: column 'pval': 'high'"):
+        report.read_scored_tsv(write_tsv(tmp_path / "b.tsv", recs))
+    (tmp_path / "c.tsv").write_text("variant_id\tscore\nrs1\t1\n")
+    with pytest.raises(InputError, match="missing column"):
+        report.read_scored_tsv(tmp_path / "c.tsv")
+
+
+def test_report_refuses_maps_of_another_run(tmp_path, run_files):
+    tsv, _, data = run_files
+    other = make_maps([dict(r, variant_id=r["variant_id"] + "_other") for r in ROWS])
+    maps = write_maps_h5(str(tmp_path / "other.h5"), other)
+    with pytest.raises(InputError, match="does not belong"):
+        report.write_report(tsv, maps, str(tmp_path / "r.html"), progress=False)
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_cli_report(tmp_path, run_files):
+    tsv, maps, _ = run_files
+    out = tmp_path / "cli.html"
+    assert main(["report", tsv, "--maps", maps, "-o", str(out), "--top", "5"]) == 0
+    assert len([1 for t, _ in parse(out).tags if t == "img"]) == 2
+    assert main(["report", str(tmp_path / "missing.tsv"), "--maps", maps, "-o", str(out)]) == 2
