@@ -1,0 +1,630 @@
+"""Feature interaction scores (FIS) and Deep Feature Interaction Maps (DFIM).
+
+Greenside et al. (Bioinformatics 2018), eq. 1-3: the importance ``C_X`` of every observed base is computed on
+a sequence ``X`` and on ``X'``, the same sequence with a *source* feature mutated; the change of importance at
+a *target* feature, ``FIS = C_X - C_X'``, measures how much the target's contribution depends on the source.
+It is directional (source -> target) and signed: positive when the mutation removes importance from the
+target (cooperation), negative when it adds importance (competition).
+
+Everything here works on numpy one-hot arrays ``(L, 4)`` / ``(N, L, 4)`` and calls the model only through
+:func:`kipoi_dfim.attribution.importance`. A sequence and all of its mutants are scored in one call with the
+*same* per-sequence seed, so stochastic references (DeepLIFT's dinucleotide shuffles) are drawn identically
+for the original and the mutants and the FIS does not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kipoi_dfim.sequence import ALPHABET, background_frequencies
+
+log = logging.getLogger(__name__)
+
+Span = tuple[int, int]
+
+
+# --------------------------------------------------------------------------------------------- eq. 1
+def fis(imp_x: np.ndarray, imp_mut: np.ndarray, absolute: bool = False) -> np.ndarray:
+    """Feature interaction score, eq. 1: ``C_X - C_X'``.
+
+    Parameters
+    ----------
+    imp_x, imp_mut : np.ndarray
+        Importance of the original sequence and of the mutant, same shape (broadcastable).
+    absolute : bool
+        Return ``|C_X - C_X'|``. The signed score is the default because the sign tells cooperation
+        (importance lost when the source is destroyed) from competition (importance gained).
+
+    Returns
+    -------
+    np.ndarray
+        The score, shape of the broadcast inputs.
+    """
+    d = np.asarray(imp_x) - np.asarray(imp_mut)
+    return np.abs(d) if absolute else d
+
+
+# --------------------------------------------------------------------------------------------- mutants
+def _base_index(base: int | str) -> int:
+    if isinstance(base, str):
+        b = base.upper()
+        if b not in ALPHABET:
+            raise ValueError(f"base must be one of {ALPHABET}, got {base!r}")
+        return ALPHABET.index(b)
+    b = int(base)
+    if not 0 <= b < 4:
+        raise ValueError(f"base index must be 0..3, got {base}")
+    return b
+
+
+def observed_base(x: np.ndarray, pos: int) -> int:
+    """Index (0..3) of the base observed at ``pos`` of a one-hot ``(L, 4)`` sequence; -1 for N."""
+    col = np.asarray(x)[pos]
+    return int(col.argmax()) if col.sum() > 0 else -1
+
+
+def mutate(x: np.ndarray, pos: int, base: int | str) -> np.ndarray:
+    """Copy of ``x`` (``(L, 4)`` or ``(N, L, 4)``) with position ``pos`` set to ``base`` (index or letter)."""
+    out = np.array(x, dtype=np.float32, copy=True)
+    out[..., pos, :] = 0
+    out[..., pos, _base_index(base)] = 1
+    return out
+
+
+def alternatives(x: np.ndarray, pos: int) -> np.ndarray:
+    """The three bases (indices, ACGT order) different from the one observed at ``pos``.
+
+    Raises ValueError at an N position: with no observed base there is no substitution to make, and
+    picking three of four letters arbitrarily would make the score depend on that choice.
+    """
+    b = observed_base(x, pos)
+    if b < 0:
+        raise ValueError(f"position {pos} is N (no observed base); it cannot be a source base")
+    return np.array([i for i in range(4) if i != b], dtype=np.int64)
+
+
+def mutants(x: np.ndarray, pos: int) -> np.ndarray:
+    """The three single-base mutants ``(3, L, 4)`` of a one-hot ``(L, 4)`` sequence at ``pos``.
+
+    The mutant bases are :func:`alternatives` ``(x, pos)``, in ACGT order.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    out = np.repeat(x[None], 3, axis=0)
+    out[:, pos, :] = 0
+    out[np.arange(3), pos, alternatives(x, pos)] = 1
+    return out
+
+
+def fill_span(x: np.ndarray, start: int, end: int, mode: str = "background", gc: float = 0.46) -> np.ndarray:
+    """Destroy a motif: fill positions ``[start, end)`` of ``x`` with background frequencies or zeros.
+
+    The paper mutates a source motif by replacing it with the background base frequencies
+    (A, T = (1 - gc) / 2; C, G = gc / 2), which removes the motif without introducing a new one. ``"zero"``
+    (all-zero columns, what the original code did) is kept for comparison with it.
+
+    Parameters
+    ----------
+    x : np.ndarray
+        One-hot ``(L, 4)`` or ``(N, L, 4)``.
+    start, end : int
+        0-based half-open span.
+    mode : {"background", "zero"}
+    gc : float
+        GC fraction of the background (0.46 in the paper).
+    """
+    if mode not in ("background", "zero"):
+        raise ValueError(f"fill mode must be 'background' or 'zero', got {mode!r}")
+    out = np.array(x, dtype=np.float32, copy=True)
+    out[..., start:end, :] = background_frequencies(gc) if mode == "background" else 0.0
+    return out
+
+
+# --------------------------------------------------------------------------------------------- scoring
+def importance_shared(
+    model: Any,
+    xs: np.ndarray,
+    target: int | str,
+    method: str,
+    seed: int,
+    batch_size: int,
+    **kw: Any,
+) -> np.ndarray:
+    """Importance of ``xs``: an original sequence (``xs[0]``) followed by its mutants, all scored alike.
+
+    Every row gets the same seed, and DeepLIFT references / IG baselines given as ``"shuffle"`` are drawn once
+    from the original (:func:`shared_references`) and used for every row, so that ``C_X - C_X'`` measures the
+    mutation only. ``**kw`` goes to :func:`kipoi_dfim.attribution.importance`.
+    """
+    from kipoi_dfim.attribution import importance
+
+    key = {"deeplift": "references", "integrated_gradients": "baseline"}.get(method)
+    default = {"deeplift": "shuffle", "integrated_gradients": "zeros"}.get(method)
+    if key is not None and isinstance(kw.get(key, default), str) and kw.get(key, default) == "shuffle":
+        kw[key] = shared_references(xs[0], kw.pop("n_refs", 10), seed)
+    if method in ("grad_input", "ism"):
+        kw.pop("n_refs", None)  # no references: accept the option uniformly so callers need not branch
+    seeds = np.full(len(xs), int(seed), dtype=np.int64)
+    return np.asarray(importance(model, xs, target, method=method, batch_size=batch_size, seed=seeds, **kw))
+
+
+def shared_references(x: np.ndarray, n_refs: int, seed: int) -> np.ndarray:
+    """``(n_refs, L, 4)`` dinucleotide shuffles of the original sequence ``x``, used for it and its mutants.
+
+    Why shared: with references drawn from each mutant separately, ``C_X - C_X'`` would also contain the
+    change of references (non-zero FIS even for an additive model), and a span filled with background
+    frequencies cannot be shuffled at all. These are the references ``importance(x, seed=[seed])`` draws.
+    """
+    from kipoi_dfim.attribution import shuffled_references
+    from kipoi_dfim.shuffle import sequence_rngs
+
+    x = np.asarray(x, dtype=np.float32)
+    return shuffled_references(x[None], int(n_refs), sequence_rngs([int(seed)], 1))[0]
+
+
+def _check_one(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != 4:
+        raise ValueError(f"expected one one-hot sequence of shape (L, 4), got {x.shape}")
+    return x
+
+
+def per_base_alternatives(x: np.ndarray, sources: Sequence[int]) -> np.ndarray:
+    """``(S, 3)`` mutant bases used by :func:`dfim_per_base` for each source (-1 rows at N positions)."""
+    x = _check_one(x)
+    out = np.full((len(sources), 3), -1, dtype=np.int64)
+    for i, s in enumerate(sources):
+        if observed_base(x, s) >= 0:
+            out[i] = alternatives(x, s)
+    return out
+
+
+def dfim_per_base(
+    model: Any,
+    x: np.ndarray,
+    target: int | str,
+    sources: Sequence[int],
+    method: str = "deeplift",
+    *,
+    mask_source: bool = True,
+    batch_size: int = 64,
+    seed: int = 0,
+    **kw: Any,
+) -> np.ndarray:
+    """Per-base DFIM: FIS at every target base for each of the three substitutions at each source base.
+
+    The original sequence and all ``3 S`` mutants are scored together (one :func:`importance` call,
+    batched by ``batch_size``) with one seed, so the original and its mutants share their references.
+
+    Parameters
+    ----------
+    model : SequenceModel
+        From :func:`kipoi_dfim.load_model`.
+    x : np.ndarray
+        One one-hot sequence ``(L, 4)``.
+    target : int or str
+        Model output scored.
+    sources : sequence of int
+        0-based source positions. N positions give NaN rows (nothing to substitute), with a warning.
+    method : str
+        Importance method (see :func:`kipoi_dfim.attribution.importance`).
+    mask_source : bool
+        Set the source position itself to NaN: there the substitution changes which base is observed, so
+        the difference is the base's own importance, not an interaction (the original code zeroed it).
+    batch_size, seed, **kw
+        Passed to :func:`importance` (e.g. ``n_refs`` for DeepLIFT).
+
+    Returns
+    -------
+    np.ndarray
+        ``(S, 3, L, 4)`` float32: ``dfim[i, k, t, b] = C_X[t, b] - C_X'[t, b]`` where ``X'`` has base
+        ``per_base_alternatives(x, sources)[i, k]`` at ``sources[i]``.
+    """
+    x = _check_one(x)
+    sources = [int(s) for s in sources]
+    L = x.shape[0]
+    for s in sources:
+        if not 0 <= s < L:
+            raise ValueError(f"source position {s} outside the sequence (length {L})")
+    ok = [i for i, s in enumerate(sources) if observed_base(x, s) >= 0]
+    if len(ok) < len(sources):
+        log.warning("%d source position(s) are N and get NaN maps", len(sources) - len(ok))
+    out = np.full((len(sources), 3, L, 4), np.nan, dtype=np.float32)
+    if not ok:
+        return out
+    stack = np.concatenate([x[None]] + [mutants(x, sources[i]) for i in ok])
+    imp = importance_shared(model, stack, target, method, seed, batch_size, **kw)
+    d = fis(imp[0][None], imp[1:]).reshape(len(ok), 3, L, 4)
+    out[ok] = d
+    if mask_source:
+        for i, s in enumerate(sources):
+            out[i, :, s, :] = np.nan
+    return out
+
+
+def max_fis(dfim: np.ndarray, absolute: bool = False, axis: int = 1) -> np.ndarray:
+    """maxFIS: reduce the mutant axis of a per-base DFIM.
+
+    Parameters
+    ----------
+    dfim : np.ndarray
+        E.g. ``(S, 3, L, 4)`` from :func:`dfim_per_base`, or its per-position sum ``(S, 3, L)``.
+    absolute : bool
+        False (default): the signed maximum over the mutants, ``max_g FIS`` as in the paper.
+        True: ``max_g |FIS|`` (maxAbsFIS), the summary used for variants.
+    axis : int
+        The mutant axis.
+
+    Returns
+    -------
+    np.ndarray
+        ``dfim`` without ``axis``; NaN where every mutant is NaN.
+    """
+    d = np.asarray(dfim, dtype=np.float64)
+    if absolute:
+        d = np.abs(d)
+    with np.errstate(invalid="ignore"):
+        allnan = np.all(np.isnan(d), axis=axis)
+        out = np.max(np.where(np.isnan(d), -np.inf, d), axis=axis)
+    out[allnan] = np.nan
+    return out
+
+
+# --------------------------------------------------------------------------------------------- motifs
+def _spans(spans: Sequence[Span], L: int) -> list[Span]:
+    out = []
+    for s in spans:
+        a, b = int(s[0]), int(s[1])
+        if not 0 <= a < b <= L:
+            raise ValueError(f"span {a}-{b} is empty or outside the sequence (length {L})")
+        out.append((a, b))
+    return out
+
+
+def span_sum(values: np.ndarray, span: Span) -> np.ndarray:
+    """Sum over positions ``[start, end)`` and bases of ``(..., L, 4)`` values: a motif's total (eq. 2)."""
+    a, b = span
+    return np.asarray(values)[..., a:b, :].sum(axis=(-2, -1))
+
+
+def _motif_importance(
+    model: Any,
+    x: np.ndarray,
+    target: int | str,
+    source_spans: Sequence[Span],
+    fill: str,
+    gc: float,
+    method: str,
+    seed: int,
+    batch_size: int,
+    **kw: Any,
+) -> np.ndarray:
+    """Importance ``(1 + S, L, 4)`` of ``x`` and of ``x`` with each source span filled."""
+    stack = np.stack([x] + [fill_span(x, a, b, fill, gc) for a, b in source_spans])
+    return importance_shared(model, stack, target, method, seed, batch_size, **kw)
+
+
+def motif_fis(
+    model: Any,
+    x: np.ndarray,
+    target: int | str,
+    source_span: Span,
+    target_spans: Sequence[Span],
+    fill: str = "background",
+    *,
+    gc: float = 0.46,
+    method: str = "deeplift",
+    batch_size: int = 64,
+    seed: int = 0,
+    **kw: Any,
+) -> np.ndarray:
+    """Motif-level FIS (eq. 2-3): mutate the source motif, sum the importance change over each target span.
+
+    Parameters
+    ----------
+    x : np.ndarray
+        One one-hot sequence ``(L, 4)``.
+    source_span : (start, end)
+        The motif destroyed by :func:`fill_span` with ``fill`` / ``gc``.
+    target_spans : list of (start, end)
+        Each target's FIS is ``sum_{t in span} sum_b C_X[t, b] - C_X'[t, b]``.
+
+    Returns
+    -------
+    np.ndarray
+        ``(T,)`` float64 FIS of each target span.
+    """
+    x = _check_one(x)
+    (src,) = _spans([source_span], x.shape[0])
+    tgts = _spans(target_spans, x.shape[0])
+    imp = _motif_importance(model, x, target, [src], fill, gc, method, seed, batch_size, **kw)
+    d = fis(imp[0], imp[1]).astype(np.float64)
+    return np.array([span_sum(d, t) for t in tgts])
+
+
+def element_map(
+    model: Any,
+    x: np.ndarray,
+    target: int | str,
+    elements: Sequence[Span],
+    fill: str = "background",
+    *,
+    gc: float = 0.46,
+    method: str = "deeplift",
+    batch_size: int = 64,
+    seed: int = 0,
+    **kw: Any,
+) -> np.ndarray:
+    """Per-element DFIM: ``(E, E)`` map, row = mutated source element, column = target element.
+
+    Every element is mutated once (``E + 1`` importance computations in one batched call) and every
+    element is a target. The diagonal (an element mutated against itself) is NaN, not an interaction.
+    """
+    x = _check_one(x)
+    els = _spans(elements, x.shape[0])
+    imp = _motif_importance(model, x, target, els, fill, gc, method, seed, batch_size, **kw)
+    return _element_map_from_importance(imp, els)
+
+
+def _element_map_from_importance(imp: np.ndarray, els: Sequence[Span]) -> np.ndarray:
+    d = fis(imp[0][None], imp[1:]).astype(np.float64)  # (E, L, 4)
+    m = np.stack([[span_sum(d[i], t) for t in els] for i in range(len(els))]) if els else np.zeros((0, 0))
+    np.fill_diagonal(m, np.nan)
+    return m
+
+
+def element_by_base_map(
+    model: Any,
+    x: np.ndarray,
+    target: int | str,
+    elements: Sequence[Span],
+    fill: str = "background",
+    *,
+    gc: float = 0.46,
+    method: str = "deeplift",
+    batch_size: int = 64,
+    seed: int = 0,
+    per_base: bool = False,
+    **kw: Any,
+) -> np.ndarray:
+    """Element-by-base DFIM: the FIS at every target position when each element is mutated.
+
+    Returns ``(E, L)`` per-position FIS (summed over bases), or ``(E, L, 4)`` with ``per_base=True``;
+    positions inside the mutated element itself are NaN.
+    """
+    x = _check_one(x)
+    els = _spans(elements, x.shape[0])
+    imp = _motif_importance(model, x, target, els, fill, gc, method, seed, batch_size, **kw)
+    d = fis(imp[0][None], imp[1:]).astype(np.float64)
+    if not per_base:
+        d = d.sum(-1)
+    for i, (a, b) in enumerate(els):
+        d[i, a:b] = np.nan
+    return d
+
+
+# --------------------------------------------------------------------------------------------- aggregation
+def fis_table(
+    fis_map: np.ndarray,
+    sources: Sequence[Any],
+    targets: Sequence[Any],
+    **constants: Any,
+) -> pd.DataFrame:
+    """Long form of a 2-D map: one row per (source, target) with column ``fis`` (NaN entries dropped).
+
+    ``sources`` / ``targets`` label the rows / columns (positions, element names, ...); ``constants``
+    become extra columns (e.g. ``seq="chr1:100-200"``, ``task="DNase"``), so that tables of many
+    sequences can be concatenated and passed to :func:`aggregate_fis`.
+    """
+    m = np.asarray(fis_map, dtype=np.float64)
+    if m.shape != (len(sources), len(targets)):
+        raise ValueError(f"map shape {m.shape} does not match {len(sources)} sources x {len(targets)} targets")
+    i, j = np.nonzero(~np.isnan(m))
+    df = pd.DataFrame({"source": np.asarray(sources, dtype=object)[i], "target": np.asarray(targets, dtype=object)[j],
+                       "fis": m[i, j]})
+    for k, v in constants.items():
+        df[k] = v
+    return df
+
+
+def aggregate_fis(table: pd.DataFrame, by: Sequence[str] = ("source", "target"), value: str = "fis") -> pd.DataFrame:
+    """Aggregate FIS across sequences (section 2.2): group rows with the same identity, average.
+
+    Rows are grouped by the columns ``by`` -- e.g. the source and target element names (motif identity),
+    or the source and target base positions for aligned sequences (Cbf1 library) -- and each group gets
+    ``n``, ``mean_fis`` (signed: consistent cooperation/competition) and ``mean_abs_fis`` (strength
+    regardless of sign, robust to interactions whose sign varies between sequences).
+    """
+    by = list(by)
+    g = table.assign(_abs=table[value].abs()).groupby(by, sort=True, dropna=False)
+    out = g.agg(n=(value, "size"), mean_fis=(value, "mean"), mean_abs_fis=("_abs", "mean")).reset_index()
+    return out
+
+
+def marginalise_offsets(
+    table: pd.DataFrame,
+    source_pos: str = "source",
+    target_pos: str = "target",
+    value: str = "fis",
+    by: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Marginalise a per-base DFIM over absolute positions: aggregate by relative offset target - source.
+
+    This is the aggregate of the paper's variant analysis (Fig. 8): maps centred on different sources
+    (variants) are not aligned in absolute coordinates, so the FIS of every (source, target) pair is
+    pooled by the distance ``target - source`` and averaged (``n``, ``mean_fis``, ``mean_abs_fis``),
+    optionally within groups ``by`` (e.g. a task or a source-base identity).
+    """
+    t = table.assign(offset=table[target_pos].astype(int) - table[source_pos].astype(int))
+    return aggregate_fis(t, by=[*by, "offset"], value=value)
+
+
+def per_base_table(dfim: np.ndarray, x: np.ndarray, sources: Sequence[int], **constants: Any) -> pd.DataFrame:
+    """Long form of a per-base DFIM ``(S, 3, L, 4)``: one row per (source, mutant, target position).
+
+    Columns: ``source``, ``source_base``, ``mut_base``, ``target``, ``target_base``, ``fis`` (summed over
+    the bases of the target position, i.e. the change at the observed target base) plus ``constants``;
+    the base identities let :func:`aggregate_fis` group by (source base, target base) as well as by position.
+    """
+    x = _check_one(x)
+    alts = per_base_alternatives(x, sources)
+    obs = np.array([observed_base(x, t) for t in range(x.shape[0])])
+    letters = np.array(list(ALPHABET + "N"))
+    d = np.asarray(dfim, dtype=np.float64).sum(-1)  # (S, 3, L), NaN kept by sum
+    rows = []
+    for i, s in enumerate(sources):
+        for k in range(3):
+            if alts[i, k] < 0:
+                continue
+            ok = ~np.isnan(d[i, k])
+            t = np.nonzero(ok)[0]
+            rows.append(pd.DataFrame({
+                "source": s, "source_base": letters[obs[s]], "mut_base": ALPHABET[alts[i, k]],
+                "target": t, "target_base": letters[obs[t]], "fis": d[i, k, t],
+            }))
+    cols = ["source", "source_base", "mut_base", "target", "target_base", "fis"]
+    df = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=cols)
+    for k, v in constants.items():
+        df[k] = v
+    return df
+
+
+# --------------------------------------------------------------------------------------------- null
+def shuffled_seeds(seed: int, n: int) -> np.ndarray:
+    """Per-shuffle integer seeds derived from ``seed`` (SeedSequence), independent of batching."""
+    ss = np.random.SeedSequence([int(seed), 0x5F15])
+    return np.array([c.generate_state(1)[0] for c in ss.spawn(n)], dtype=np.int64)
+
+
+def fis_null(
+    model: Any,
+    x: np.ndarray,
+    target: int | str,
+    *,
+    elements: Sequence[Span] | None = None,
+    sources: Sequence[int] | None = None,
+    n_shuffles: int = 10,
+    seed: int = 0,
+    method: str = "deeplift",
+    fill: str = "background",
+    gc: float = 0.46,
+    batch_size: int = 64,
+    **kw: Any,
+) -> np.ndarray:
+    """Null FIS (section 2.4): the same map on dinucleotide-shuffled versions of ``x``.
+
+    Shuffling keeps the dinucleotide composition but destroys motifs and therefore their interactions; the
+    map is recomputed at the *same* source/target coordinates on each of ``n_shuffles`` shuffles.
+
+    Give exactly one of ``elements`` (-> :func:`element_map`, null ``(K, E, E)``) or ``sources``
+    (-> :func:`dfim_per_base`, null ``(K, S, 3, L, 4)``). Shuffle ``k`` uses its own seed derived from
+    ``seed``, for the shuffle and for its importance references.
+    """
+    from kipoi_dfim.shuffle import dinucleotide_shuffle
+
+    x = _check_one(x)
+    if (elements is None) == (sources is None):
+        raise ValueError("give exactly one of elements= or sources=")
+    shuffles = np.asarray(dinucleotide_shuffle(x[None], n_shuffles, seed=seed), dtype=np.float32)
+    shuffles = shuffles.reshape(n_shuffles, *x.shape)
+    seeds = shuffled_seeds(seed, n_shuffles)
+    out = []
+    for k in range(n_shuffles):
+        if elements is not None:
+            out.append(element_map(model, shuffles[k], target, elements, fill, gc=gc, method=method,
+                                   batch_size=batch_size, seed=int(seeds[k]), **kw))
+        else:
+            out.append(dfim_per_base(model, shuffles[k], target, sources, method, batch_size=batch_size,
+                                     seed=int(seeds[k]), **kw))
+    return np.stack(out)
+
+
+_POOLS = ("per_map", "per_task", "global")
+
+
+def fis_pvalues(
+    scores: dict[Any, np.ndarray],
+    nulls: dict[Any, np.ndarray],
+    pool: str = "per_map",
+    kind: str = "gaussian",
+    two_sided: bool = True,
+    task_of: Callable[[Any], Any] | None = None,
+) -> dict[Any, np.ndarray]:
+    """p-values of observed maps against shuffled nulls, pooled as in the original ``assign_pval``.
+
+    Parameters
+    ----------
+    scores, nulls : dict
+        Observed map and its null (any shape; NaN entries -- diagonals, masked sources -- are ignored in the
+        null and stay NaN in the result) under the same key.
+    pool : {"per_map", "per_task", "global"}
+        Which null values a map is compared with: its own shuffles (long sequences, many values), all maps of
+        the same task (``task_of(key)``; default: ``key[0]``), or every null value.
+    kind : {"gaussian", "empirical"}
+        Gaussian fit (:func:`kipoi_dfim.null.gaussian_pvalues`, the paper's choice) or empirical.
+
+    Returns
+    -------
+    dict
+        p-values with the shape of each observed map.
+    """
+    from kipoi_dfim import null as nullmod
+
+    if pool not in _POOLS:
+        raise ValueError(f"pool must be one of {_POOLS}, got {pool!r}")
+    if kind not in ("gaussian", "empirical"):
+        raise ValueError(f"kind must be 'gaussian' or 'empirical', got {kind!r}")
+    if set(scores) != set(nulls):
+        raise ValueError("scores and nulls must have the same keys")
+    task_of = task_of or (lambda k: k[0] if isinstance(k, tuple) else k)
+
+    def flat(a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, dtype=np.float64).ravel()
+        return a[~np.isnan(a)]
+
+    if pool == "per_map":
+        pooled = {k: flat(nulls[k]) for k in scores}
+    elif pool == "per_task":
+        by_task: dict[Any, list[np.ndarray]] = {}
+        for k in scores:
+            by_task.setdefault(task_of(k), []).append(flat(nulls[k]))
+        cat = {t: np.concatenate(v) for t, v in by_task.items()}
+        pooled = {k: cat[task_of(k)] for k in scores}
+    else:
+        allv = np.concatenate([flat(nulls[k]) for k in scores]) if scores else np.zeros(0)
+        pooled = {k: allv for k in scores}
+
+    out = {}
+    for k, s in scores.items():
+        s = np.asarray(s, dtype=np.float64)
+        p = np.full(s.shape, np.nan)
+        ok = ~np.isnan(s)
+        if ok.any():
+            if kind == "gaussian":
+                p[ok] = nullmod.gaussian_pvalues(s[ok], pooled[k], two_sided=two_sided)
+            else:
+                p[ok] = nullmod.empirical_pvalues(s[ok], pooled[k], two_sided=two_sided)
+        out[k] = p
+    return out
+
+
+def fis_qvalues(pvalues: dict[Any, np.ndarray]) -> dict[Any, np.ndarray]:
+    """Benjamini-Hochberg q-values over all non-NaN p-values of all maps together."""
+    from kipoi_dfim.null import bh_qvalues
+
+    keys = list(pvalues)
+    flat = [np.asarray(pvalues[k], dtype=np.float64).ravel() for k in keys]
+    allp = np.concatenate(flat) if flat else np.zeros(0)
+    q = np.full(allp.shape, np.nan)
+    ok = ~np.isnan(allp)
+    if ok.any():
+        q[ok] = bh_qvalues(allp[ok])
+    out, i = {}, 0
+    for k, f in zip(keys, flat, strict=True):
+        out[k] = q[i:i + f.size].reshape(np.shape(pvalues[k]))
+        i += f.size
+    return out
