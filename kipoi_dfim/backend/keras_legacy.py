@@ -23,7 +23,6 @@ warning.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import warnings
 from collections.abc import Callable
@@ -36,8 +35,6 @@ import keras
 import numpy as np
 
 from kipoi_dfim.errors import InputError, UnsupportedModelError
-
-log = logging.getLogger(__name__)
 
 __all__ = ["build_from_legacy", "SUPPORTED_LAYERS"]
 
