@@ -123,3 +123,32 @@ def warn_violations(violations: np.ndarray, engine: str) -> None:
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+def pool_axis(length: int, kernel: int, stride: int, dilation: int, left: int, out: int) -> dict[str, int]:
+    """One spatial axis of a pooling op, in the convention-free form the window index needs.
+
+    Each framework resolves its own padding convention (PyTorch ``padding``/``ceil_mode``, Keras
+    ``"same"``/``"valid"``, global pooling) into ``left`` (-inf elements before the input) and ``out`` (number
+    of windows); the padded length is whatever the last window reaches.
+    """
+    span = dilation * (kernel - 1) + 1
+    padded = max(length + left, (out - 1) * stride + span)
+    return dict(length=length, kernel=kernel, stride=stride, dilation=dilation, left=left, out=out, padded=padded)
+
+
+def window_index(axes: list[dict[str, int]]) -> np.ndarray:
+    """Flat indices (n_windows, window_size) into the padded, flattened spatial grid of a max-pool.
+
+    Both engines gather windows with this index and fold routed values back with a scatter-add over it, so
+    the max-pool rule reads and writes exactly the same elements in PyTorch and TensorFlow (overlapping
+    windows accumulate; -inf padding never wins a window).
+    """
+    idx = np.zeros((1, 1), dtype=np.int64)
+    for ax in axes:
+        starts = np.arange(ax["out"])[:, None] * ax["stride"]
+        offsets = np.arange(ax["kernel"])[None, :] * ax["dilation"]
+        one = starts + offsets  # (out, kernel)
+        idx = idx[:, None, :, None] * ax["padded"] + one[None, :, None, :]
+        idx = idx.reshape(idx.shape[0] * idx.shape[1], idx.shape[2] * idx.shape[3])
+    return idx

@@ -27,11 +27,13 @@ from kipoi_dfim.backend._deeplift_common import (
     check_inputs,
     conservation_violations,
     pair_batches,
+    pool_axis,
     warn_violations,
+    window_index,
 )
 from kipoi_dfim.errors import InputError, UnsupportedModelError
 
-__all__ = ["deeplift_multipliers_keras", "window_max_tf"]
+__all__ = ["deeplift_multipliers_keras", "maxpool_windows_tf", "window_max_tf"]
 
 _L = keras.layers
 _A = keras.activations
@@ -117,81 +119,152 @@ _SUPPORTED = (
 # --------------------------------------------------------------------------------------------------------
 
 
-def rescale_multiplier_tf(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, r: tf.Tensor) -> tf.Tensor:
+def rescale_multiplier_tf(
+    fn: Callable[[tf.Tensor], tf.Tensor],
+    x: tf.Tensor,
+    r: tf.Tensor,
+    f_x: tf.Tensor | None = None,
+    f_r: tf.Tensor | None = None,
+) -> tf.Tensor:
     """Rescale multiplier (fn(x) - fn(r)) / (x - r), derivative at x where |x - r| < RESCALE_EPS.
 
-    The same definition as ``deeplift_torch.rescale_multiplier_torch``; computed in float64 by the callers
-    so that both engines agree although their float32 activations differ in the last bits.
+    The same definition as ``deeplift_torch.rescale_multiplier_torch``. ``f_x``/``f_r`` may be passed when
+    already known.
     """
     with tf.GradientTape() as tape:
         tape.watch(x)
-        fx_ = fn(x)
-    derivative = tape.gradient(fx_, x)
+        traced = fn(x)
+    derivative = tape.gradient(traced, x)
     if derivative is None:  # fn constant
         derivative = tf.zeros_like(x)
+    f_x = traced if f_x is None else f_x
+    f_r = fn(r) if f_r is None else f_r
     delta = x - r
     small = tf.abs(delta) < RESCALE_EPS
-    secant = (fx_ - fn(r)) / tf.where(small, tf.ones_like(delta), delta)
-    return tf.where(small, derivative, secant)
+    secant = (f_x - f_r) / tf.where(small, tf.ones_like(delta), delta)
+    return tf.where(small, tf.cast(derivative, secant.dtype), secant)
 
 
-def _rescale_op(fn: Callable[[tf.Tensor], tf.Tensor]) -> Callable[[tf.Tensor], tf.Tensor]:
-    """fn on the paired batch, with the Rescale rule as its gradient (x-half multipliers, duplicated)."""
+def _rescale_op(fn: Callable[[tf.Tensor], tf.Tensor], exact: bool) -> Callable[[tf.Tensor], tf.Tensor]:
+    """fn on the paired batch, with the Rescale rule as its gradient (x-half multipliers, duplicated).
+
+    Smooth functions take their secant in float64 (see the torch twin); for relu/relu6 (``exact``) the
+    float32 secant is already exact and the forward values are reused.
+    """
 
     @tf.custom_gradient
     def op(z: tf.Tensor) -> Any:
+        y = fn(z)
+
         def grad(g: tf.Tensor) -> tf.Tensor:
             half = tf.shape(z)[0] // 2
-            x = tf.cast(z[:half], tf.float64)
-            r = tf.cast(z[half:], tf.float64)
-            h = g[:half] * tf.cast(rescale_multiplier_tf(fn, x, r), g.dtype)
+            if exact:
+                m = rescale_multiplier_tf(fn, z[:half], z[half:], y[:half], y[half:])
+            else:
+                m = rescale_multiplier_tf(fn, tf.cast(z[:half], tf.float64), tf.cast(z[half:], tf.float64))
+            h = g[:half] * tf.cast(m, g.dtype)
             return tf.concat([h, h], 0)
 
-        return fn(z), grad
+        return y, grad
 
     return op
 
 
-def maxpool_multiplier_tf(
-    window_max: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, r: tf.Tensor, grad: tf.Tensor
-) -> tf.Tensor:
+class _Windows:
+    """A max-pool over ``axes`` as gather/scatter over explicit windows: the TensorFlow twin of
+    ``deeplift_torch._Windows`` (same shared ``window_index``; unsorted_segment_sum plays index_add_).
+
+    Only the pooled (spatial) axes need static sizes; the batch axis stays dynamic so one traced function
+    serves every batch size.
+    """
+
+    def __init__(self, rank: int, axes: list[int], spec: list[dict[str, int]]):
+        self.axes = list(axes)
+        self.others = [i for i in range(rank) if i not in self.axes]
+        self.perm = self.axes + self.others
+        self.inverse = [self.perm.index(i) for i in range(rank)]
+        self.spec = spec
+        self.idx = tf.constant(window_index(spec))
+        self.grid_size = int(np.prod([a["padded"] for a in spec]))
+        a = spec[0]  # one axis, windows side by side: gather/scatter become reshapes (as in the torch twin)
+        self.tiled = len(spec) == 1 and a["stride"] == a["kernel"] and a["dilation"] == 1
+
+    def _rest(self, like: tf.Tensor) -> tf.Tensor:
+        return tf.gather(tf.shape(like), self.others)
+
+    def grid(self, z: tf.Tensor) -> tf.Tensor:
+        """(padded spatial positions, rest) view of z, -inf in the padding."""
+        t = tf.reshape(tf.transpose(z, self.perm), [a["length"] for a in self.spec] + [-1])
+        pads = [[a["left"], a["padded"] - a["length"] - a["left"]] for a in self.spec] + [[0, 0]]
+        t = tf.pad(t, pads, constant_values=-np.inf)
+        return tf.reshape(t, [self.grid_size, -1])
+
+    def crop(self, t: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+        """Inverse of ``grid`` (padding dropped), shaped like ``like``."""
+        t = tf.reshape(t, [a["padded"] for a in self.spec] + [-1])
+        t = tf.slice(t, [a["left"] for a in self.spec] + [0], [a["length"] for a in self.spec] + [-1])
+        shape = tf.concat([[a["length"] for a in self.spec], self._rest(like)], 0)
+        return tf.transpose(tf.reshape(t, shape), self.inverse)
+
+    def windows(self, grid: tf.Tensor) -> tf.Tensor:
+        """(windows, window size, rest) values of a grid."""
+        if self.tiled:
+            a = self.spec[0]
+            return tf.reshape(grid[: a["out"] * a["kernel"]], [a["out"], a["kernel"], -1])
+        return tf.gather(grid, self.idx)
+
+    def fold(self, values: tf.Tensor) -> tf.Tensor:
+        """Scatter-add (windows, window size, rest) values back onto the grid."""
+        flat = tf.reshape(values, [-1, tf.shape(values)[-1]])
+        if self.tiled:
+            return tf.pad(flat, [[0, self.grid_size - self.spec[0]["out"] * self.spec[0]["kernel"]], [0, 0]])
+        return tf.math.unsorted_segment_sum(flat, tf.reshape(self.idx, [-1]), self.grid_size)
+
+    def rows(self, y: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+        """A pooled tensor (any layout that reshapes to pooled axes kept) as (windows, rest)."""
+        outs = tf.constant([a["out"] for a in self.spec], tf.int32)
+        shape = tf.gather(tf.concat([outs, self._rest(like)], 0), self.inverse)
+        return tf.reshape(tf.transpose(tf.reshape(y, shape), self.perm), [tf.shape(self.idx)[0], -1])
+
+    def pooled(self, z: tf.Tensor) -> tf.Tensor:
+        """The pooling itself, pooled axes kept in place (size ``out``)."""
+        values = tf.reduce_max(self.windows(self.grid(z)), axis=1)
+        shape = tf.concat([[a["out"] for a in self.spec], self._rest(z)], 0)
+        return tf.transpose(tf.reshape(values, shape), self.inverse)
+
+
+def maxpool_multiplier_tf(windows: _Windows, x: tf.Tensor, r: tf.Tensor, grad: tf.Tensor) -> tf.Tensor:
     """Upstream multipliers pushed through a max-pool by the shared rule (see the torch twin).
 
     With c = max(y_x, y_r) per window, (c - y_r) goes to the argmax of x and (y_x - c) to the argmax of the
-    reference (ties split evenly by reduce_max's gradient); each input's total is divided by its x - r, and
-    where x == r the gradient at x is used.
+    reference, ties split evenly; each input's total is divided by its x - r, and where x == r the
+    (tie-split) gradient at x is used.
     """
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch([x, r])
-        yx = window_max(x)
-        yr = window_max(r)
+    wx = windows.windows(windows.grid(x))
+    wr = windows.windows(windows.grid(r))
+    yx, yr = tf.reduce_max(wx, axis=1), tf.reduce_max(wr, axis=1)
+    share_x = tf.cast(tf.equal(wx, yx[:, None]), x.dtype)
+    share_x = share_x / tf.reduce_sum(share_x, axis=1, keepdims=True)
+    share_r = tf.cast(tf.equal(wr, yr[:, None]), x.dtype)
+    share_r = share_r / tf.reduce_sum(share_r, axis=1, keepdims=True)
+    g = windows.rows(grad, x)
     cross = tf.maximum(yx, yr)
-    routed_x = tape.gradient(yx, x, output_gradients=grad * (cross - yr))
-    gradient_x = tape.gradient(yx, x, output_gradients=grad)
-    routed_r = tape.gradient(yr, r, output_gradients=grad * (yx - cross))
-    del tape
+    routed = windows.fold(share_x * (g * (cross - yr))[:, None] + share_r * (g * (yx - cross))[:, None])
+    routed = windows.crop(routed, x)
+    gradient_x = windows.crop(windows.fold(share_x * g[:, None]), x)
     delta = x - r
     zero = tf.equal(delta, 0.0)
-    ratio = (routed_x + routed_r) / tf.where(zero, tf.ones_like(delta), delta)
-    return tf.where(zero, gradient_x, ratio)
+    return tf.where(zero, gradient_x, routed / tf.where(zero, tf.ones_like(delta), delta))
 
 
-def _maxpool_op(
-    forward_fn: Callable[[tf.Tensor], tf.Tensor], window_max: Callable[[tf.Tensor], tf.Tensor]
-) -> Callable[[tf.Tensor], tf.Tensor]:
+def _maxpool_op(forward_fn: Callable[[tf.Tensor], tf.Tensor], windows: _Windows) -> Callable[[tf.Tensor], tf.Tensor]:
     """The model's pooling on the paired batch, with the shared max-pool rule as its gradient."""
 
     @tf.custom_gradient
     def op(z: tf.Tensor) -> Any:
         def grad(g: tf.Tensor) -> tf.Tensor:
             half = tf.shape(z)[0] // 2
-            m = maxpool_multiplier_tf(
-                window_max,
-                tf.cast(z[:half], tf.float64),
-                tf.cast(z[half:], tf.float64),
-                tf.cast(g[:half], tf.float64),
-            )
-            m = tf.cast(m, g.dtype)
+            m = tf.cast(maxpool_multiplier_tf(windows, z[:half], z[half:], tf.cast(g[:half], z.dtype)), g.dtype)
             return tf.concat([m, m], 0)
 
         return forward_fn(z), grad
@@ -200,58 +273,54 @@ def _maxpool_op(
 
 
 # --------------------------------------------------------------------------------------------------------
-# Pooling as an explicit max over windows (the twin of deeplift_torch.window_max_torch).
+# Pooling geometry: Keras conventions -> the shared window description.
 # --------------------------------------------------------------------------------------------------------
+
+
+def maxpool_windows_tf(
+    shape: tuple[int | None, ...], pool_size: tuple[int, ...], strides: tuple[int, ...], padding: str,
+    axes: tuple[int, ...],
+) -> _Windows:
+    """Window description of Keras/TensorFlow max-pooling over ``axes`` of tensors of ``shape``.
+
+    "valid" has no padding; "same" gives ceil(L / s) windows and pads with -inf, the odd element at the end
+    (TensorFlow's convention).
+    """
+    spec = []
+    for i, axis in enumerate(axes):
+        length, k, s = shape[axis], pool_size[i], strides[i]
+        if length is None:
+            raise UnsupportedModelError("DeepLIFT: max-pooling needs a fixed input length")
+        if padding == "same":
+            out = math.ceil(length / s)
+            left = max((out - 1) * s + k - length, 0) // 2
+        else:
+            out, left = (length - k) // s + 1, 0
+        spec.append(pool_axis(length, k, s, 1, left, out))
+    return _Windows(len(shape), list(axes), spec)
 
 
 def window_max_tf(
     z: tf.Tensor, pool_size: tuple[int, ...], strides: tuple[int, ...], padding: str, axes: tuple[int, ...]
 ) -> tf.Tensor:
-    """Keras max-pooling over ``axes`` as reduce_max over explicit windows (tf.signal.frame).
-
-    Padding "same" pads with -inf (TensorFlow's convention: the extra element goes to the end).
-    reduce_max's gradient splits ties evenly, like torch's amax, which keeps tie routing identical
-    between the engines.
-    """
-    frame_axes = []
-    for i in sorted(range(len(axes)), key=lambda j: -axes[j]):  # last axis first: earlier indices stay put
-        axis, k, s = axes[i], pool_size[i], strides[i]
-        length = z.shape[axis]
-        if length is None:
-            raise UnsupportedModelError("DeepLIFT: max-pooling needs a fixed input length")
-        if padding == "same":
-            out = math.ceil(length / s)
-            total = max((out - 1) * s + k - length, 0)
-            pads = [[0, 0]] * z.shape.rank
-            pads[axis] = [total // 2, total - total // 2]
-            z = tf.pad(z, pads, constant_values=-np.inf)
-        else:
-            out = (length - k) // s + 1
-        z = tf.signal.frame(z, k, s, axis=axis)
-        begin = [0] * z.shape.rank
-        size = [-1] * z.shape.rank
-        size[axis] = out
-        z = tf.slice(z, begin, size)
-        frame_axes.append(axis)
-    # axis a_i (ascending order i) ended up split at a_i + i, its window dimension at a_i + i + 1.
-    window_dims = [a + i + 1 for i, a in enumerate(sorted(axes))]
-    return tf.reduce_max(z, axis=window_dims)
+    """Keras max-pooling recomputed from the explicit windows the rule uses (for checks and tests)."""
+    return maxpool_windows_tf(tuple(z.shape), pool_size, strides, padding, axes).pooled(z)
 
 
-def _window_max_for(layer: keras.layers.Layer) -> Callable[[tf.Tensor], tf.Tensor]:
-    """The window-max re-expression of a Keras max-pooling layer."""
+def _windows_for(layer: keras.layers.Layer, shape: tuple[int | None, ...]) -> _Windows:
+    """The window description of a Keras max-pooling layer for inputs of ``shape``."""
     channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
-    if isinstance(layer, (_L.GlobalMaxPooling1D, _L.GlobalMaxPooling2D)):
-        nd = 1 if isinstance(layer, _L.GlobalMaxPooling1D) else 2
-        axes = tuple(range(2, 2 + nd)) if channels_first else tuple(range(1, 1 + nd))
-        keepdims = bool(getattr(layer, "keepdims", False))
-        return lambda t: tf.reduce_max(t, axis=axes, keepdims=keepdims)
-    nd = 1 if isinstance(layer, _L.MaxPooling1D) else 2
+    global_ = isinstance(layer, (_L.GlobalMaxPooling1D, _L.GlobalMaxPooling2D))
+    nd = 1 if isinstance(layer, (_L.GlobalMaxPooling1D, _L.MaxPooling1D)) else 2
     axes = tuple(range(2, 2 + nd)) if channels_first else tuple(range(1, 1 + nd))
+    if global_:
+        if any(shape[a] is None for a in axes):
+            raise UnsupportedModelError(f"DeepLIFT: {_name(layer)} needs a fixed input length")
+        spec = [pool_axis(shape[a], shape[a], shape[a], 1, 0, 1) for a in axes]
+        return _Windows(len(shape), list(axes), spec)
     pool = tuple(int(v) for v in layer.pool_size)
     strides = tuple(int(v) for v in (layer.strides or layer.pool_size))
-    padding = str(layer.padding).lower()
-    return lambda t: window_max_tf(t, pool, strides, padding, axes)
+    return maxpool_windows_tf(shape, pool, strides, str(layer.padding).lower(), axes)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -292,6 +361,15 @@ def _activation_fn(layer: Any) -> tuple[str, Callable[[tf.Tensor], tf.Tensor]]:
             f"DeepLIFT: {_name(layer)} uses activation '{label}', which has no DeepLIFT rule; {_SUPPORTED}"
         )
     return kind, act
+
+
+def _exact_secant(op: Any) -> bool:
+    """Whether the float32 secant is exact: plain relu/relu6 (the torch twin makes the same choice)."""
+    if isinstance(op, _L.ReLU):
+        return op.negative_slope == 0 and op.threshold == 0
+    if isinstance(op, keras.Operation) and not isinstance(op, keras.layers.Layer):
+        return type(op).__name__ in ("Relu", "Relu6")
+    return getattr(op, "activation", None) in (_A.relu, _A.relu6)
 
 
 def _kind(op: Any) -> str:
@@ -353,7 +431,8 @@ def _probe_pool(layer: keras.layers.Layer) -> None:
         return
     rng = np.random.default_rng(0)
     z = tf.constant(np.round(rng.normal(size=(2, *shape[1:])), 1), dtype=tf.float32)  # rounding -> ties
-    if not np.array_equal(layer(z).numpy(), _window_max_for(layer)(z).numpy()):
+    mine = _windows_for(layer, shape).pooled(z).numpy()
+    if not np.array_equal(layer(z).numpy().ravel(), mine.ravel()):
         raise UnsupportedModelError(f"DeepLIFT: max-pooling {_name(layer)}: this configuration is not supported")
 
 
@@ -380,10 +459,10 @@ def _call(op: Any, args: tuple, kwargs: dict) -> Any:
     if kind == "activation":
         with _linear_activation(op):
             pre = op(*args, **kwargs)
-        return _rescale_op(_activation_fn(op)[1])(pre)
+        return _rescale_op(_activation_fn(op)[1], _exact_secant(op))(pre)
     if kind == "rescale":
-        return _rescale_op(_activation_fn(op)[1])(args[0])
-    return _maxpool_op(lambda t: op(t), _window_max_for(op))(args[0])
+        return _rescale_op(_activation_fn(op)[1], _exact_secant(op))(args[0])
+    return _maxpool_op(lambda t: op(t), _windows_for(op, tuple(args[0].shape)))(args[0])
 
 
 def _run(model: keras.Model, h: tf.Tensor) -> Any:

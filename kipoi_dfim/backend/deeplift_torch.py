@@ -28,11 +28,13 @@ from kipoi_dfim.backend._deeplift_common import (
     check_inputs,
     conservation_violations,
     pair_batches,
+    pool_axis,
     warn_violations,
+    window_index,
 )
 from kipoi_dfim.errors import InputError, UnsupportedModelError
 
-__all__ = ["deeplift_multipliers_torch", "window_max_torch"]
+__all__ = ["deeplift_multipliers_torch", "maxpool_windows_torch", "window_max_torch"]
 
 # --------------------------------------------------------------------------------------------------------
 # What is linear, what has a rule. Anything that depends on the input and is not listed raises.
@@ -213,31 +215,40 @@ _MAXPOOL = _Rule("maxpool")
 class _Rescale(torch.autograd.Function):
     """Rescale rule for an elementwise function fn: multiplier (fn(x) - fn(r)) / (x - r).
 
-    The secant is computed in float64 from the float32 activations so that the two engines, whose float32
-    activations agree to ~1e-7, give the same multipliers; where |x - r| < RESCALE_EPS the derivative at x
-    is used (the limit of the secant). Both halves of the returned gradient carry the x-half multiplier,
-    so the pair stays consistent through every later rule.
+    For smooth functions the secant is computed in float64 from the float32 activations, so that the two
+    engines, whose float32 activations agree to ~1e-7, give the same multipliers even where x - r is small;
+    for relu/relu6 the float32 secant is already exact. Where |x - r| < RESCALE_EPS the derivative at x is
+    used (the limit of the secant). Both halves of the returned gradient carry the x-half multiplier, so the
+    pair stays consistent through every later rule.
     """
 
     @staticmethod
-    def forward(ctx: Any, z: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        ctx.save_for_backward(z)
-        ctx.fn = fn
-        return fn(z)
+    def forward(
+        ctx: Any, z: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], exact: bool
+    ) -> torch.Tensor:
+        y = fn(z)
+        ctx.save_for_backward(z, y)
+        ctx.fn, ctx.exact = fn, exact
+        return y
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (z,) = ctx.saved_tensors
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        z, y = ctx.saved_tensors
         half = z.shape[0] // 2
-        x = z[:half].detach().double()
-        r = z[half:].detach().double()
-        multiplier = rescale_multiplier_torch(ctx.fn, x, r)
+        if ctx.exact:
+            multiplier = rescale_multiplier_torch(ctx.fn, z[:half], z[half:], y[:half], y[half:])
+        else:
+            multiplier = rescale_multiplier_torch(ctx.fn, z[:half].double(), z[half:].double())
         h = grad[:half] * multiplier.to(grad.dtype)
-        return torch.cat([h, h]), None
+        return torch.cat([h, h]), None, None
 
 
 def rescale_multiplier_torch(
-    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, r: torch.Tensor
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    r: torch.Tensor,
+    f_x: torch.Tensor | None = None,
+    f_r: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Rescale multiplier (fn(x) - fn(r)) / (x - r), derivative at x where |x - r| < RESCALE_EPS.
 
@@ -246,25 +257,138 @@ def rescale_multiplier_torch(
     fn : callable
         Elementwise function.
     x, r : torch.Tensor
-        Activations of the sequence and of the reference (same shape; float64 recommended).
+        Activations of the sequence and of the reference (same shape).
+    f_x, f_r : torch.Tensor, optional
+        fn(x) and fn(r) if already known (saves two evaluations).
     """
-    with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        fx_ = fn(xg)
-        (derivative,) = torch.autograd.grad(fx_.sum(), xg)
+    f_x = fn(x) if f_x is None else f_x
+    f_r = fn(r) if f_r is None else f_r
     delta = x - r
     small = delta.abs() < RESCALE_EPS
-    secant = (fx_.detach() - fn(r)) / torch.where(small, torch.ones_like(delta), delta)
-    return torch.where(small, derivative, secant)
+    out = (f_x - f_r) / torch.where(small, torch.ones_like(delta), delta)
+    if bool(small.any()):
+        with torch.enable_grad():
+            xs = x[small].detach().requires_grad_(True)
+            (derivative,) = torch.autograd.grad(fn(xs).sum(), xs)
+        out[small] = derivative.to(out.dtype)
+    return out
+
+
+class _Windows:
+    """A max-pool over ``axes`` of tensors of one shape, as gather/scatter over explicit windows.
+
+    The tensor is laid out as a grid (padded spatial positions flattened, everything else flattened), windows
+    are gathered with the shared ``window_index`` and routed values are folded back with ``index_add_``
+    (overlaps accumulate). ``deeplift_keras._Windows`` is the same construction in TensorFlow.
+    """
+
+    def __init__(self, shape: tuple[int, ...], axes: list[int], spec: list[dict[str, int]]):
+        self.shape = tuple(shape)
+        self.axes = list(axes)
+        others = [i for i in range(len(shape)) if i not in self.axes]
+        self.perm = self.axes + others
+        self.inverse = [self.perm.index(i) for i in range(len(shape))]
+        self.spec = spec
+        self.rest = [shape[i] for i in others]
+        self.n_rest = int(np.prod(self.rest, dtype=np.int64))
+        self.idx = torch.from_numpy(window_index(spec))
+        self.grid_size = int(np.prod([a["padded"] for a in spec]))
+        # One axis, windows side by side (stride == kernel, no dilation): windows are a reshape of the grid
+        # and folding is a reshape back, the same numbers as gather/scatter at a fraction of the cost.
+        a = spec[0]
+        self.tiled = len(spec) == 1 and a["stride"] == a["kernel"] and a["dilation"] == 1
+
+    def grid(self, z: torch.Tensor) -> torch.Tensor:
+        """(padded spatial positions, rest) view of z, -inf in the padding."""
+        t = z.permute(self.perm).reshape([a["length"] for a in self.spec] + [self.n_rest])
+        for axis, a in enumerate(self.spec):
+            right = a["padded"] - a["length"] - a["left"]
+            parts = [t]
+            for size, where in ((a["left"], 0), (right, 1)):
+                if size > 0:
+                    shape = list(t.shape)
+                    shape[axis] = size
+                    pad = torch.full(shape, -torch.inf, dtype=t.dtype, device=t.device)
+                    parts.insert(0 if where == 0 else len(parts), pad)
+            t = torch.cat(parts, dim=axis) if len(parts) > 1 else t
+        return t.reshape(self.grid_size, self.n_rest)
+
+    def crop(self, t: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``grid`` (padding dropped), back to the tensor's own shape."""
+        t = t.reshape([a["padded"] for a in self.spec] + [self.n_rest])
+        for axis, a in enumerate(self.spec):
+            t = t.narrow(axis, a["left"], a["length"])
+        t = t.reshape([a["length"] for a in self.spec] + self.rest)
+        return t.permute(self.inverse)
+
+    def windows(self, grid: torch.Tensor) -> torch.Tensor:
+        """(windows, window size, rest) values of a grid."""
+        if self.tiled:
+            a = self.spec[0]
+            return grid[: a["out"] * a["kernel"]].reshape(a["out"], a["kernel"], self.n_rest)
+        return grid[self.idx.to(grid.device)]
+
+    def fold(self, values: torch.Tensor) -> torch.Tensor:
+        """Scatter-add (windows, window size, rest) values back onto the grid."""
+        flat = values.reshape(-1, self.n_rest)
+        if self.tiled:
+            tail = torch.zeros(self.grid_size - flat.shape[0], self.n_rest, dtype=flat.dtype, device=flat.device)
+            return torch.cat([flat, tail])
+        out = torch.zeros(self.grid_size, self.n_rest, dtype=values.dtype, device=values.device)
+        return out.index_add_(0, self.idx.to(values.device).reshape(-1), flat)
+
+    def rows(self, y: torch.Tensor) -> torch.Tensor:
+        """A pooled tensor (pooled axes kept, any layout that reshapes to it) as (windows, rest)."""
+        out = [self.shape[i] if i not in self.axes else self.spec[self.axes.index(i)]["out"] for i in
+               range(len(self.shape))]
+        return y.reshape(out).permute(self.perm).reshape(-1, self.n_rest)
+
+    def pooled(self, z: torch.Tensor) -> torch.Tensor:
+        """The pooling itself, pooled axes kept in place (size ``out``)."""
+        values = self.windows(self.grid(z)).amax(1)
+        out = [a["out"] for a in self.spec] + self.rest
+        return values.reshape(out).permute(self.inverse)
+
+
+def maxpool_multiplier_torch(windows: _Windows, x: torch.Tensor, r: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Upstream multipliers ``grad`` pushed through a max-pool by the shared rule.
+
+    With c = max(y_x, y_r) per window, (c - y_r) goes to the argmax of x and (y_x - c) to the argmax of the
+    reference, ties split evenly; each input's routed total is divided by its own x - r, and where x == r the
+    gradient at x (tie-split) is used. The pieces sum to y_x - y_r, so summation-to-delta holds exactly.
+
+    Parameters
+    ----------
+    windows : _Windows
+        The pooling geometry for tensors shaped like x (see ``maxpool_windows_torch``).
+    x, r : torch.Tensor
+        Pool inputs of the sequences and of their references.
+    grad : torch.Tensor
+        Multipliers of the pool outputs (x half), any shape that reshapes to the pooled shape.
+    """
+    wx, wr = windows.windows(windows.grid(x)), windows.windows(windows.grid(r))
+    yx, yr = wx.amax(1), wr.amax(1)
+    share_x = (wx == yx[:, None]).to(x.dtype)
+    share_x = share_x / share_x.sum(1, keepdim=True)
+    share_r = (wr == yr[:, None]).to(x.dtype)
+    share_r = share_r / share_r.sum(1, keepdim=True)
+    g = windows.rows(grad)
+    cross = torch.maximum(yx, yr)
+    routed = windows.crop(windows.fold(share_x * (g * (cross - yr))[:, None] + share_r * (g * (yx - cross))[:, None]))
+    delta = x - r
+    zero = delta == 0
+    out = routed / torch.where(zero, torch.ones_like(delta), delta)
+    if bool(zero.any()):
+        out = torch.where(zero, windows.crop(windows.fold(share_x * g[:, None])), out)
+    return out
 
 
 class _MaxPool(torch.autograd.Function):
-    """The shared max-pool rule (docs/deeplift.md), on the paired batch.
+    """The shared max-pool rule (docs/deeplift.md) on the paired batch.
 
-    ``forward_fn`` is the model's own pooling op; ``window_max`` re-expresses it as a max over explicit
-    windows whose backward splits ties evenly (``amax``), which is what both engines use to route. The
-    forward checks that both give the same numbers so a pooling configuration the re-expression gets wrong
-    cannot slip through.
+    ``forward_fn`` is the model's own pooling op; ``make_windows(shape)`` re-expresses it over explicit
+    windows. The forward checks that both give the same numbers, so a pooling configuration the
+    re-expression gets wrong cannot slip through.
     """
 
     @staticmethod
@@ -272,62 +396,31 @@ class _MaxPool(torch.autograd.Function):
         ctx: Any,
         z: torch.Tensor,
         forward_fn: Callable[[torch.Tensor], torch.Tensor],
-        window_max: Callable[[torch.Tensor], torch.Tensor],
-        name: str,
+        make_windows: Callable[[tuple[int, ...]], _Windows],
+        name: str | None,
     ) -> torch.Tensor:
         y = forward_fn(z)
-        if not torch.equal(y, window_max(z)):
-            raise UnsupportedModelError(f"DeepLIFT: max-pooling {name}: this pooling configuration is not supported")
+        if name is not None:  # checked on the first batch of a call
+            mine = make_windows(tuple(z.shape)).pooled(z)
+            if mine.numel() != y.numel() or not torch.equal(y, mine.reshape(y.shape)):
+                raise UnsupportedModelError(
+                    f"DeepLIFT: max-pooling {name}: this pooling configuration is not supported"
+                )
         ctx.save_for_backward(z)
-        ctx.window_max = window_max
+        ctx.make_windows = make_windows
         return y
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         (z,) = ctx.saved_tensors
         half = z.shape[0] // 2
-        m = maxpool_multiplier_torch(
-            ctx.window_max, z[:half].detach().double(), z[half:].detach().double(), grad[:half].double()
-        ).to(grad.dtype)
+        x, r = z[:half], z[half:]
+        m = maxpool_multiplier_torch(ctx.make_windows(tuple(x.shape)), x, r, grad[:half]).to(grad.dtype)
         return torch.cat([m, m]), None, None, None
 
 
-def maxpool_multiplier_torch(
-    window_max: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, r: torch.Tensor, grad: torch.Tensor
-) -> torch.Tensor:
-    """Upstream multipliers ``grad`` pushed through a max-pool by the shared rule.
-
-    With c = max(y_x, y_r) per window, (c - y_r) goes to the argmax of x and (y_x - c) to the argmax of the
-    reference (ties split evenly), and each input's routed total is divided by its own x - r; where x == r
-    the gradient at x is used. The pieces sum to y_x - y_r, so summation-to-delta holds exactly.
-
-    Parameters
-    ----------
-    window_max : callable
-        The pooling as a max over explicit windows (see ``window_max_torch``).
-    x, r : torch.Tensor
-        Pool inputs of the sequences and of their references.
-    grad : torch.Tensor
-        Multipliers of the pool outputs (x half).
-    """
-    with torch.enable_grad():
-        xv = x.requires_grad_(True)
-        rv = r.requires_grad_(True)
-        yx = window_max(xv)
-        yr = window_max(rv)
-        cross = torch.maximum(yx, yr).detach()
-        routed_x, gradient_x = (
-            torch.autograd.grad(yx, xv, g, retain_graph=True)[0] for g in (grad * (cross - yr.detach()), grad)
-        )
-        (routed_r,) = torch.autograd.grad(yr, rv, grad * (yx.detach() - cross))
-    delta = (x - r).detach()
-    zero = delta == 0
-    ratio = (routed_x + routed_r) / torch.where(zero, torch.ones_like(delta), delta)
-    return torch.where(zero, gradient_x, ratio)
-
-
 # --------------------------------------------------------------------------------------------------------
-# Pooling as an explicit max over windows.
+# Pooling geometry: PyTorch conventions -> the shared window description.
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -335,6 +428,38 @@ def _as_tuple(value: Any, n: int) -> tuple[int, ...]:
     if isinstance(value, (tuple, list)):
         return tuple(int(v) for v in value)
     return (int(value),) * n
+
+
+def maxpool_windows_torch(
+    shape: tuple[int, ...],
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+    ceil_mode: bool,
+) -> _Windows:
+    """Window description of ``nn.MaxPool1d/2d`` over the last ``len(kernel)`` axes of tensors of ``shape``.
+
+    Output length and padding follow PyTorch: -inf padding of ``padding`` on both sides, ``ceil_mode``
+    adds a partial last window unless it would start in the right padding.
+    """
+    nd = len(kernel)
+    axes = list(range(len(shape) - nd, len(shape)))
+    spec = []
+    for i, axis in enumerate(axes):
+        length, k, s, p, d = shape[axis], kernel[i], stride[i], padding[i], dilation[i]
+        span = d * (k - 1) + 1
+        out = (length + 2 * p - span + (s - 1 if ceil_mode else 0)) // s + 1
+        if ceil_mode and (out - 1) * s >= length + p:
+            out -= 1
+        spec.append(pool_axis(length, k, s, d, p, out))
+    return _Windows(shape, axes, spec)
+
+
+def _global_windows(shape: tuple[int, ...], axes: list[int]) -> _Windows:
+    """Max over whole axes (global max-pooling, amax) as one window per remaining position."""
+    spec = [pool_axis(shape[a], shape[a], shape[a], 1, 0, 1) for a in axes]
+    return _Windows(shape, axes, spec)
 
 
 def window_max_torch(
@@ -345,46 +470,17 @@ def window_max_torch(
     dilation: tuple[int, ...],
     ceil_mode: bool,
 ) -> torch.Tensor:
-    """PyTorch max-pooling over the last ``len(kernel)`` axes written as ``amax`` over explicit windows.
-
-    ``amax`` splits its gradient evenly among tied maxima, the same as TensorFlow's ``reduce_max``; the
-    Keras engine builds the identical construction, so ties (frequent in repetitive sequence) are routed the
-    same way in both frameworks. Padding is -inf, as in ``torch.nn.MaxPool1d``.
-    """
-    nd = len(kernel)
-    base = z.ndim - nd
-    for i in range(nd):
-        dim = base + i
-        length, k, s, p, d = z.shape[dim], kernel[i], stride[i], padding[i], dilation[i]
-        span = d * (k - 1) + 1
-        out = (length + 2 * p - span + (s - 1 if ceil_mode else 0)) // s + 1
-        if ceil_mode and (out - 1) * s >= length + p:
-            out -= 1
-        need = (out - 1) * s + span
-        right = max(need - length - p, 0)
-        parts = []
-        for size in (p, None, right):
-            if size is None:
-                parts.append(z)
-            elif size > 0:
-                shape = list(z.shape)
-                shape[dim] = size
-                parts.append(torch.full(shape, -torch.inf, dtype=z.dtype, device=z.device))
-        z = torch.cat(parts, dim=dim) if len(parts) > 1 else z
-        z = z.narrow(dim, 0, need).unfold(dim, span, s)
-        if d > 1:
-            z = z[..., ::d]
-    return z.amax(dim=tuple(range(-nd, 0)))
+    """PyTorch max-pooling recomputed from the explicit windows the rule uses (for checks and tests)."""
+    return maxpool_windows_torch(tuple(z.shape), kernel, stride, padding, dilation, ceil_mode).pooled(z)
 
 
 def _maxpool_fns(
     node: fx.Node, module: nn.Module | None, args: tuple, kwargs: dict
-) -> tuple[Callable, Callable]:
-    """(model's own pooling op, window-max re-expression) for a max-pool node."""
+) -> tuple[Callable, Callable[[tuple[int, ...]], _Windows]]:
+    """(model's own pooling op, shape -> window description) for a max-pool node."""
     if isinstance(module, (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)):
         nd = 1 if isinstance(module, nn.AdaptiveMaxPool1d) else 2
-        dims = tuple(range(-nd, 0))
-        return module, lambda t: t.amax(dim=dims, keepdim=True)
+        return module, lambda shape: _global_windows(shape, list(range(len(shape) - nd, len(shape))))
     if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d)):
         nd = 1 if isinstance(module, nn.MaxPool1d) else 2
         params = dict(
@@ -399,26 +495,35 @@ def _maxpool_fns(
         nd = _MAXPOOL_FUNCTIONS[node.target]
         names = ["kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"]
         params = {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False}
-        params.update(dict(zip(names, args[1:])))
+        params.update(dict(zip(names, args[1:], strict=False)))
         params.update(kwargs)
         params.pop("return_indices", None)
         target, rest = node.target, args[1:]
 
         def forward_fn(t: torch.Tensor) -> torch.Tensor:
             return target(t, *rest, **kwargs)
-    else:  # amax: the op is its own window max
-        rest = args[1:]
-        method = node.op == "call_method"
+    else:  # amax over some axes
+        bound = dict(zip(["dim", "keepdim"], args[1:], strict=False))
+        bound.update(kwargs)
+        dims = bound.get("dim", ())
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        rest, method = args[1:], node.op == "call_method"
 
         def amax(t: torch.Tensor) -> torch.Tensor:
             return t.amax(*rest, **kwargs) if method else torch.amax(t, *rest, **kwargs)
 
-        return amax, amax
+        def make(shape: tuple[int, ...]) -> _Windows:
+            axes = sorted(d % len(shape) for d in dims)
+            if not axes or 0 in axes:
+                raise UnsupportedModelError(f"DeepLIFT: {_describe(node, None)} reduces over the batch axis")
+            return _global_windows(shape, axes)
+
+        return amax, make
     kernel = _as_tuple(params["kernel_size"], nd)
     stride = _as_tuple(params["stride"] if params["stride"] not in (None, [], ()) else kernel, nd)
-    spec = (kernel, stride, _as_tuple(params["padding"], nd), _as_tuple(params["dilation"], nd))
+    padding, dilation = _as_tuple(params["padding"], nd), _as_tuple(params["dilation"], nd)
     ceil_mode = bool(params["ceil_mode"])
-    return forward_fn, lambda t: window_max_torch(t, *spec, ceil_mode)
+    return forward_fn, lambda shape: maxpool_windows_torch(shape, kernel, stride, padding, dilation, ceil_mode)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -426,9 +531,9 @@ def _maxpool_fns(
 # --------------------------------------------------------------------------------------------------------
 
 
-def _describe(node: fx.Node, gm: fx.GraphModule) -> str:
+def _describe(node: fx.Node, gm: fx.GraphModule | None) -> str:
     """Human name of an fx node for error messages."""
-    if node.op == "call_module":
+    if node.op == "call_module" and gm is not None:
         return f"layer '{node.target}' ({type(gm.get_submodule(node.target)).__name__})"
     if node.op == "call_method":
         return f"tensor method .{node.target}() (node '{node.name}')"
@@ -567,6 +672,7 @@ class _DeepLiftInterpreter(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, rules: dict[str, _Rule]):
         super().__init__(gm)
         self.rules = rules
+        self.checked: set[str] = set()
 
     def run_node(self, n: fx.Node) -> Any:
         rule = self.rules.get(n.name)
@@ -575,9 +681,20 @@ class _DeepLiftInterpreter(fx.Interpreter):
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         module = self.module.get_submodule(n.target) if n.op == "call_module" else None
         if rule.kind == "rescale":
-            return _Rescale.apply(args[0], _elementwise_fn(n, module, args, kwargs))
+            return _Rescale.apply(args[0], _elementwise_fn(n, module, args, kwargs), _exact_secant(n, module))
         forward_fn, window_max = _maxpool_fns(n, module, args, kwargs)
-        return _MaxPool.apply(args[0], forward_fn, window_max, _describe(n, self.module))
+        check = n.name not in self.checked
+        self.checked.add(n.name)
+        return _MaxPool.apply(args[0], forward_fn, window_max, _describe(n, self.module) if check else None)
+
+
+def _exact_secant(node: fx.Node, module: nn.Module | None) -> bool:
+    """Whether the float32 secant is exact (relu, relu6: differences of the inputs themselves or 0/6)."""
+    if module is not None:
+        return type(module) in (nn.ReLU, nn.ReLU6)
+    if node.op == "call_method":
+        return node.target == "relu"
+    return node.target in (torch.relu, F.relu, F.relu6)
 
 
 def _elementwise_fn(node: fx.Node, module: nn.Module | None, args: tuple, kwargs: dict) -> Callable:
