@@ -21,8 +21,10 @@ demo: $(STAMP)
 	mkdir -p out
 	$(VENV)/bin/kipoi-dfim score-variants model_specs/tal_gata_k562 \
 	    --vcf example_vcfs/spi1_bqtls/spi1_bqtls.vcf --fasta example_vcfs/spi1_bqtls/spi1_bqtls_hg19_1kb.fa \
-	    -o out/spi1_bqtls.dfim.vcf.gz --tsv out/spi1_bqtls.dfim.tsv --maps out/spi1_bqtls.dfim.h5
-	@echo "wrote out/spi1_bqtls.dfim.vcf.gz, out/spi1_bqtls.dfim.tsv and out/spi1_bqtls.dfim.h5"
+	    -o out/spi1_bqtls.dfim.vcf.gz --tsv out/spi1_bqtls.dfim.tsv --maps out/spi1_bqtls.dfim.h5 \
+	    --null-shuffles 10 --seed 0
+	$(VENV)/bin/kipoi-dfim report out/spi1_bqtls.dfim.tsv --maps out/spi1_bqtls.dfim.h5 -o out/spi1_bqtls.report.html
+	@echo "wrote out/spi1_bqtls.dfim.vcf.gz(.tbi), out/spi1_bqtls.dfim.tsv, out/spi1_bqtls.dfim.h5, out/spi1_bqtls.report.html"
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check kipoi_dfim tests benchmarks scripts
