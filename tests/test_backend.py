@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import random_onehot
 from torch import nn
 
 import kipoi_dfim
 from kipoi_dfim.backend.layouts import LAYOUTS, from_model_layout, layout_from_shape, to_model_layout
 from kipoi_dfim.errors import InputError, UnsupportedModelError
-
-from conftest import random_onehot
 
 L = 40
 
