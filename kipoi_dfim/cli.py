@@ -39,6 +39,9 @@ def _method_args(p: argparse.ArgumentParser, default: str) -> None:
         help=f"importance method (default: {default})",
     )
     p.add_argument("--n-refs", type=int, default=10, help="DeepLIFT references (dinucleotide shuffles) per sequence")
+    p.add_argument("--baseline", default="zeros", choices=["zeros", "uniform", "gc", "shuffle"],
+                   help="integrated gradients baseline (default zeros; shuffle uses --n-refs shuffles)")
+    p.add_argument("--steps", type=int, default=50, help="integrated gradients steps (default 50)")
     p.add_argument("--null-shuffles", type=int, default=0, help="dinucleotide-shuffled backgrounds for the null")
     p.add_argument("--batch-size", type=int, default=64, help="sequences per model call")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same output)")
@@ -105,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="deeplift", choices=["grad_input", "deeplift", "integrated_gradients"])
     p.add_argument("--n-refs", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64, help="sequences per model call")
+    p.add_argument("--example-vcf", default=None, help="example VCF for `kipoi test` (default: generated)")
+    p.add_argument("--example-fasta", default=None, help="FASTA of the example VCF")
     p.set_defaults(module="kipoi_spec")
     return parser
 

@@ -49,6 +49,8 @@ class ScoringConfig:
     all_alts: bool = False
     batch_size: int = 64
     flank: int = 50
+    baseline: str = "zeros"  # integrated gradients: zeros, uniform, gc or shuffle
+    steps: int = 50  # integrated gradients
 
 
 def _variant_seed(seed: int, v: Variant, stream: int) -> int:
@@ -57,20 +59,32 @@ def _variant_seed(seed: int, v: Variant, stream: int) -> int:
     return int(ss.generate_state(1)[0])
 
 
-def _importance_pair(model, X, Xalt, target, cfg: ScoringConfig, seeds) -> tuple[np.ndarray, np.ndarray]:
-    """Importance of the reference and alternate windows, in one batched call, with shared references."""
-    from kipoi_dfim.attribution import importance
-    from kipoi_dfim.shuffle import dinucleotide_shuffle
+def _shared_references(X: np.ndarray, cfg: ScoringConfig, seeds: np.ndarray) -> np.ndarray | None:
+    """Dinucleotide shuffles of each reference window (N, R, L, 4), drawn once and used for X and X' alike."""
+    if cfg.method == "deeplift" or (cfg.method == "integrated_gradients" and cfg.baseline == "shuffle"):
+        from kipoi_dfim.shuffle import dinucleotide_shuffle
 
-    both = np.concatenate([X, Xalt])
+        return dinucleotide_shuffle(X, n=cfg.n_refs, seed=seeds)
+    return None
+
+
+def _importance(model, X: np.ndarray, target: int, cfg: ScoringConfig, refs: np.ndarray | None) -> np.ndarray:
+    """Importance of windows X with explicit references/baselines (so the seeds were used upstream)."""
+    from kipoi_dfim.attribution import importance
+
     kw = {}
     if cfg.method == "deeplift":
-        refs = dinucleotide_shuffle(X, n=cfg.n_refs, seed=seeds)
-        kw["references"] = np.concatenate([refs, refs])
+        kw["references"] = refs
     elif cfg.method == "integrated_gradients":
-        kw["n_baselines"] = cfg.n_refs
-    C = importance(model, both, target, cfg.method, batch_size=cfg.batch_size,
-                   seed=np.concatenate([seeds, seeds]), **kw)
+        kw["baseline"] = refs if refs is not None else cfg.baseline
+        kw["steps"] = cfg.steps
+    return importance(model, X, target, cfg.method, batch_size=cfg.batch_size, **kw)
+
+
+def _importance_pair(model, X, Xalt, target, cfg: ScoringConfig, refs) -> tuple[np.ndarray, np.ndarray]:
+    """Importance of the reference and alternate windows in one batched call, with the same references."""
+    both_refs = np.concatenate([refs, refs]) if refs is not None else None
+    C = _importance(model, np.concatenate([X, Xalt]), target, cfg, both_refs)
     return C[: len(X)], C[len(X):]
 
 
@@ -161,7 +175,7 @@ def _null_chunk(model, X, Xalt, variants, t, cfg, acc: _NullAccumulator, t_index
     nref = nref.reshape(N * K, L, 4)
     nalt = nalt.reshape(N * K, L, 4)
     nseeds = np.array([_variant_seed(cfg.seed, v, 2 + k) for v in variants for k in range(K)], dtype=np.uint64)
-    Cr, Ca = _importance_pair(model, nref, nalt, t, cfg, nseeds)
+    Cr, Ca = _importance_pair(model, nref, nalt, t, cfg, _shared_references(nref, cfg, nseeds))
     fis = (Cr - Ca).sum(-1)
     rep = [v for v in variants for _ in range(K)]
     summ = _summaries(fis, nref, rep, cfg.window)
@@ -278,6 +292,8 @@ def score_variants(
     seed: int = 0,
     rc: bool = False,
     all_alts: bool = False,
+    baseline: str = "zeros",
+    steps: int = 50,
     chunk_size: int = 256,
     variant_ids: Sequence[str] | None = None,
     source: str | None = None,
@@ -314,6 +330,9 @@ def score_variants(
         Average the ISM scores with the reverse complement windows.
     all_alts
         Also compute the paper's maxFIS over all three alternative bases (SNVs).
+    baseline, steps
+        Integrated gradients: baseline ``zeros``, ``uniform`` (0.25), ``gc`` or ``shuffle`` (``n_refs``
+        dinucleotide shuffles of the reference window, shared by both alleles), and the number of steps.
     variant_ids
         Only score these variant IDs (as in the ``variant_id`` column).
 
@@ -341,7 +360,7 @@ def score_variants(
         tidx = [m.target_index(t) for t in targets_in]
     tnames = [m.targets[t] for t in tidx]
     cfg = ScoringConfig(window=window, method=method, n_refs=n_refs, null_shuffles=null_shuffles, seed=seed,
-                        rc=rc, all_alts=all_alts, batch_size=batch_size,
+                        rc=rc, all_alts=all_alts, batch_size=batch_size, baseline=baseline, steps=steps,
                         flank=min(max(window, 50), (m.seq_len - 1) // 2))
     from kipoi_dfim.attribution import METHODS
 
@@ -453,18 +472,19 @@ def score_windows(m, chunk: list[Variant], X: np.ndarray, Xalt: np.ndarray, tidx
             pr_rc, pa_rc = Prc[: len(ok)], Prc[len(ok):]
         ism = ism_scores(pr, pa, pr_rc, pa_rc)
         seeds = np.array([_variant_seed(cfg.seed, v, 0) for v in ok], dtype=np.uint64)
+        refs = _shared_references(X, cfg, seeds)  # drawn once, used for every target
         if cfg.all_alts:
             Xm, mut_bases = _mutants_all_alts(X, ok)
+            counts = [len(b) for b in mut_bases]
+            refs_m = np.repeat(refs, counts, axis=0) if refs is not None else None
         for slot, t in enumerate(tidx):
-            Cr, Ca = _importance_pair(m, X, Xalt, t, cfg, seeds)
+            Cr, Ca = _importance_pair(m, X, Xalt, t, cfg, refs)
             fis_pos = (Cr - Ca).sum(-1)
             summ = _summaries(fis_pos, X, ok, cfg.window)
             res = {"Cr": Cr, "Ca": Ca, "fis": fis_pos, "summ": summ}
             if cfg.all_alts:
-                mseeds = np.repeat(seeds, [len(b) for b in mut_bases])
-                Xrep = np.repeat(X, [len(b) for b in mut_bases], axis=0)
-                _, Cm = _importance_pair(m, Xrep, Xm, t, cfg, mseeds)
-                fis_m = (np.repeat(Cr, [len(b) for b in mut_bases], axis=0) - Cm).sum(-1)
+                Cm = _importance(m, Xm, t, cfg, refs_m)
+                fis_m = (np.repeat(Cr, counts, axis=0) - Cm).sum(-1)
                 res["fis_all"] = fis_m
                 res["mut_bases"] = mut_bases
             if acc is not None:
@@ -586,6 +606,7 @@ def run(args) -> None:
         args.model, args.vcf, args.fasta, out=args.out, tsv=args.tsv, maps=args.maps, target=args.target,
         window=args.window, method=args.method, n_refs=args.n_refs, null_shuffles=args.null_shuffles,
         batch_size=args.batch_size, seed=args.seed, rc=args.rc, all_alts=args.all_alts, chunk_size=args.chunk_size,
+        baseline=args.baseline, steps=args.steps,
         source=args.source, output=args.output, quiet=args.quiet, return_table=False,
         command="kipoi-dfim " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )

@@ -216,3 +216,18 @@ def test_bgzipped_vcf_input_and_missing_fai(case, tmp_path):
     b = _score(case)
     pd.testing.assert_frame_equal(a, b)
     assert os.path.exists(str(fa) + ".fai")
+
+
+@pytest.mark.parametrize("method,kw", [("integrated_gradients", {"steps": 8}),
+                                       ("integrated_gradients", {"baseline": "shuffle", "steps": 4, "n_refs": 2}),
+                                       ("ism", {})])
+def test_every_method_scores_variants(case, method, kw):
+    m = kipoi_dfim.load_model(case["model"], seq_len=L, layout="(4,L)")
+    d = case["dir"]
+    df = kipoi_dfim.score_variants(m, str(d / "in.vcf"), str(d / "ref.fa"), method=method, quiet=True, **kw)
+    ok = df[df.status == "ok"]
+    # a background base interacts with nothing whatever the method; motif-A bases interact with motif B
+    assert (ok[ok.variant_id.isin(["v2", "v3"])].max_abs_fis.abs() < 1e-5).all()
+    a = ok[ok.variant_id.isin(["v0", "v1"])]
+    assert (a.max_abs_fis > 1e-3).all()
+    assert all(int(p) - 1 + int(o) in B for p, o in zip(a.pos, a.max_fis_offset, strict=True))

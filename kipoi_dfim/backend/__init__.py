@@ -114,19 +114,11 @@ def _load_dir(model_dir: Path, **kw) -> SequenceModel:
             kw["seq_len"] = seq_len
         return TorchModel(module, **kw)
     if mtype == "tensorflow2":
-        import keras
+        from kipoi_dfim.backend.tf2 import savedmodel_keras_model
 
-        from kipoi_dfim.backend.keras3 import KerasModel
-
-        try:
-            model = keras.models.load_model(path("savedmodel_path"), compile=False)
-        except Exception as e:  # noqa: BLE001
-            raise UnsupportedModelError(
-                f"tensorflow2 SavedModel at {path('savedmodel_path')} is not a Keras model ({e}); kipoi-dfim needs "
-                "the layer graph for DeepLIFT. Re-save it with keras (model.save('model.keras')).",
-                path=str(yml),
-            ) from e
-        return KerasModel(model, **kw)
+        if not args.get("savedmodel_path"):
+            raise InputError("tensorflow2 model needs args.savedmodel_path (a SavedModel directory)", path=str(yml))
+        return savedmodel_keras_model(path("savedmodel_path"), input_shape=in_shape, **kw)
     raise UnsupportedModelError(
         f"model type {mtype!r} is not supported; supported Kipoi model types: {', '.join(SUPPORTED_TYPES)} "
         "(kipoi.model.KerasModel, kipoi.model.PyTorchModel, kipoi.model.TensorFlow2Model)",
