@@ -240,8 +240,8 @@ class _MapsWriter:
         """Write the file-wide statistics; per-base p-values from the pooled per-target null of FIS."""
         from scipy.stats import norm
 
-        self.h5.create_dataset("pval", data=np.asarray(pval, np.float32))
-        self.h5.create_dataset("qval", data=np.asarray(qval, np.float32))
+        self.h5.create_dataset("pval", data=np.asarray(pval, np.float64))
+        self.h5.create_dataset("qval", data=np.asarray(qval, np.float64))
         fp = self.h5.create_dataset("fis_pval", shape=(self.n, self.D), dtype=np.float32, fillvalue=np.nan)
         if moments is not None:
             step = 4096

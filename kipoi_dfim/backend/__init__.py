@@ -184,8 +184,11 @@ def _from_kipoi_object(model, **kw) -> SequenceModel:
             kw.setdefault("layout", layout)
             kw["seq_len"] = seq_len
         return TorchModel(model.model, **kw)
+    if cls == "TensorFlow2Model" and getattr(model, "source_dir", None):
+        return _load_dir(Path(model.source_dir), **kw)
     raise UnsupportedModelError(
-        f"kipoi model class {cls} is not supported; supported: kipoi.model.KerasModel, kipoi.model.PyTorchModel"
+        f"kipoi model class {cls} is not supported; supported: kipoi.model.KerasModel, kipoi.model.PyTorchModel, "
+        "kipoi.model.TensorFlow2Model"
     )
 
 
@@ -231,6 +234,10 @@ def _load(model, source, **kw) -> SequenceModel:
         return model
     if isinstance(model, (str, os.PathLike)):
         p = Path(model)
+        if p.is_dir() and not (p / "model.yaml").exists() and (p / "saved_model.pb").exists():
+            from kipoi_dfim.backend.tf2 import savedmodel_keras_model
+
+            return savedmodel_keras_model(str(p), **kw)
         if p.is_dir():
             return _load_dir(p, **kw)
         if p.suffix in (".h5", ".hdf5", ".keras") and p.is_file():

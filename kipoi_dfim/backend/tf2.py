@@ -206,6 +206,12 @@ def _natural_key(name: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
+def _row_size(t: tf.Tensor) -> int | tf.Tensor:
+    """Elements per batch row; static when known so the Keras graph knows the number of targets."""
+    rest = t.shape[1:]
+    return int(np.prod(rest)) if rest.is_fully_defined() else tf.reduce_prod(tf.shape(t)[1:])
+
+
 class SavedModelLayer(keras.layers.TFSMLayer):
     """A TFSMLayer returning one (B, T) tensor: every output flattened per row and concatenated.
 
@@ -224,7 +230,7 @@ class SavedModelLayer(keras.layers.TFSMLayer):
             self.output_names = sorted(y, key=_natural_key)
             y = [y[k] for k in self.output_names]
         ys = tf.nest.flatten(y)
-        ys = [tf.cast(tf.reshape(t, [tf.shape(t)[0], -1]), tf.float32) for t in ys]
+        ys = [tf.cast(tf.reshape(t, [-1, _row_size(t)]), tf.float32) for t in ys]
         return ys[0] if len(ys) == 1 else tf.concat(ys, axis=1)
 
 
@@ -237,9 +243,10 @@ def _merge_shape(signature: tuple, schema: tuple | None, where: str) -> tuple[in
                              "schema.inputs.shape in model.yaml or pass seq_len=", path=where)
         return sig
     schema = tuple(None if d is None or (isinstance(d, int) and d < 0) else int(d) for d in schema)
-    if len(schema) != len(sig) or any(a is not None and b is not None and a != b for a, b in zip(sig, schema)):
+    if len(schema) != len(sig) or any(
+            a is not None and b is not None and a != b for a, b in zip(sig, schema, strict=True)):
         raise InputError(f"schema.inputs.shape {schema} does not fit the SavedModel's input shape {sig}", path=where)
-    merged = tuple(a if a is not None else b for a, b in zip(sig, schema))
+    merged = tuple(a if a is not None else b for a, b in zip(sig, schema, strict=True))
     if any(d is None for d in merged):
         raise InputError(f"the input shape {merged} has an unknown axis; pass seq_len=", path=where)
     return merged
