@@ -392,6 +392,7 @@ def score_variants(
             w = csv.writer(fh, delimiter="\t", lineterminator="\n")
             w.writerow(ALL_COLUMNS)
             for chunk in iter_variants(vcf, fa, m.seq_len, chunk_size=chunk_size):
+                n_chunk_records = len({v.record_index for v in chunk})
                 if wanted is not None:
                     chunk = [v for v in chunk if v.variant_id in wanted]
                     seen_ids.update(v.variant_id for v in chunk)
@@ -408,7 +409,7 @@ def score_variants(
                     ok_maps = [mr for mr in maps_rows if mr is not None]
                     if ok_maps:
                         maps_writer.append({k: [mr[k] for mr in ok_maps] for k in ok_maps[0]})
-                bar.update(len({v.record_index for v in chunk}) if wanted is None else 0)
+                bar.update(n_chunk_records)
         bar.close()
         if wanted is not None and not seen_ids:
             raise InputError(f"none of the variant IDs {sorted(wanted)[:5]} is in the VCF", path=str(vcf))
