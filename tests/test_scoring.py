@@ -231,3 +231,21 @@ def test_every_method_scores_variants(case, method, kw):
     a = ok[ok.variant_id.isin(["v0", "v1"])]
     assert (a.max_abs_fis > 1e-3).all()
     assert all(int(p) - 1 + int(o) in B for p, o in zip(a.pos, a.max_fis_offset, strict=True))
+
+
+def test_rc_averages_ism_scores_with_the_reverse_complement(case):
+    df = _score(case, rc=True)
+    fwd = _score(case)
+    f = kipoi_dfim.load_model(case["model"], seq_len=L).predict
+    x = one_hot(case["seq"])[None]
+    x_rc = x[:, ::-1, ::-1].copy()
+    ok = df[df.status == "ok"]
+    expected_ref = (f(x)[0, 0] + f(x_rc)[0, 0]) / 2
+    assert ok.ref_pred.values == pytest.approx(np.full(len(ok), expected_ref), rel=1e-5)
+    for _, row in ok.iterrows():
+        xa = x.copy()
+        xa[0, int(row.pos) - 1] = one_hot(row.alt)[0]
+        exp_alt = (f(xa)[0, 0] + f(xa[:, ::-1, ::-1].copy())[0, 0]) / 2
+        assert row.alt_pred == pytest.approx(float(exp_alt), rel=1e-5)
+    # the DFIM columns do not depend on --rc
+    pd.testing.assert_series_equal(df.max_abs_fis, fwd.max_abs_fis)
