@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import gzip
 import logging
 import math
 import os
@@ -19,6 +18,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 
 import numpy as np
+
+from kipoi_dfim.variants import open_text
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +124,6 @@ def info_header_lines(targets: list[str], window: int, method: str, with_null: b
     return lines
 
 
-def _open_text(path: str):
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    return gzip.open(path, "rt") if magic == b"\x1f\x8b" else open(path)
-
-
 def _strip_dfim_info(info: str) -> str:
     if info == ".":
         return info
@@ -157,7 +152,7 @@ def write_vcf(
     tmp_plain = make_temp(out, ".vcf.tmp")
     tmp_gz = tmp_plain + ".gz"
     try:
-        with _open_text(in_vcf) as fin, open(tmp_plain, "w") as fout:
+        with open_text(in_vcf) as fin, open(tmp_plain, "w") as fout:
             _copy_records(fin, fout, it, tids, targets, window, method, with_null, command)
         if gz:
             _bgzip_and_index(tmp_plain, tmp_gz)

@@ -345,10 +345,10 @@ def _shipped_example(model_path: Path) -> tuple[Path, Path] | None:
 
 def subset_example(vcf: str | os.PathLike, fasta: str | os.PathLike, n_records: int, out_dir: Path) -> None:
     """Copy the header and first ``n_records`` records of a VCF, and the FASTA contigs they use, to out_dir."""
-    from kipoi_dfim.variants import Fasta, _open_text
+    from kipoi_dfim.variants import Fasta, open_text
 
     header, body = [], []
-    with _open_text(str(vcf)) as fh:
+    with open_text(str(vcf)) as fh:
         for line in fh:
             if line.startswith("#"):
                 header.append(line)

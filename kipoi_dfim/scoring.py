@@ -29,7 +29,7 @@ from kipoi_dfim.errors import InputError
 from kipoi_dfim.io import TSV_COLUMNS, TSV_EXTRA, atomic_path, fmt, make_temp, write_vcf
 from kipoi_dfim.ism import ISM_COLUMNS, ism_scores
 from kipoi_dfim.sequence import ALPHABET, reverse_complement
-from kipoi_dfim.variants import Fasta, Variant, count_header_lines, iter_variants, windows
+from kipoi_dfim.variants import Fasta, Variant, count_header_lines, iter_variants, open_text, windows
 
 log = logging.getLogger(__name__)
 
@@ -265,10 +265,8 @@ class _MapsWriter:
 
 
 def _count_records(vcf: str) -> int:
-    from kipoi_dfim.variants import _open_text
-
     n = 0
-    with _open_text(vcf) as fh:
+    with open_text(vcf) as fh:
         for line in fh:
             if line and not line.startswith("#") and line.strip():
                 n += 1

@@ -111,7 +111,8 @@ class Fasta:
         return "N" * left + str(seq) + "N" * right
 
 
-def _open_text(path: str):
+def open_text(path: str):
+    """Open a plain or gzip/bgzip-compressed text file (sniffed from its magic bytes) for reading."""
     with open(path, "rb") as fh:
         magic = fh.read(2)
     if magic == b"\x1f\x8b":
@@ -122,7 +123,7 @@ def _open_text(path: str):
 def count_header_lines(path: str) -> int:
     """Number of lines before the first record (the '##' lines and '#CHROM')."""
     n = 0
-    with _open_text(path) as fh:
+    with open_text(path) as fh:
         for line in fh:
             if not line.startswith("#"):
                 break
@@ -138,7 +139,7 @@ def open_vcf(path: str | os.PathLike):
     if not os.path.exists(path):
         raise InputError("VCF file not found", path=path)
     try:
-        with _open_text(path) as fh:
+        with open_text(path) as fh:
             first = fh.readline()
     except (OSError, UnicodeDecodeError, EOFError) as e:
         raise InputError(f"cannot read VCF ({e})", path=path) from e
