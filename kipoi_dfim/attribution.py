@@ -24,29 +24,95 @@ Conventions shared by all methods
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from kipoi_dfim.backend._deeplift_common import hypothetical_scores
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.sequence import background_frequencies
 from kipoi_dfim.shuffle import SeedLike, sequence_rngs, shuffle_codes
 
 ImportanceFn = Callable[..., np.ndarray]
 
-METHODS: dict[str, ImportanceFn] = {}
-
 SeedArg = SeedLike | Sequence | np.ndarray
 
 
-def register(name: str) -> Callable[[ImportanceFn], ImportanceFn]:
+@dataclass(frozen=True)
+class Method:
+    """A registry entry: the importance function and what it needs, so callers never branch on a name.
+
+    Attributes
+    ----------
+    name : str
+    fn : callable
+        ``fn(model, x, target, *, hypothetical, batch_size, seed, **kw) -> (N, L, 4)``.
+    references : str or None
+        The keyword of ``fn`` that takes references / a baseline (``"references"``, ``"baseline"``), or None
+        when the method uses none.
+    default_references : str or None
+        What ``references`` is when the user gives none (``"shuffle"`` for DeepLIFT, ``"zeros"`` for IG).
+    steps : bool
+        Whether ``fn`` takes ``steps`` (path integrals).
+    shared : callable or None
+        Optional fast path ``shared(model, windows (N, K, L, 4), refs (N, R, L, 4), targets) -> (T, N, K, L, 4)``
+        hypothetical scores, for windows that share their references (DFIM's reference and alternate
+        windows); None: :func:`importance_shared_windows` loops over targets with ``fn``.
+    """
+
+    name: str
+    fn: ImportanceFn
+    references: str | None = None
+    default_references: str | None = None
+    steps: bool = False
+    shared: Callable[..., np.ndarray] | None = None
+
+    def __call__(self, *args, **kw) -> np.ndarray:
+        return self.fn(*args, **kw)
+
+    def options(self, settings, references=None) -> dict:
+        """Keyword arguments of ``fn`` from a :class:`~kipoi_dfim.settings.Settings` (duck-typed).
+
+        ``references`` (an array or a spec) overrides the settings' references, e.g. references drawn once
+        and shared by a window and its mutants.
+        """
+        kw: dict = {}
+        if self.references is not None:
+            spec = references if references is not None else (settings.references or self.default_references)
+            kw[self.references] = spec
+            kw["n_refs"] = settings.n_refs
+            kw["gc"] = settings.gc
+        if self.steps:
+            kw["steps"] = settings.steps
+        return kw
+
+    def reference_spec(self, settings) -> str | None:
+        """The references this method uses under ``settings`` (None: the method takes none)."""
+        if self.references is None:
+            return None
+        return settings.references or self.default_references
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(
+    name: str,
+    *,
+    references: str | None = None,
+    default_references: str | None = None,
+    steps: bool = False,
+) -> Callable[[ImportanceFn], ImportanceFn]:
     """Decorator adding an importance function to :data:`METHODS` under ``name``.
 
     The function must accept ``(model, x, target, *, hypothetical, batch_size, seed, **kw)`` and return a
-    float32 array shaped like ``x``.
+    float32 array shaped like ``x``. ``references`` names its keyword for references/baselines (with
+    ``default_references``) and ``steps`` says whether it takes a number of steps; the CLI, the settings
+    and the FIS code read these declarations instead of knowing method names.
     """
 
     def deco(fn: ImportanceFn) -> ImportanceFn:
-        METHODS[name] = fn
+        METHODS[name] = Method(name, fn, references, default_references, steps)
         return fn
 
     return deco
@@ -228,7 +294,7 @@ def grad_input(
     return _project(g, x, hypothetical)
 
 
-@register("deeplift")
+@register("deeplift", references="references", default_references="shuffle")
 def deeplift(
     model,
     x: np.ndarray,
@@ -258,7 +324,7 @@ def deeplift(
     return np.concatenate(out) if out else np.zeros_like(x)
 
 
-@register("integrated_gradients")
+@register("integrated_gradients", references="baseline", default_references="zeros", steps=True)
 def integrated_gradients(
     model,
     x: np.ndarray,
@@ -300,7 +366,7 @@ def integrated_gradients(
         pts = base[:, :, None] + alphas[None, None, :, None, None] * (xc[:, None, None] - base[:, :, None])
         g = _gradient(model, pts.reshape(-1, L, 4), target, batch_size).reshape(n, refs.R, steps, L, 4)
         gbar = g.mean(2)
-        hyp = (gbar - (gbar * base).sum(-1, keepdims=True)).mean(1)
+        hyp = hypothetical_scores(gbar, base)
         out.append(_project(hyp, xc, hypothetical))
     return np.concatenate(out) if out else np.zeros_like(x)
 

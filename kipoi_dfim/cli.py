@@ -9,43 +9,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
 
 from kipoi_dfim import __version__
+from kipoi_dfim.errors import InputError
+from kipoi_dfim.output.base import remove_live_temps
+from kipoi_dfim.settings import add_options
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="Kipoi model directory or name, or a .h5/.keras/.pt model file")
+    p.add_argument("model", help="Kipoi model directory or name, or a .h5/.keras Keras model file")
     p.add_argument("--source", default=None, help="Kipoi source of a model given by name (default: a local dir)")
-    p.add_argument(
-        "--target",
-        action="append",
-        default=None,
-        help="model output to score, by index or label; repeat for several (default: all)",
-    )
-    p.add_argument(
-        "--output",
-        choices=["logit", "raw"],
-        default="logit",
-        help="score the pre-sigmoid/softmax logit (default, as the paper prescribes) or the raw output",
-    )
-
-
-def _method_args(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument(
-        "--method",
-        default=default,
-        choices=["grad_input", "deeplift", "integrated_gradients", "ism"],
-        help=f"importance method (default: {default})",
-    )
-    p.add_argument("--n-refs", type=int, default=10, help="DeepLIFT references (dinucleotide shuffles) per sequence")
-    p.add_argument("--baseline", default="zeros", choices=["zeros", "uniform", "gc", "shuffle"],
-                   help="integrated gradients baseline (default zeros; shuffle uses --n-refs shuffles)")
-    p.add_argument("--steps", type=int, default=50, help="integrated gradients steps (default 50)")
-    p.add_argument("--null-shuffles", type=int, default=0, help="dinucleotide-shuffled backgrounds for the null")
-    p.add_argument("--batch-size", type=int, default=64, help="sequences per model call")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same output)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar; only errors")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,11 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="annotated VCF (.vcf or .vcf.gz, bgzipped + tabix)")
     p.add_argument("--tsv", default=None, help="also write one row per (variant, ALT, target)")
     p.add_argument("--maps", default=None, help="also write the FIS tracks to this HDF5 file")
-    p.add_argument("--window", type=int, default=15, help="targets are the bases within +-WINDOW bp (default 15)")
-    p.add_argument("--all-alts", action="store_true", help="add maxFIS over all three alternative bases")
-    p.add_argument("--rc", action="store_true", help="average ISM scores with the reverse complement")
-    p.add_argument("--chunk-size", type=int, default=256, help="variants read and scored per chunk")
-    _method_args(p, "deeplift")
+    add_options(p, "score-variants")
     p.set_defaults(module="scoring")
 
     p = sub.add_parser("interactions", help="FIS between BED features on FASTA sequences")
@@ -76,11 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fasta", required=True, help="one model input per FASTA record")
     p.add_argument("--features", required=True, help="BED of features (name in column 4) on the FASTA records")
     p.add_argument("-o", "--out", required=True, help="output TSV")
-    p.add_argument("--gc", type=float, default=0.46, help="GC fraction of the background fill")
-    p.add_argument(
-        "--fill", choices=["background", "zero"], default="background", help="how a source feature is mutated"
-    )
-    _method_args(p, "deeplift")
+    add_options(p, "interactions")
     p.set_defaults(module="interactions")
 
     p = sub.add_parser("plot", help="draw one variant's interaction figure")
@@ -90,8 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", required=True, help="variant ID (or chrom:pos:ref:alt)")
     p.add_argument("--maps", default=None, help="draw from a saved score-variants --maps file")
     p.add_argument("-o", "--out", required=True, help="figure file (.png or .pdf)")
-    p.add_argument("--window", type=int, default=15)
-    _method_args(p, "deeplift")
+    add_options(p, "plot")
     p.set_defaults(module="plot")
 
     p = sub.add_parser("report", help="self-contained HTML report of a score-variants run")
@@ -104,15 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("kipoi-spec", help="write a Kipoi model directory that runs DFIM under `kipoi predict`")
     _model_args(p)
     p.add_argument("-o", "--out", required=True, help="directory to create")
-    p.add_argument("--window", type=int, default=15)
-    p.add_argument("--method", default="deeplift", choices=["grad_input", "deeplift", "integrated_gradients"])
-    p.add_argument("--n-refs", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64, help="sequences per model call")
     p.add_argument("--example-vcf", default=None, help="example VCF for `kipoi test` (default: generated)")
     p.add_argument("--example-fasta", default=None, help="FASTA of the example VCF")
+    add_options(p, "kipoi-spec")
     p.set_defaults(module="kipoi_spec")
     return parser
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    """SIGTERM/SIGINT: remove temporary files, leave earlier outputs untouched, exit 128 + signal."""
+    remove_live_temps()
+    print(f"kipoi-dfim: interrupted by signal {signum}; no output was written", file=sys.stderr)
+    os._exit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,15 +92,30 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="kipoi-dfim: %(levelname)s: %(message)s"
     )
-    from kipoi_dfim.errors import InputError
-
+    if getattr(args, "quiet", False):
+        logging.getLogger().setLevel(logging.ERROR)
+    previous = _install_signal_handlers()
     try:
         module = importlib.import_module(f"kipoi_dfim.{args.module}")
         module.run(args)
     except InputError as e:
         print(f"kipoi-dfim {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
+
+
+def _install_signal_handlers() -> dict:
+    """Handlers that clean up on SIGTERM/SIGINT (main thread only); returns the previous ones."""
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, _on_signal)
+        except ValueError:  # not the main thread (e.g. called from a worker): leave signals alone
+            break
+    return previous
 
 
 if __name__ == "__main__":

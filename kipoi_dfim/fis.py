@@ -15,13 +15,15 @@ for the original and the mutants and the FIS does not depend on the batch size.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from kipoi_dfim.attribution import METHODS, Method, importance, shuffled_references
 from kipoi_dfim.sequence import ALPHABET, background_frequencies
+from kipoi_dfim.shuffle import dinucleotide_shuffle, sequence_rngs
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,17 @@ def fill_span(x: np.ndarray, start: int, end: int, mode: str = "background", gc:
 
 
 # --------------------------------------------------------------------------------------------- scoring
+def _method_kwargs(method: Method, kw: dict[str, Any]) -> dict[str, Any]:
+    """Drop the options ``method`` does not declare, so callers can pass one set of options to any method."""
+    kw = dict(kw)
+    if method.references is None:
+        for k in ("references", "baseline", "n_refs", "gc"):
+            kw.pop(k, None)
+    if not method.steps:
+        kw.pop("steps", None)
+    return kw
+
+
 def importance_shared(
     model: Any,
     xs: np.ndarray,
@@ -136,18 +149,17 @@ def importance_shared(
 ) -> np.ndarray:
     """Importance of ``xs``: an original sequence (``xs[0]``) followed by its mutants, all scored alike.
 
-    Every row gets the same seed, and DeepLIFT references / IG baselines given as ``"shuffle"`` are drawn once
-    from the original (:func:`shared_references`) and used for every row, so that ``C_X - C_X'`` measures the
-    mutation only. ``**kw`` goes to :func:`kipoi_dfim.attribution.importance`.
+    Every row gets the same seed, and shuffled references/baselines (``"shuffle"``) are drawn once from the
+    original (:func:`shared_references`) and used for every row, so that ``C_X - C_X'`` measures the mutation
+    only. ``**kw`` are method options (``n_refs``, ``references``/``baseline``, ``gc``, ``steps``); options the
+    method does not declare in the registry are ignored.
     """
-    from kipoi_dfim.attribution import importance
-
-    key = {"deeplift": "references", "integrated_gradients": "baseline"}.get(method)
-    default = {"deeplift": "shuffle", "integrated_gradients": "zeros"}.get(method)
-    if key is not None and isinstance(kw.get(key, default), str) and kw.get(key, default) == "shuffle":
-        kw[key] = shared_references(xs[0], kw.pop("n_refs", 10), seed)
-    if method in ("grad_input", "ism"):
-        kw.pop("n_refs", None)  # no references: accept the option uniformly so callers need not branch
+    m = METHODS[method]
+    kw = _method_kwargs(m, kw)
+    if m.references is not None:
+        spec = kw.get(m.references, m.default_references)
+        if isinstance(spec, str) and spec == "shuffle":
+            kw[m.references] = shared_references(xs[0], kw.get("n_refs", 10), seed)
     seeds = np.full(len(xs), int(seed), dtype=np.int64)
     return np.asarray(importance(model, xs, target, method=method, batch_size=batch_size, seed=seeds, **kw))
 
@@ -159,11 +171,78 @@ def shared_references(x: np.ndarray, n_refs: int, seed: int) -> np.ndarray:
     change of references (non-zero FIS even for an additive model), and a span filled with background
     frequencies cannot be shuffled at all. These are the references ``importance(x, seed=[seed])`` draws.
     """
-    from kipoi_dfim.attribution import shuffled_references
-    from kipoi_dfim.shuffle import sequence_rngs
-
     x = np.asarray(x, dtype=np.float32)
     return shuffled_references(x[None], int(n_refs), sequence_rngs([int(seed)], 1))[0]
+
+
+# --------------------------------------------------------------------------------------------- variants
+def window_references(X: np.ndarray, settings: Any, seeds: np.ndarray) -> np.ndarray | str | None:
+    """References of each reference window, shared by its alternate window(s) and every target.
+
+    Returns ``(N, R, L, 4)`` dinucleotide shuffles (``references="shuffle"``, per-window ``seeds``), the
+    reference specification itself for constant references (``gc``, ``zeros``, ``uniform``: the same for
+    every window), or None when the method takes no references.
+    """
+    spec = METHODS[settings.method].reference_spec(settings)
+    if spec == "shuffle":
+        return dinucleotide_shuffle(X, n=settings.n_refs, seed=seeds)
+    return spec
+
+
+def windows_importance(
+    model: Any, W: np.ndarray, refs: np.ndarray | str | None, targets: Sequence[int], settings: Any
+) -> np.ndarray:
+    """Importance of K windows per variant that share their references: ``W`` (K, N, L, 4) -> (T, K, N, L, 4).
+
+    ``W[0]`` are the reference windows, ``W[1:]`` their mutants (alternate alleles); ``refs`` are from
+    :func:`window_references`. All K windows of a variant use the same references, so that
+    ``C_X - C_X'`` measures the mutation and not a change of references (the paper's FIS).
+    """
+    method = METHODS[settings.method]
+    K, N, L, _ = W.shape
+    if method.shared is not None and isinstance(refs, np.ndarray):
+        return method.shared(model, W, refs, targets, settings)
+    flat = W.reshape(K * N, L, 4)
+    r = np.concatenate([refs] * K) if isinstance(refs, np.ndarray) else None
+    kw = method.options(settings, r)
+    out = [importance(model, flat, t, method.name, batch_size=settings.batch_size, **kw) for t in targets]
+    return np.stack(out).reshape(len(targets), K, N, L, 4) if out else np.zeros((0, K, N, L, 4), np.float32)
+
+
+def fis_tracks(C: np.ndarray) -> np.ndarray:
+    """Per-position FIS ``sum_b C_X - C_X'`` of (..., K, N, L, 4) importance: (..., K - 1, N, L)."""
+    return (C[..., :1, :, :, :] - C[..., 1:, :, :, :]).sum(-1)
+
+
+def target_mask(L: int, offsets: np.ndarray, ref_lens: np.ndarray, window: int) -> np.ndarray:
+    """(N, L) bool: the target bases of each variant, within +-window of its span, the span itself excluded."""
+    pos = np.arange(L)[None, :]
+    a = np.asarray(offsets)[:, None]
+    b = a + np.asarray(ref_lens)[:, None]  # end of the variant span (exclusive)
+    return (pos >= a - window) & (pos <= b - 1 + window) & ((pos < a) | (pos >= b))
+
+
+def max_abs_summary(fis: np.ndarray, X: np.ndarray, mask: np.ndarray, offsets: np.ndarray) -> dict[str, np.ndarray]:
+    """maxAbsFIS of each variant over its target bases, and where it is reached.
+
+    Returns arrays (N,): ``max_abs_fis``, ``max_fis_offset`` (target - variant, bp), ``max_fis_base`` (the
+    observed base there, ``N`` for none) and ``fis_at_max`` (signed); NaN / -1 / '' where no target exists.
+    The first position wins ties, scanning left to right.
+    """
+    a = np.where(mask, np.abs(fis), -np.inf)
+    k = a.argmax(1)
+    rows = np.arange(len(fis))
+    has = mask.any(1)
+    val = fis[rows, k].astype(np.float64)
+    col = X[rows, k]
+    base = np.where(col.sum(-1) > 0, np.array(list(ALPHABET))[col.argmax(-1)], "N")
+    return {
+        "max_abs_fis": np.where(has, np.abs(val), np.nan),
+        "max_fis_offset": np.where(has, k - np.asarray(offsets), -1),
+        "max_fis_base": np.where(has, base, ""),
+        "fis_at_max": np.where(has, val, np.nan),
+        "has": has,
+    }
 
 
 def _check_one(x: np.ndarray) -> np.ndarray:
@@ -305,7 +384,7 @@ def _motif_importance(
 ) -> np.ndarray:
     """Importance ``(1 + S, L, 4)`` of ``x`` and of ``x`` with each source span filled."""
     stack = np.stack([x] + [fill_span(x, a, b, fill, gc) for a, b in source_spans])
-    return importance_shared(model, stack, target, method, seed, batch_size, **kw)
+    return importance_shared(model, stack, target, method, seed, batch_size, gc=gc, **kw)
 
 
 def motif_fis(
@@ -491,140 +570,3 @@ def per_base_table(dfim: np.ndarray, x: np.ndarray, sources: Sequence[int], **co
     for k, v in constants.items():
         df[k] = v
     return df
-
-
-# --------------------------------------------------------------------------------------------- null
-def shuffled_seeds(seed: int, n: int) -> np.ndarray:
-    """Per-shuffle integer seeds derived from ``seed`` (SeedSequence), independent of batching."""
-    ss = np.random.SeedSequence([int(seed), 0x5F15])
-    return np.array([c.generate_state(1)[0] for c in ss.spawn(n)], dtype=np.int64)
-
-
-def fis_null(
-    model: Any,
-    x: np.ndarray,
-    target: int | str,
-    *,
-    elements: Sequence[Span] | None = None,
-    sources: Sequence[int] | None = None,
-    n_shuffles: int = 10,
-    seed: int = 0,
-    method: str = "deeplift",
-    fill: str = "background",
-    gc: float = 0.46,
-    batch_size: int = 64,
-    **kw: Any,
-) -> np.ndarray:
-    """Null FIS (section 2.4): the same map on dinucleotide-shuffled versions of ``x``.
-
-    Shuffling keeps the dinucleotide composition but destroys motifs and therefore their interactions; the
-    map is recomputed at the *same* source/target coordinates on each of ``n_shuffles`` shuffles.
-
-    Give exactly one of ``elements`` (-> :func:`element_map`, null ``(K, E, E)``) or ``sources``
-    (-> :func:`dfim_per_base`, null ``(K, S, 3, L, 4)``). Shuffle ``k`` uses its own seed derived from
-    ``seed``, for the shuffle and for its importance references.
-    """
-    from kipoi_dfim.shuffle import dinucleotide_shuffle
-
-    x = _check_one(x)
-    if (elements is None) == (sources is None):
-        raise ValueError("give exactly one of elements= or sources=")
-    shuffles = np.asarray(dinucleotide_shuffle(x[None], n_shuffles, seed=seed), dtype=np.float32)
-    shuffles = shuffles.reshape(n_shuffles, *x.shape)
-    seeds = shuffled_seeds(seed, n_shuffles)
-    out = []
-    for k in range(n_shuffles):
-        if elements is not None:
-            out.append(element_map(model, shuffles[k], target, elements, fill, gc=gc, method=method,
-                                   batch_size=batch_size, seed=int(seeds[k]), **kw))
-        else:
-            out.append(dfim_per_base(model, shuffles[k], target, sources, method, batch_size=batch_size,
-                                     seed=int(seeds[k]), **kw))
-    return np.stack(out)
-
-
-_POOLS = ("per_map", "per_task", "global")
-
-
-def fis_pvalues(
-    scores: dict[Any, np.ndarray],
-    nulls: dict[Any, np.ndarray],
-    pool: str = "per_map",
-    kind: str = "gaussian",
-    two_sided: bool = True,
-    task_of: Callable[[Any], Any] | None = None,
-) -> dict[Any, np.ndarray]:
-    """p-values of observed maps against shuffled nulls, pooled as in the original ``assign_pval``.
-
-    Parameters
-    ----------
-    scores, nulls : dict
-        Observed map and its null (any shape; NaN entries -- diagonals, masked sources -- are ignored in the
-        null and stay NaN in the result) under the same key.
-    pool : {"per_map", "per_task", "global"}
-        Which null values a map is compared with: its own shuffles (long sequences, many values), all maps of
-        the same task (``task_of(key)``; default: ``key[0]``), or every null value.
-    kind : {"gaussian", "empirical"}
-        Gaussian fit (:func:`kipoi_dfim.null.gaussian_pvalues`, the paper's choice) or empirical.
-
-    Returns
-    -------
-    dict
-        p-values with the shape of each observed map.
-    """
-    from kipoi_dfim import null as nullmod
-
-    if pool not in _POOLS:
-        raise ValueError(f"pool must be one of {_POOLS}, got {pool!r}")
-    if kind not in ("gaussian", "empirical"):
-        raise ValueError(f"kind must be 'gaussian' or 'empirical', got {kind!r}")
-    if set(scores) != set(nulls):
-        raise ValueError("scores and nulls must have the same keys")
-    task_of = task_of or (lambda k: k[0] if isinstance(k, tuple) else k)
-
-    def flat(a: np.ndarray) -> np.ndarray:
-        a = np.asarray(a, dtype=np.float64).ravel()
-        return a[~np.isnan(a)]
-
-    if pool == "per_map":
-        pooled = {k: flat(nulls[k]) for k in scores}
-    elif pool == "per_task":
-        by_task: dict[Any, list[np.ndarray]] = {}
-        for k in scores:
-            by_task.setdefault(task_of(k), []).append(flat(nulls[k]))
-        cat = {t: np.concatenate(v) for t, v in by_task.items()}
-        pooled = {k: cat[task_of(k)] for k in scores}
-    else:
-        allv = np.concatenate([flat(nulls[k]) for k in scores]) if scores else np.zeros(0)
-        pooled = {k: allv for k in scores}
-
-    out = {}
-    for k, s in scores.items():
-        s = np.asarray(s, dtype=np.float64)
-        p = np.full(s.shape, np.nan)
-        ok = ~np.isnan(s)
-        if ok.any():
-            if kind == "gaussian":
-                p[ok] = nullmod.gaussian_pvalues(s[ok], pooled[k], two_sided=two_sided)
-            else:
-                p[ok] = nullmod.empirical_pvalues(s[ok], pooled[k], two_sided=two_sided)
-        out[k] = p
-    return out
-
-
-def fis_qvalues(pvalues: dict[Any, np.ndarray]) -> dict[Any, np.ndarray]:
-    """Benjamini-Hochberg q-values over all non-NaN p-values of all maps together."""
-    from kipoi_dfim.null import bh_qvalues
-
-    keys = list(pvalues)
-    flat = [np.asarray(pvalues[k], dtype=np.float64).ravel() for k in keys]
-    allp = np.concatenate(flat) if flat else np.zeros(0)
-    q = np.full(allp.shape, np.nan)
-    ok = ~np.isnan(allp)
-    if ok.any():
-        q[ok] = bh_qvalues(allp[ok])
-    out, i = {}, 0
-    for k, f in zip(keys, flat, strict=True):
-        out[k] = q[i:i + f.size].reshape(np.shape(pvalues[k]))
-        i += f.size
-    return out

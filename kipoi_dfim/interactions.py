@@ -12,18 +12,28 @@ outside it gets a row with an empty score and a status saying why -- nothing is 
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyfaidx
+from tqdm.auto import tqdm
 
+from kipoi_dfim import fis as F
+from kipoi_dfim import null as N
+from kipoi_dfim.attribution import METHODS
+from kipoi_dfim.backend import load_model
 from kipoi_dfim.errors import InputError
+from kipoi_dfim.output.interactions_tsv import write_interactions
+from kipoi_dfim.paths import check_paths
+from kipoi_dfim.scoring import make_settings
 from kipoi_dfim.sequence import one_hot
+from kipoi_dfim.settings import Settings
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["seq", "source", "target", "source_start", "target_start", "fis", "abs_fis", "pval", "qval", "status"]
 
 
 @dataclass(frozen=True)
@@ -103,8 +113,6 @@ def _validate_fasta(path: str) -> None:
 
 def read_fasta(path: str) -> dict[str, str]:
     """All records of a FASTA file (pyfaidx), in file order."""
-    import pyfaidx
-
     _validate_fasta(path)
     try:
         fa = pyfaidx.Fasta(path, as_raw=True, sequence_always_upper=True, rebuild=True)
@@ -153,12 +161,42 @@ def _record_seed(seed: int, i: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(i)]).generate_state(1)[0])
 
 
-def _targets(model: Any, target: Any) -> list[int]:
-    if target is None:
+def _targets(model: Any, targets: Any) -> list[int]:
+    if targets is None:
         return list(range(len(model.targets)))
-    if isinstance(target, str | int | np.integer):
-        target = [target]
-    return [model.target_index(t) for t in target]
+    if isinstance(targets, str | int | np.integer):
+        targets = [targets]
+    return [model.target_index(t) for t in targets]
+
+
+def _features_by_record(records: dict[str, str], feats: list[Feature], fasta: str, features: str) -> dict:
+    by_rec: dict[str, list[Feature]] = {}
+    for f in feats:
+        if f.chrom not in records:
+            raise InputError(f"feature {f.name!r} is on {f.chrom!r}, which is not a record of {fasta}",
+                             path=features, line=f.line)
+        if f.end > len(records[f.chrom]):
+            raise InputError(f"feature {f.name!r} ends at {f.end}, past the end of record {f.chrom!r} "
+                             f"(length {len(records[f.chrom])})", path=features, line=f.line)
+        by_rec.setdefault(f.chrom, []).append(f)
+    for name in records:
+        if name not in by_rec:
+            log.info("record %s has no features: skipped", name)
+    return by_rec
+
+
+def _record_window(records, name, feats, L, fasta, features):
+    """The record's model input and its features' spans in it (with a warning for each adjustment)."""
+    w = fit_window(records[name], L)
+    if w.status != "ok":
+        log.warning("%s: record %s has length %d, the model takes %d: %s (window starts at %d)", fasta, name,
+                    len(records[name]), L, "centre-cropped" if w.status == "cropped" else "N-padded", w.offset)
+    spans_status = [_feature_span(f, w, L) for f in feats]
+    for f, (sp, st) in zip(feats, spans_status, strict=True):
+        if st != "ok":
+            log.warning("%s line %d: feature %s is %s of the %d bp model input of record %s",
+                        features, f.line, f.name, "outside" if sp is None else "partly outside", L, name)
+    return one_hot(w.seq), spans_status
 
 
 def feature_interactions(
@@ -166,16 +204,10 @@ def feature_interactions(
     fasta: str,
     features: str,
     *,
-    target: int | str | list | None = None,
-    method: str = "deeplift",
-    null_shuffles: int = 0,
-    seed: int = 0,
-    gc: float = 0.46,
-    fill: str = "background",
-    batch_size: int = 64,
-    n_refs: int = 10,
+    settings: Settings | None = None,
     null_pool: str = "per_task",
     progress: bool = True,
+    **options: Any,
 ) -> pd.DataFrame:
     """FIS between every ordered pair of BED features on the same FASTA record.
 
@@ -186,21 +218,14 @@ def feature_interactions(
         FASTA file; each record is one model input (centre-cropped / N-padded to the model length).
     features : str
         BED file; column 1 names the FASTA record, column 4 the feature.
-    target : int, str, list or None
-        Model output(s) to score; None = all. With more than one a ``target_task`` column is added.
-    method : str
-        Importance method (``grad_input``, ``deeplift``, ``integrated_gradients``, ``ism``).
-    null_shuffles : int
-        K > 0: recompute each record's element map on K dinucleotide shuffles of its input (same feature
-        coordinates) and give Gaussian p-values (two-sided) against the null pooled per ``null_pool``
-        (``"per_task"``: all records of a task, default; ``"per_map"``; ``"global"``), then BH q-values
-        over all rows.
-    seed : int
-        Record ``i`` uses the seed ``SeedSequence([seed, i])`` for its references and shuffles.
-    gc, fill : float, str
-        Background used to destroy a source feature (``fill="zero"``: all-zero columns, as the original code).
-    batch_size, n_refs : int
-        Passed to the importance method (``n_refs`` DeepLIFT references).
+    settings : Settings, optional
+        Or its fields as keywords: ``targets`` (or ``target``; None = all; with more than one a
+        ``target_task`` column is added), ``method`` and its ``references``/``n_refs``/``steps``, ``gc`` and
+        ``fill`` (how a source feature is destroyed: background frequencies or ``zero``, as the original
+        code), ``null_shuffles`` (K > 0: each record's element map on K dinucleotide shuffles of its input,
+        two-sided Gaussian p-values against the null pooled per ``null_pool`` -- ``per_task`` (default),
+        ``per_map`` or ``global`` -- then BH q-values over all rows), ``seed`` (record ``i`` uses
+        ``SeedSequence([seed, i])``), ``batch_size``.
     progress : bool
         tqdm progress bar on stderr.
 
@@ -211,101 +236,69 @@ def feature_interactions(
         status``. Starts are the BED (record) coordinates. ``status`` is ``ok``, ``clipped`` (a feature partly
         outside the model input: its inside part was used) or ``source/target outside_model_input`` (no score).
     """
-    from tqdm.auto import tqdm
-
-    from kipoi_dfim import fis as F
-
+    settings = make_settings(settings, **options)
     if not hasattr(model, "seq_len"):
-        from kipoi_dfim import load_model
-
-        model = load_model(model)
-    if null_shuffles < 0:
-        raise InputError(f"null_shuffles must be >= 0, got {null_shuffles}")
+        model = load_model(model, output=settings.output, batch_size=settings.batch_size)
     records = read_fasta(fasta)
-    feats = read_bed(features)
-    by_rec: dict[str, list[Feature]] = {}
-    for f in feats:
-        if f.chrom not in records:
-            raise InputError(f"feature {f.name!r} is on {f.chrom!r}, which is not a record of {fasta}",
-                             path=features, line=f.line)
-        if f.end > len(records[f.chrom]):
-            raise InputError(f"feature {f.name!r} ends at {f.end}, past the end of record {f.chrom!r} "
-                             f"(length {len(records[f.chrom])})", path=features, line=f.line)
-        by_rec.setdefault(f.chrom, []).append(f)
-    tasks = _targets(model, target)
-    L = model.seq_len
-    kw: dict[str, Any] = {"n_refs": n_refs} if method == "deeplift" else {}
-
-    rows: list[dict[str, Any]] = []
-    maps: dict[tuple, np.ndarray] = {}
-    nulls: dict[tuple, np.ndarray] = {}
-    work = [(i, name) for i, name in enumerate(records) if name in by_rec]
-    for name in records:
-        if name not in by_rec:
-            log.info("record %s has no features: skipped", name)
-    bar = tqdm(total=len(work) * len(tasks), desc="interactions", disable=not progress, unit="map")
-    for i, name in work:
-        w = fit_window(records[name], L)
-        if w.status != "ok":
-            log.warning("%s: record %s has length %d, the model takes %d: %s (window starts at %d)",
-                        fasta, name, len(records[name]), L, "centre-cropped" if w.status == "cropped"
-                        else "N-padded", w.offset)
-        spans_status = [_feature_span(f, w, L) for f in by_rec[name]]
-        for f, (sp, st) in zip(by_rec[name], spans_status, strict=True):
-            if st != "ok":
-                log.warning("%s line %d: feature %s is %s of the %d bp model input of record %s",
-                            features, f.line, f.name, "outside" if sp is None else "partly outside", L, name)
-        inside = [k for k, (sp, _) in enumerate(spans_status) if sp is not None]
-        spans = [spans_status[k][0] for k in inside]
-        x = one_hot(w.seq)
-        rseed = _record_seed(seed, i)
-        for t in tasks:
-            m = np.full((len(by_rec[name]),) * 2, np.nan)
-            if spans:
-                sub = F.element_map(model, x, t, spans, fill, gc=gc, method=method, batch_size=batch_size,
-                                    seed=rseed, **kw)
-                m[np.ix_(inside, inside)] = sub
-                if null_shuffles:
-                    nm = F.fis_null(model, x, t, elements=spans, n_shuffles=null_shuffles, seed=rseed,
-                                    method=method, fill=fill, gc=gc, batch_size=batch_size, **kw)
-                    nulls[(t, name)] = nm
-                    maps[(t, name)] = sub
-            rows.extend(_pair_rows(name, by_rec[name], spans_status, m, t, inside))
-            bar.update(1)
-    bar.close()
-
+    by_rec = _features_by_record(records, read_bed(features), fasta, features)
+    tasks = _targets(model, settings.targets)
+    rows, maps, nulls, insides = _score_records(model, records, by_rec, tasks, settings, fasta, features, progress)
     df = pd.DataFrame(rows, columns=["seq", "source", "target", "source_start", "target_start", "task",
                                      "fis", "status", "_i", "_j"])
     df["abs_fis"] = df["fis"].abs()
-    df["pval"] = np.nan
-    df["qval"] = np.nan
-    if null_shuffles and maps:
-        pv = F.fis_pvalues(maps, nulls, pool=null_pool, kind="gaussian", two_sided=True)
-        inside_idx = {}
-        for name in by_rec:
-            inside_idx[name] = [k for k, f in enumerate(by_rec[name])
-                                if _feature_span(f, fit_window(records[name], L), L)[0] is not None]
-        full = {}
-        for (t, name), p in pv.items():
-            n = len(by_rec[name])
-            pm = np.full((n, n), np.nan)
-            pm[np.ix_(inside_idx[name], inside_idx[name])] = p
-            full[(t, name)] = pm
-        df["pval"] = [full[(t, s)][i, j] if (t, s) in full else np.nan
-                      for t, s, i, j in zip(df["task"], df["seq"], df["_i"], df["_j"], strict=True)]
-        ok = df["pval"].notna().to_numpy()
-        if ok.any():
-            from kipoi_dfim.null import bh_qvalues
-
-            q = np.full(len(df), np.nan)
-            q[ok] = bh_qvalues(df.loc[ok, "pval"].to_numpy())
-            df["qval"] = q
+    df["pval"], df["qval"] = _pvalues(df, maps, nulls, insides, null_pool)
     cols = ["seq", "source", "target", "source_start", "target_start"]
     if len(tasks) > 1:
         df["target_task"] = [model.targets[t] for t in df["task"]]
         cols.append("target_task")
     cols += ["fis", "abs_fis", "pval", "qval", "status"]
     return df[cols].reset_index(drop=True)
+
+
+def _score_records(model, records, by_rec, tasks, settings, fasta, features, progress):
+    """Element maps (and their nulls) of every record and task, as pair rows."""
+    kw = METHODS[settings.method].options(settings)
+    common = {"method": settings.method, "fill": settings.fill, "gc": settings.gc,
+              "batch_size": settings.batch_size, **kw}
+    rows: list[dict[str, Any]] = []
+    maps: dict[tuple, np.ndarray] = {}
+    nulls: dict[tuple, np.ndarray] = {}
+    insides: dict[str, list[int]] = {}
+    work = [(i, name) for i, name in enumerate(records) if name in by_rec]
+    bar = tqdm(total=len(work) * len(tasks), desc="interactions", disable=not progress, unit="map", file=sys.stderr)
+    for i, name in work:
+        x, spans_status = _record_window(records, name, by_rec[name], model.seq_len, fasta, features)
+        inside = insides[name] = [k for k, (sp, _) in enumerate(spans_status) if sp is not None]
+        spans = [spans_status[k][0] for k in inside]
+        rseed = _record_seed(settings.seed, i)
+        for t in tasks:
+            m = np.full((len(by_rec[name]),) * 2, np.nan)
+            if spans:
+                m[np.ix_(inside, inside)] = maps[(t, name)] = F.element_map(model, x, t, spans, seed=rseed, **common)
+                if settings.null_shuffles:
+                    nulls[(t, name)] = N.map_null(model, x, t, elements=spans, n_shuffles=settings.null_shuffles,
+                                                  seed=rseed, **common)
+            rows.extend(_pair_rows(name, by_rec[name], spans_status, m, t, inside))
+            bar.update(1)
+    bar.close()
+    return rows, maps, nulls, insides
+
+
+def _pvalues(df: pd.DataFrame, maps: dict, nulls: dict, insides: dict, null_pool: str) -> tuple[np.ndarray, ...]:
+    """Per-row p-values of the element maps against their shuffled null; BH q-values over all rows."""
+    pval, qval = np.full(len(df), np.nan), np.full(len(df), np.nan)
+    if not nulls:
+        return pval, qval
+    pv = N.pooled_pvalues({k: maps[k] for k in nulls}, nulls, pool=null_pool, kind="gaussian", two_sided=True)
+    where = {name: {k: j for j, k in enumerate(inside)} for name, inside in insides.items()}
+    for r, (t, s, i, j) in enumerate(zip(df["task"], df["seq"], df["_i"], df["_j"], strict=True)):
+        pos = where.get(s, {})
+        if (t, s) in pv and i in pos and j in pos:
+            pval[r] = pv[(t, s)][pos[i], pos[j]]
+    ok = np.isfinite(pval)
+    if ok.any():
+        qval[ok] = N.bh_qvalues(pval[ok])
+    return pval, qval
 
 
 def _pair_rows(name, feats, spans_status, m, task, inside) -> list[dict[str, Any]]:
@@ -329,25 +322,12 @@ def _pair_rows(name, feats, spans_status, m, task, inside) -> list[dict[str, Any
     return rows
 
 
-# --------------------------------------------------------------------------------------------- output
-def write_tsv_atomic(df: pd.DataFrame, path: str) -> None:
-    """Write ``df`` as a TSV (NaN as empty) through :func:`kipoi_dfim.io.atomic_path`, so that a crash never
-    leaves a half-written file under the final name."""
-    from kipoi_dfim.io import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        df.to_csv(fh, sep="\t", index=False, na_rep="", float_format="%.6g")
-
-
+# --------------------------------------------------------------------------------------------- CLI
 def run(args: Any) -> None:
     """Entry point of ``kipoi-dfim interactions`` (arguments declared in :mod:`kipoi_dfim.cli`)."""
-    from kipoi_dfim import load_model
-
-    model = load_model(args.model, source=args.source, output=args.output)
-    df = feature_interactions(
-        model, args.fasta, args.features, target=args.target, method=args.method,
-        null_shuffles=args.null_shuffles, seed=args.seed, gc=args.gc, fill=args.fill,
-        batch_size=args.batch_size, n_refs=args.n_refs, progress=not args.quiet,
-    )
-    write_tsv_atomic(df, args.out)
+    settings = Settings.from_args(args)
+    check_paths(inputs={"--fasta": args.fasta, "--features": args.features}, outputs={"-o": args.out})
+    model = load_model(args.model, source=args.source, output=settings.output, batch_size=settings.batch_size)
+    df = feature_interactions(model, args.fasta, args.features, settings=settings, progress=not args.quiet)
+    write_interactions(df, args.out)
     log.info("wrote %d rows to %s", len(df), args.out)

@@ -37,7 +37,12 @@ from typing import Any
 import numpy as np
 import yaml
 
+from kipoi_dfim import __version__
+from kipoi_dfim.backend import load_model
 from kipoi_dfim.errors import InputError
+from kipoi_dfim.scoring import make_settings, score_windows
+from kipoi_dfim.settings import Settings
+from kipoi_dfim.variants import Fasta, Variant, iter_variants, open_text, read_records, windows
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +94,13 @@ def iter_samples(
         ``{"inputs": {"ref_seq": (L, 4), "alt_seq": (L, 4), record_index, alt_index, vcf_line, pos, offset,
         variant_id, chrom, ref, alt, status, flags}, "metadata": {variant_id, chrom, pos, ref, alt, status}}``
     """
-    from kipoi_dfim.variants import Fasta, open_vcf
-
     # open both files now, so that a wrong path fails when kipoi builds the dataloader, not at the first batch
     fa = Fasta(fasta_file)
-    open_vcf(vcf_file).close()
+    read_records(vcf_file)
     return _samples(vcf_file, fa, int(seq_len), chunk_size)
 
 
 def _samples(vcf_file, fa, seq_len: int, chunk_size: int) -> Iterator[dict]:
-    from kipoi_dfim.variants import iter_variants, windows
-
     zero = np.zeros((seq_len, 4), np.float32)
     for chunk in iter_variants(vcf_file, fa, seq_len, chunk_size=chunk_size):
         ok = [v for v in chunk if v.ok]
@@ -130,8 +131,6 @@ def _as_str(a) -> list[str]:
 
 def variants_from_inputs(inputs: dict) -> list:
     """Rebuild the :class:`~kipoi_dfim.variants.Variant` of every sample of a collated Kipoi batch."""
-    from kipoi_dfim.variants import Variant
-
     ints = {k: np.asarray(inputs[k]).astype(np.int64).tolist() for k in _INT_INPUTS}
     strs = {k: _as_str(inputs[k]) for k in _STR_INPUTS}
     out = []
@@ -155,9 +154,6 @@ class DfimPredictor:
     """
 
     def __init__(self, spec_dir: str | os.PathLike):
-        from kipoi_dfim.backend import load_model
-        from kipoi_dfim.scoring import ScoringConfig
-
         self.spec_dir = Path(spec_dir).resolve()
         c = read_config(self.spec_dir)
         self.config = c
@@ -170,27 +166,23 @@ class DfimPredictor:
                              f"{c['seq_len']}; re-run kipoi-dfim kipoi-spec", path=str(self.spec_dir))
         self.tidx = [int(t) for t in c["target_index"]]
         self.tnames = [str(t) for t in c["targets"]]
-        self.cfg = ScoringConfig(
-            window=int(c["window"]), method=str(c["method"]), n_refs=int(c["n_refs"]), null_shuffles=0,
-            seed=int(c["seed"]), rc=False, all_alts=False, batch_size=int(c["batch_size"]),
-            flank=_flank(int(c["window"]), self.model.seq_len),
-        )
+        saved = dict(c.get("settings") or {})
+        saved.setdefault("window", int(c["window"]))
+        saved.setdefault("method", str(c["method"]))
+        saved.setdefault("n_refs", int(c["n_refs"]))
+        saved.setdefault("seed", int(c["seed"]))
+        saved.setdefault("batch_size", int(c["batch_size"]))
+        saved["references"] = saved.get("references") or None
+        self.settings = Settings(**saved)
 
     def predict_on_batch(self, inputs: dict) -> dict:
         """Scores of a collated batch: ``{id column: (N,), target: {score column: (N,)}}``."""
-        from kipoi_dfim.scoring import score_windows
-
         variants = variants_from_inputs(inputs)
         ok = np.array([v.ok for v in variants], bool)
         X = np.asarray(inputs["ref_seq"], np.float32)[ok]
         Xalt = np.asarray(inputs["alt_seq"], np.float32)[ok]
-        rows, _, _ = score_windows(self.model, variants, X, Xalt, self.tidx, self.tnames, self.cfg)
+        rows, _ = score_windows(self.model, variants, X, Xalt, self.tidx, self.tnames, self.settings)
         return predictions_from_rows(rows, variants, self.tnames)
-
-
-def _flank(window: int, seq_len: int) -> int:
-    """The maps flank score_variants uses (it does not change the scores, only the unused maps rows)."""
-    return min(max(window, 50), (seq_len - 1) // 2)
 
 
 def predictions_from_rows(rows: list[dict], variants: list, tnames: Sequence[str]) -> dict:
@@ -345,8 +337,6 @@ def _shipped_example(model_path: Path) -> tuple[Path, Path] | None:
 
 def subset_example(vcf: str | os.PathLike, fasta: str | os.PathLike, n_records: int, out_dir: Path) -> None:
     """Copy the header and first ``n_records`` records of a VCF, and the FASTA contigs they use, to out_dir."""
-    from kipoi_dfim.variants import Fasta, open_text
-
     header, body = [], []
     with open_text(str(vcf)) as fh:
         for line in fh:
@@ -447,8 +437,6 @@ _SCORE_DOCS = {
 
 def _yaml_files(seq_len: int, tnames: list[str], window: int, method: str, model_label: str) -> tuple[dict, dict]:
     """model.yaml and dataloader.yaml contents."""
-    from kipoi_dfim import __version__
-
     info = {
         "authors": [{"name": "kipoi-dfim", "github": "kipoi"}],
         "doc": (f"DFIM (Deep Feature Interaction Maps, Greenside et al. 2018) variant scores of {model_label}, "
@@ -504,18 +492,13 @@ def write_kipoi_spec(
     out_dir: str | os.PathLike,
     *,
     source: str | None = None,
-    target: int | str | Sequence[int | str] | None = None,
-    window: int = 15,
-    method: str = "deeplift",
-    n_refs: int = 10,
-    seed: int = 0,
-    output: str = "logit",
-    batch_size: int = 64,
+    settings: Settings | None = None,
     copy_model: bool = True,
     example_vcf: str | os.PathLike | None = None,
     example_fasta: str | os.PathLike | None = None,
     n_example: int = 8,
     overwrite: bool = False,
+    **options: Any,
 ) -> Path:
     """Write a Kipoi model directory that scores DFIM and ISM for a VCF under ``kipoi predict``.
 
@@ -528,10 +511,10 @@ def write_kipoi_spec(
         Directory to create (written in a temporary sibling and renamed, so a failure leaves nothing).
     source
         Kipoi source of a model given by name.
-    target
-        Output(s) to score, by index or label; default all.
-    window, method, n_refs, seed, output, batch_size
-        As for :func:`kipoi_dfim.score_variants` (saved in ``dfim.yaml``; edit it to change them later).
+    settings : Settings, optional
+        Or its fields as keywords (``target``, ``window``, ``method``, ``n_refs``, ``references``, ``steps``,
+        ``seed``, ``output``, ``batch_size``), as for :func:`kipoi_dfim.score_variants` (saved in ``dfim.yaml``;
+        edit it to change them later). There is no null under ``kipoi predict``: it needs the whole file.
     copy_model
         Copy the model into ``out_dir/wrapped_model`` (default) rather than store its absolute path. A copy
         makes the directory self-contained: it can be moved, shared or uploaded to a Kipoi source, and it
@@ -550,29 +533,17 @@ def write_kipoi_spec(
     pathlib.Path
         The written directory.
     """
-    from kipoi_dfim import __version__
-    from kipoi_dfim.attribution import METHODS
-    from kipoi_dfim.backend import load_model
-
-    if window < 1:
-        raise InputError(f"--window must be >= 1, got {window}")
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
-    if n_refs < 1:
-        raise InputError(f"--n-refs must be >= 1, got {n_refs}")
+    st = make_settings(settings, **options).replace(null="none", null_shuffles=0, rc=False, all_alts=False)
     if (example_vcf is None) != (example_fasta is None):
         raise InputError("give both an example VCF and an example FASTA, or neither")
     out = Path(out_dir).resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise InputError("output directory exists and is not empty; choose a new one", path=str(out))
     src = _resolve_model(model, source)
-    m = load_model(str(src), output=output, batch_size=batch_size)
-    if m.seq_len < 2 * window + 1:
-        raise InputError(f"the model input ({m.seq_len} bp) is shorter than the +-{window} bp target window")
-    if target is None:
-        tidx = list(range(len(m.targets)))
-    else:
-        tidx = [m.target_index(t) for t in ([target] if isinstance(target, (int, str)) else list(target))]
+    m = load_model(str(src), output=st.output, batch_size=st.batch_size)
+    if m.seq_len < 2 * st.window + 1:
+        raise InputError(f"the model input ({m.seq_len} bp) is shorter than the +-{st.window} bp target window")
+    tidx = list(range(len(m.targets))) if st.targets is None else [m.target_index(t) for t in st.targets]
     tnames = [str(m.targets[t]) for t in tidx]
     clash = sorted(set(tnames) & set(ID_COLUMNS))
     if clash or len(set(tnames)) != len(tnames):
@@ -600,17 +571,18 @@ def write_kipoi_spec(
             "seq_len": int(m.seq_len),
             "targets": tnames,
             "target_index": [int(t) for t in tidx],
-            "output": output,
-            "window": int(window),
-            "method": method,
-            "n_refs": int(n_refs),
-            "seed": int(seed),
-            "batch_size": int(batch_size),
+            "output": st.output,
+            "window": int(st.window),
+            "method": st.method,
+            "n_refs": int(st.n_refs),
+            "seed": int(st.seed),
+            "batch_size": int(st.batch_size),
+            "settings": {k: v for k, v in st.provenance().items() if k not in ("targets", "extra")},
         }
         (tmp / CONFIG_FILE).write_text(
             "# kipoi-dfim kipoi-spec settings, read by model.py and dataloader.py\n"
             + yaml.safe_dump(config, sort_keys=False))
-        model_yaml, dl_yaml = _yaml_files(m.seq_len, tnames, window, method, src.name)
+        model_yaml, dl_yaml = _yaml_files(m.seq_len, tnames, st.window, st.method, src.name)
         (tmp / "model.yaml").write_text(yaml.safe_dump(model_yaml, sort_keys=False))
         (tmp / "dataloader.yaml").write_text(yaml.safe_dump(dl_yaml, sort_keys=False))
         os.chmod(tmp, 0o755)
@@ -625,12 +597,8 @@ def write_kipoi_spec(
 
 def run(args) -> None:
     """``kipoi-dfim kipoi-spec``."""
-    out = write_kipoi_spec(
-        args.model, args.out, source=args.source, target=args.target, window=args.window, method=args.method,
-        n_refs=args.n_refs, seed=args.seed, output=args.output,
-        batch_size=getattr(args, "batch_size", None) or 64,
-        example_vcf=getattr(args, "example_vcf", None), example_fasta=getattr(args, "example_fasta", None),
-    )
+    out = write_kipoi_spec(args.model, args.out, source=args.source, settings=Settings.from_args(args),
+                           example_vcf=args.example_vcf, example_fasta=args.example_fasta)
     print(f"wrote {out}\n  kipoi test {out} --source dir\n"
           f"  kipoi predict {out} --source dir --dataloader_args "
           "'{\"vcf_file\": \"in.vcf\", \"fasta_file\": \"ref.fa\"}' -o scores.tsv")

@@ -1,7 +1,11 @@
-"""Statistics of the shuffled null: Gaussian and empirical p-values, Benjamini-Hochberg q-values.
+"""The shuffled null and its statistics: null generation, pooling, Gaussian and empirical p-values, BH q-values.
 
 DFIM's significance (Greenside et al. 2018) compares a score (FIS, maxAbsFIS) with the same score computed
-on dinucleotide-shuffled inputs. This module is numpy-only: it never sees a model.
+on dinucleotide-shuffled inputs. This module owns every part of that: drawing the shuffled backgrounds
+(:func:`variant_null` for variants, :func:`map_null` for maps), collecting null values over a file
+(:class:`NullAccumulator`), and turning scores into p- and q-values (:func:`file_stats`,
+:func:`pooled_pvalues`, :func:`gaussian_pvalues`, :func:`empirical_pvalues`, :func:`bh_qvalues`). Changing
+the null or the test means changing this module only.
 
 Pooling: which null values form the null distribution of which score.
 
@@ -18,13 +22,20 @@ NaN in ``scores`` gives NaN; NaN (and inf) in ``null`` is ignored.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
 import numpy as np
 from scipy.stats import norm
 from statsmodels.stats.multitest import multipletests
 
+from kipoi_dfim import fis as F
 from kipoi_dfim.errors import InputError
+from kipoi_dfim.shuffle import dinucleotide_shuffle, variant_seeds
 
-__all__ = ["gaussian_pvalues", "empirical_pvalues", "bh_qvalues"]
+__all__ = ["gaussian_pvalues", "empirical_pvalues", "bh_qvalues", "pooled_pvalues", "pooled_qvalues", "map_null",
+           "variant_null", "NullAccumulator", "FileStats", "file_stats", "per_base_pvalues"]
 
 
 def gaussian_pvalues(
@@ -154,3 +165,255 @@ def _apply(scores, null, pool, groups, fn) -> np.ndarray:
             out2[g] = fn(s2[g], _finite(n2[g]))
         return out2.reshape(s.shape)
     raise InputError(f"pool must be 'global' or a number of leading axes, got {pool!r}")
+
+
+# -- maps: the null of per-base and element maps ------------------------------------------------------------
+def shuffled_seeds(seed: int, n: int) -> np.ndarray:
+    """Per-shuffle integer seeds derived from ``seed`` (SeedSequence), independent of batching."""
+    ss = np.random.SeedSequence([int(seed), 0x5F15])
+    return np.array([c.generate_state(1)[0] for c in ss.spawn(n)], dtype=np.int64)
+
+
+def map_null(
+    model: Any,
+    x: np.ndarray,
+    target: int | str,
+    *,
+    elements: Sequence[F.Span] | None = None,
+    sources: Sequence[int] | None = None,
+    n_shuffles: int = 10,
+    seed: int = 0,
+    method: str = "deeplift",
+    fill: str = "background",
+    gc: float = 0.46,
+    batch_size: int = 64,
+    **kw: Any,
+) -> np.ndarray:
+    """Null FIS (section 2.4): the same map on dinucleotide-shuffled versions of ``x``.
+
+    Shuffling keeps the dinucleotide composition but destroys motifs and therefore their interactions; the
+    map is recomputed at the *same* source/target coordinates on each of ``n_shuffles`` shuffles.
+
+    Give exactly one of ``elements`` (-> :func:`kipoi_dfim.fis.element_map`, null ``(K, E, E)``) or ``sources``
+    (-> :func:`kipoi_dfim.fis.dfim_per_base`, null ``(K, S, 3, L, 4)``). Shuffle ``k`` uses its own seed derived from
+    ``seed``, for the shuffle and for its importance references.
+    """
+    x = F._check_one(x)
+    if (elements is None) == (sources is None):
+        raise ValueError("give exactly one of elements= or sources=")
+    shuffles = np.asarray(dinucleotide_shuffle(x[None], n_shuffles, seed=seed), dtype=np.float32)
+    shuffles = shuffles.reshape(n_shuffles, *x.shape)
+    seeds = shuffled_seeds(seed, n_shuffles)
+    out = []
+    for k in range(n_shuffles):
+        if elements is not None:
+            out.append(F.element_map(model, shuffles[k], target, elements, fill, gc=gc, method=method,
+                                   batch_size=batch_size, seed=int(seeds[k]), **kw))
+        else:
+            out.append(F.dfim_per_base(model, shuffles[k], target, sources, method, batch_size=batch_size,
+                                     seed=int(seeds[k]), **kw))
+    return np.stack(out)
+
+
+_POOLS = ("per_map", "per_task", "global")
+
+
+def pooled_pvalues(
+    scores: dict[Any, np.ndarray],
+    nulls: dict[Any, np.ndarray],
+    pool: str = "per_map",
+    kind: str = "gaussian",
+    two_sided: bool = True,
+    task_of: Callable[[Any], Any] | None = None,
+) -> dict[Any, np.ndarray]:
+    """p-values of observed maps against shuffled nulls, pooled as in the original ``assign_pval``.
+
+    Parameters
+    ----------
+    scores, nulls : dict
+        Observed map and its null (any shape; NaN entries -- diagonals, masked sources -- are ignored in the
+        null and stay NaN in the result) under the same key.
+    pool : {"per_map", "per_task", "global"}
+        Which null values a map is compared with: its own shuffles (long sequences, many values), all maps of
+        the same task (``task_of(key)``; default: ``key[0]``), or every null value.
+    kind : {"gaussian", "empirical"}
+        Gaussian fit (:func:`gaussian_pvalues`, the paper's choice) or empirical.
+
+    Returns
+    -------
+    dict
+        p-values with the shape of each observed map.
+    """
+    if pool not in _POOLS:
+        raise ValueError(f"pool must be one of {_POOLS}, got {pool!r}")
+    if kind not in ("gaussian", "empirical"):
+        raise ValueError(f"kind must be 'gaussian' or 'empirical', got {kind!r}")
+    if set(scores) != set(nulls):
+        raise ValueError("scores and nulls must have the same keys")
+    task_of = task_of or (lambda k: k[0] if isinstance(k, tuple) else k)
+
+    def flat(a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, dtype=np.float64).ravel()
+        return a[~np.isnan(a)]
+
+    if pool == "per_map":
+        pooled = {k: flat(nulls[k]) for k in scores}
+    elif pool == "per_task":
+        by_task: dict[Any, list[np.ndarray]] = {}
+        for k in scores:
+            by_task.setdefault(task_of(k), []).append(flat(nulls[k]))
+        cat = {t: np.concatenate(v) for t, v in by_task.items()}
+        pooled = {k: cat[task_of(k)] for k in scores}
+    else:
+        allv = np.concatenate([flat(nulls[k]) for k in scores]) if scores else np.zeros(0)
+        pooled = {k: allv for k in scores}
+
+    out = {}
+    for k, s in scores.items():
+        s = np.asarray(s, dtype=np.float64)
+        p = np.full(s.shape, np.nan)
+        ok = ~np.isnan(s)
+        if ok.any():
+            if kind == "gaussian":
+                p[ok] = gaussian_pvalues(s[ok], pooled[k], two_sided=two_sided)
+            else:
+                p[ok] = empirical_pvalues(s[ok], pooled[k], two_sided=two_sided)
+        out[k] = p
+    return out
+
+
+def pooled_qvalues(pvalues: dict[Any, np.ndarray]) -> dict[Any, np.ndarray]:
+    """Benjamini-Hochberg q-values over all non-NaN p-values of all maps together."""
+    keys = list(pvalues)
+    flat = [np.asarray(pvalues[k], dtype=np.float64).ravel() for k in keys]
+    allp = np.concatenate(flat) if flat else np.zeros(0)
+    q = np.full(allp.shape, np.nan)
+    ok = ~np.isnan(allp)
+    if ok.any():
+        q[ok] = bh_qvalues(allp[ok])
+    out, i = {}, 0
+    for k, f in zip(keys, flat, strict=True):
+        out[k] = q[i:i + f.size].reshape(np.shape(pvalues[k]))
+        i += f.size
+    return out
+
+
+# -- variants: the null of maxAbsFIS ---------------------------------------------------------------------------
+def variant_backgrounds(
+    X: np.ndarray, Xalt: np.ndarray, spans: Sequence[slice], K: int, seeds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The same variants on K dinucleotide-shuffled backgrounds: reference and alternate windows (N*K, L, 4).
+
+    The background is a shuffle of the reference window; the variant's own bases (``spans``) are put back,
+    REF in the reference window and ALT in the alternate one, so the null keeps the substitution and
+    destroys the motifs around it.
+    """
+    bg = dinucleotide_shuffle(X, n=K, seed=seeds)  # (N, K, L, 4)
+    nref, nalt = bg.copy(), bg.copy()
+    for i, sl in enumerate(spans):
+        nref[i, :, sl] = X[i, sl]
+        nalt[i, :, sl] = Xalt[i, sl]
+    N, L = X.shape[:2]
+    return nref.reshape(N * K, L, 4), nalt.reshape(N * K, L, 4)
+
+
+def variant_null(
+    model: Any, X: np.ndarray, Xalt: np.ndarray, variants: Sequence, targets: Sequence[int], settings: Any
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """maxAbsFIS of every variant on ``settings.null_shuffles`` shuffled backgrounds, for every target.
+
+    A variant's backgrounds and their references are seeded by (seed, record, ALT, stream), so the null does
+    not depend on chunking or batching. Returns ``max_abs`` (T, N*K) and, per target, the per-base FIS at the
+    target positions (for the per-base test of the maps).
+    """
+    K = settings.null_shuffles
+    spans = [slice(v.offset, v.offset + len(v.ref)) for v in variants]
+    nref, nalt = variant_backgrounds(X, Xalt, spans, K, variant_seeds(settings.seed, variants, 1))
+    rep = [v for v in variants for _ in range(K)]
+    nseeds = np.array([variant_seeds(settings.seed, [v], 2 + k)[0] for v in variants for k in range(K)],
+                      dtype=np.uint64)
+    refs = F.window_references(nref, settings, nseeds)
+    C = F.windows_importance(model, np.stack([nref, nalt]), refs, targets, settings)
+    fis = F.fis_tracks(C)[:, 0]  # (T, N*K, L)
+    offsets = np.array([v.offset for v in rep])
+    mask = F.target_mask(nref.shape[1], offsets, np.array([len(v.ref) for v in rep]), settings.window)
+    max_abs = np.stack([F.max_abs_summary(f, nref, mask, offsets)["max_abs_fis"] for f in fis])
+    per_base = [f[mask] for f in fis]
+    return max_abs, per_base
+
+
+class NullAccumulator:
+    """File-wide null, per target: the null maxAbsFIS values and running moments of the per-base null FIS.
+
+    Memory is the null values only (K or M per target per variant / file), never the scores of the file.
+    """
+
+    def __init__(self, n_targets: int):
+        self.max_abs: list[list[np.ndarray]] = [[] for _ in range(n_targets)]
+        self.n = np.zeros(n_targets)
+        self.s1 = np.zeros(n_targets)
+        self.s2 = np.zeros(n_targets)
+
+    def add(self, t: int, max_abs: np.ndarray, per_base: np.ndarray) -> None:
+        """Add null maxAbsFIS values and per-base null FIS values of target slot ``t``."""
+        self.max_abs[t].append(np.asarray(max_abs, np.float32))
+        per_base = np.asarray(per_base, np.float64)
+        per_base = per_base[np.isfinite(per_base)]
+        self.n[t] += per_base.size
+        self.s1[t] += per_base.sum()
+        self.s2[t] += (per_base**2).sum()
+
+    def null(self, t: int) -> np.ndarray:
+        """The null maxAbsFIS values of target slot ``t`` (finite ones)."""
+        v = np.concatenate(self.max_abs[t]) if self.max_abs[t] else np.zeros(0, np.float32)
+        return v[np.isfinite(v)]
+
+    def per_base_moments(self, t: int) -> tuple[float, float]:
+        """Mean and standard deviation (ddof=1, as :func:`gaussian_pvalues`) of the per-base null FIS."""
+        n = self.n[t]
+        if n < 2:
+            return float("nan"), float("nan")
+        mu = self.s1[t] / n
+        return float(mu), float(np.sqrt(max((self.s2[t] - n * mu * mu) / (n - 1), 0.0)))
+
+
+@dataclass
+class FileStats:
+    """File-wide statistics given to the writers: per-row p/q-values, per-target per-base null moments."""
+
+    pval: np.ndarray
+    pval_empirical: np.ndarray
+    qval: np.ndarray
+    per_base: list[tuple[float, float]] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def file_stats(max_abs: np.ndarray, tslot: np.ndarray, acc: NullAccumulator | None, n_targets: int) -> FileStats:
+    """p-values of every row's maxAbsFIS against the null of its target, pooled over the file; BH q-values.
+
+    ``pval`` is the Gaussian fit (upper tail: max |FIS| is large when significant), ``pval_empirical`` the
+    empirical ``(1 + b) / (1 + M)``; q-values are BH over all rows with a p-value.
+    """
+    n = len(max_abs)
+    pval, pemp = np.full(n, np.nan), np.full(n, np.nan)
+    if acc is None or n == 0:
+        return FileStats(pval, pemp, np.full(n, np.nan))
+    for t in range(n_targets):
+        sel = (tslot == t) & np.isfinite(max_abs)
+        null = acc.null(t)
+        if not sel.any() or len(null) < 2:
+            continue
+        pval[sel] = gaussian_pvalues(max_abs[sel], null, two_sided=False)
+        pemp[sel] = empirical_pvalues(max_abs[sel], null, two_sided=False)
+    moments = [acc.per_base_moments(t) for t in range(n_targets)]
+    return FileStats(pval, pemp, bh_qvalues(pval), moments)
+
+
+def per_base_pvalues(fis: np.ndarray, tslot: np.ndarray, moments: Sequence[tuple[float, float]]) -> np.ndarray:
+    """Two-sided p-values of per-base FIS (M, D) under the Gaussian of each row's per-base target null."""
+    P = np.full(fis.shape, np.nan, np.float32)
+    for t, (mu, sd) in enumerate(moments):
+        sel = tslot == t
+        if sd > 0 and sel.any():
+            P[sel] = 2 * norm.sf(np.abs(fis[sel] - mu) / sd)
+    return P

@@ -23,21 +23,19 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from kipoi_dfim.errors import InputError
+from kipoi_dfim.output.base import atomic_path
+from kipoi_dfim.output.maps import MapsFile
+from kipoi_dfim.scoring import score_variants
 from kipoi_dfim.sequence import ALPHABET
+from kipoi_dfim.settings import Settings
+from kipoi_dfim.variants import Variant, read_records
 
 log = logging.getLogger(__name__)
 
 #: gid of the shaded column marking the variant on every track (tests and users can find it by gid)
 VARIANT_GID = "variant"
-#: datasets a maps file must hold for :func:`plot_variant`
-REQUIRED_DATASETS = (
-    "variant_id", "chrom", "pos", "ref", "alt", "target", "tsv_row", "offsets",
-    "seq_ref", "seq_alt", "imp_ref", "imp_alt", "fis", "fis_pval", "max_abs_fis", "pval", "qval",
-)  # fmt: skip
-_INDEX_COLUMNS = ("variant_id", "chrom", "pos", "ref", "alt", "target", "tsv_row", "max_abs_fis", "pval", "qval")
 _FIGURE_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
 _VARIANT_COLOR = "#f2c14e"
-
 
 # ----------------------------------------------------------------------------------------------- labels
 def position_base_labels(offsets: Sequence[int], bases: str = ALPHABET) -> list[str]:
@@ -450,139 +448,6 @@ def _pivot_aggregate(table: pd.DataFrame, value: str) -> tuple[np.ndarray, list[
     return (wide.to_numpy(dtype=np.float64), [str(r) for r in wide.index], [str(c) for c in wide.columns], counts)
 
 
-# ----------------------------------------------------------------------------------------------- maps file
-def _decode(values: Any) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.dtype.kind in ("S", "O"):
-        return np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in arr.ravel()],
-                        dtype=object).reshape(arr.shape)  # fmt: skip
-    return arr
-
-
-def _attr(v: Any) -> Any:
-    v = _decode(v)
-    return v.tolist() if np.ndim(v) else v.item() if hasattr(v, "item") else v
-
-
-class MapsFile:
-    """Read access to a ``score-variants --maps`` file (or a dict with the same keys and ``attrs``).
-
-    The index columns (ids, alleles, targets, summary scores) are read at once; the tracks (M, D, 4) are read
-    one row at a time, so a report of the top 50 variants of a genome-wide run does not load the whole file.
-    """
-
-    def __init__(self, source: str | os.PathLike | Mapping[str, Any]):
-        self.path = None if isinstance(source, Mapping) else os.fspath(source)
-        self._h5 = None
-        if self.path is None:
-            self._data: Mapping[str, Any] = source
-            self.attrs = dict(source.get("attrs", {}))
-        else:
-            import h5py
-
-            try:
-                self._h5 = h5py.File(self.path, "r")
-            except (OSError, FileNotFoundError) as e:
-                raise InputError(f"cannot open the maps HDF5 file: {e}", path=self.path) from None
-            self._data = self._h5
-            self.attrs = {k: _attr(v) for k, v in self._h5.attrs.items()}
-        missing = [k for k in REQUIRED_DATASETS if k not in self._data]
-        if missing:
-            raise InputError(
-                f"not a score-variants --maps file: missing dataset(s) {', '.join(missing)}",
-                path=self.path or "<maps dict>",
-            )
-        self.index = pd.DataFrame({k: _decode(self._column(k)) for k in _INDEX_COLUMNS})
-        self.offsets = np.asarray(self._column("offsets"), dtype=int)
-
-    def _column(self, key: str) -> np.ndarray:
-        v = self._data[key]
-        return v[()] if self._h5 is not None else np.asarray(v)
-
-    def __enter__(self) -> MapsFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._h5 is not None:
-            self._h5.close()
-            self._h5 = None
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    @property
-    def has_all_alts(self) -> bool:
-        return "fis_all_alts" in self._data
-
-    def row(self, i: int) -> dict[str, Any]:
-        """All datasets of row ``i`` (tracks as float arrays, strings decoded) plus ``offsets``."""
-        out: dict[str, Any] = dict(self.index.iloc[int(i)].to_dict())
-        for k in ("seq_ref", "seq_alt", "imp_ref", "imp_alt", "fis", "fis_pval", "fis_all_alts"):
-            if k in self._data:
-                out[k] = np.asarray(self._data[k][int(i)], dtype=np.float64)
-        if "all_alts_bases" in self._data:
-            out["all_alts_bases"] = [str(b) for b in _decode(self._data["all_alts_bases"][int(i)])]
-        out["offsets"] = self.offsets
-        return out
-
-    def known_ids(self, n: int = 5) -> list[str]:
-        return list(pd.unique(self.index["variant_id"]))[:n]
-
-    def find(self, variant_id: str, target: str | int | None = None, alt: str | None = None) -> int:
-        """Row of ``variant_id`` (or ``chrom:pos:ref:alt``); several rows -> the one with the largest maxAbsFIS.
-
-        Raises InputError naming a few ids that exist when nothing matches.
-        """
-        idx = self.index
-        hit = idx["variant_id"].astype(str) == str(variant_id)
-        if not hit.any():
-            parts = str(variant_id).split(":")
-            if len(parts) == 4 and parts[1].isdigit():
-                hit = (
-                    (idx["chrom"].astype(str) == parts[0])
-                    & (idx["pos"].astype(int) == int(parts[1]))
-                    & (idx["ref"].astype(str) == parts[2])
-                    & (idx["alt"].astype(str) == parts[3])
-                )
-        where = self.path or "<maps dict>"
-        if not hit.any():
-            raise InputError(
-                f"variant {variant_id!r} is not in the maps file ({len(idx)} rows); ids that exist include: "
-                + ", ".join(self.known_ids()),
-                path=where,
-            )
-        if alt is not None:
-            hit &= idx["alt"].astype(str) == str(alt)
-            if not hit.any():
-                raise InputError(f"variant {variant_id!r} has no ALT {alt!r} in the maps file", path=where)
-        if target is not None:
-            names = list(self.attrs.get("targets", []) or [])
-            t = str(target)
-            if t.lstrip("-").isdigit() and t not in set(idx["target"].astype(str)) and names:
-                t = str(names[int(t)])
-            by_target = hit & (idx["target"].astype(str) == t)
-            if not by_target.any():
-                have = sorted(set(idx.loc[hit, "target"].astype(str)))
-                raise InputError(
-                    f"variant {variant_id!r} has no target {target!r} in the maps file; it has: {', '.join(have)}",
-                    path=where,
-                )
-            hit = by_target
-        rows = np.nonzero(hit.to_numpy())[0]
-        if len(rows) > 1:
-            score = np.nan_to_num(idx["max_abs_fis"].to_numpy(dtype=float)[rows], nan=-np.inf)
-            chosen = int(rows[int(np.argmax(score))])
-            log.info(
-                "variant %s has %d rows in the maps file; drawing the largest maxAbsFIS (target %s, alt %s)",
-                variant_id, len(rows), idx["target"][chosen], idx["alt"][chosen],
-            )  # fmt: skip
-            return chosen
-        return int(rows[0])
-
-
 def _fmt(x: Any, spec: str = ".3g") -> str:
     try:
         xf = float(x)
@@ -698,8 +563,6 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> None:
 
     Why: a crashed or interrupted run never leaves a truncated figure behind under the requested name.
     """
-    from kipoi_dfim.io import atomic_path
-
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
     if ext not in _FIGURE_FORMATS:
@@ -714,60 +577,38 @@ def _resolve_vcf_variant(vcf: str, variant: str, n_known: int = 5) -> str:
 
     Checked before any model is loaded, so a typo fails in a second with ids that do exist.
     """
-    from kipoi_dfim.variants import Variant, open_vcf
-
     known: list[str] = []
-    reader = open_vcf(vcf)
-    try:
-        for i, rec in enumerate(reader):
-            for j, alt in enumerate(list(rec.ALT) or ["."]):
-                v = Variant(record_index=i, alt_index=j, line=0, chrom=rec.CHROM, pos=int(rec.POS),
-                            ref=rec.REF or "", alt=alt, vcf_id=rec.ID)  # fmt: skip
-                if variant in (v.variant_id, f"{v.chrom}:{v.pos}:{v.ref}:{v.alt}"):
-                    return v.variant_id
-                if len(known) < n_known and v.variant_id not in known:
-                    known.append(v.variant_id)
-    finally:
-        reader.close()
+    _, records = read_records(vcf)
+    for rec in records:
+        for j, alt in enumerate(rec.alts or ["."]):
+            v = Variant(record_index=rec.index, alt_index=j, line=rec.line, chrom=rec.chrom, pos=rec.pos or 0,
+                        ref=rec.ref, alt=alt, vcf_id=rec.vcf_id)
+            if variant in (v.variant_id, f"{v.chrom}:{v.pos}:{v.ref}:{v.alt}"):
+                return v.variant_id
+            if len(known) < n_known and v.variant_id not in known:
+                known.append(v.variant_id)
     raise InputError(f"variant {variant!r} is not in the VCF; ids that exist include: {', '.join(known)}", path=vcf)
 
 
 def _score_one_variant(args: Any, variant_id: str, maps_path: str) -> None:
-    """Score only ``variant_id`` with the same options as ``score-variants`` (and all three alternative bases,
-    for the DFIM heatmap) into a maps file."""
-    from kipoi_dfim.scoring import score_variants
-
-    score_variants(
-        args.model,
-        args.vcf,
-        args.fasta,
-        maps=maps_path,
-        variant_ids=[variant_id],
-        source=args.source,
-        target=args.target,
-        output=args.output,
-        window=args.window,
-        all_alts=True,
-        method=args.method,
-        n_refs=args.n_refs,
-        null_shuffles=args.null_shuffles,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        quiet=args.quiet,
-        return_table=False,
-    )
+    """Score only ``variant_id`` with the command's settings (and all three alternative bases, for the DFIM
+    heatmap) into a maps file."""
+    score_variants(args.model, args.vcf, args.fasta, maps=maps_path, variant_ids=[variant_id],
+                   settings=Settings.from_args(args).replace(all_alts=True), source=args.source, quiet=args.quiet,
+                   return_table=False)
 
 
 def figure_for(args: Any) -> Figure:
     """The figure ``kipoi-dfim plot`` saves (see :func:`run`); separate so that it can be inspected."""
     target = None
-    if args.target:
-        if len(args.target) > 1:
-            log.warning("plot draws one target; using the first of %s", args.target)
-        target = args.target[0]
-    model_label = args.model if isinstance(args.model, (str, os.PathLike)) else type(args.model).__name__
+    if args.targets:
+        if len(args.targets) > 1:
+            log.warning("plot draws one target; using the first of %s", args.targets)
+        target = args.targets[0]
+    window = args.window if args.window is not None else Settings().window
+    model_label = args.model if isinstance(args.model, str | os.PathLike) else type(args.model).__name__
     if args.maps:
-        return plot_variant(args.maps, args.variant, target=target, model=str(model_label), flank=args.window)
+        return plot_variant(args.maps, args.variant, target=target, model=str(model_label), flank=window)
     if not args.vcf or not args.fasta:
         raise InputError("plot needs --maps H5, or --vcf and --fasta to score the variant first")
     variant_id = _resolve_vcf_variant(str(args.vcf), args.variant)
@@ -778,7 +619,7 @@ def figure_for(args: Any) -> Figure:
             if len(m) == 0:
                 raise InputError(f"variant {args.variant!r} could not be scored (run score-variants for its status)",
                                  path=str(args.vcf))  # fmt: skip
-            return plot_maps_row(m, m.find(variant_id, target=target), model=str(model_label), flank=args.window)
+            return plot_maps_row(m, m.find(variant_id, target=target), model=str(model_label), flank=window)
 
 
 def run(args: Any) -> None:

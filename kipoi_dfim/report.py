@@ -20,21 +20,13 @@ import numpy as np
 import pandas as pd
 
 from kipoi_dfim.errors import InputError
+from kipoi_dfim.output.tsv import MISSING as _MISSING
+from kipoi_dfim.output.tsv import STRING_COLUMNS as _TEXT_COLUMNS
+from kipoi_dfim.output.tsv import TSV_COLUMNS
+from kipoi_dfim.output.tsv import read_tsv as read_scored_tsv
 
 log = logging.getLogger(__name__)
 
-#: columns of the TSV written by ``score-variants --tsv``
-TSV_COLUMNS = (
-    "variant_id", "chrom", "pos", "ref", "alt", "target", "status", "max_abs_fis", "max_fis_offset",
-    "max_fis_base", "fis_at_max", "pval", "qval", "ref_pred", "alt_pred", "diff", "logit_ref", "logit_alt",
-    "logit", "deepsea_effect",
-)  # fmt: skip
-_TEXT_COLUMNS = ("variant_id", "chrom", "ref", "alt", "target", "status", "max_fis_base", "flags")
-#: numeric columns (the documented ones and the extras score-variants adds); any other column stays text
-_NUMERIC_COLUMNS = frozenset(TSV_COLUMNS) - frozenset(_TEXT_COLUMNS) | {
-    "pval_empirical", "max_abs_maxfis", "maxfis_offset", "vcf_record", "vcf_line", "alt_index",
-}  # fmt: skip
-_MISSING = {"", "NA", "NaN", "nan", ".", "None"}
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 1.5em; color: #222; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; } h3 { font-size: 1em; }
@@ -53,37 +45,6 @@ p.note { font-size: 0.85em; color: #555; }
 
 
 # ----------------------------------------------------------------------------------------------- reading
-def read_scored_tsv(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a ``score-variants --tsv`` file: text columns stay text, numeric columns become float (NaN = missing).
-
-    Why by hand: pandas' default NA parsing would turn a variant called "NA" into a missing value, and a
-    non-numeric score would silently become NaN; here it is an InputError naming the line.
-    """
-    path = os.fspath(path)
-    try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment=None)
-    except FileNotFoundError:
-        raise InputError("no such file", path=path) from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise InputError(f"not a tab-separated score-variants TSV: {e}", path=path) from None
-    df.columns = [c.lstrip("#").strip() for c in df.columns]
-    missing = [c for c in TSV_COLUMNS if c not in df.columns]
-    if missing:
-        raise InputError(f"not a score-variants --tsv file: missing column(s) {', '.join(missing)}", path=path)
-    for c in df.columns:
-        if c not in _NUMERIC_COLUMNS:
-            continue
-        raw = df[c].str.strip()
-        num = pd.to_numeric(raw.where(~raw.isin(_MISSING)), errors="coerce")
-        bad = num.isna() & ~raw.isin(_MISSING)
-        if bad.any():
-            i = int(np.nonzero(bad.to_numpy())[0][0])
-            raise InputError(f"column {c!r}: {raw.iloc[i]!r} is not a number", path=path, line=i + 2)
-        df[c] = num.astype(float)
-    df["tsv_row"] = np.arange(len(df))
-    return df
-
-
 def rank_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Rows ranked: scored ("ok") first, then q-value, p-value (ascending), maxAbsFIS (descending); NaN last.
 
@@ -203,7 +164,7 @@ def render_html(
 
 
 def _write_atomic(text: str, out: str) -> None:
-    from kipoi_dfim.io import atomic_path
+    from kipoi_dfim.output.base import atomic_path
 
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)

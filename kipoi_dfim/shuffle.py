@@ -298,3 +298,14 @@ def _shuffle_rows(seq: np.ndarray, m: np.ndarray, keys: np.ndarray, tree_u: np.n
         ptr[k] = p + active
         walk[:, t + 1] = cur
     return walk
+
+
+def variant_seeds(seed: int, variants: Sequence, stream: int) -> np.ndarray:
+    """One seed per variant for one purpose (``stream``): ``SeedSequence([seed, record, ALT, stream])``.
+
+    Why: a variant's random draws (its references, its null backgrounds) then depend only on the run's seed and
+    the variant's place in the VCF, never on the chunk or batch it is scored in, or on the worker scoring it.
+    """
+    return np.array(
+        [np.random.SeedSequence([int(seed), v.record_index, v.alt_index, int(stream)]).generate_state(1)[0]
+         for v in variants], dtype=np.uint64)

@@ -9,15 +9,20 @@ input is padded with N (flag ``padded``).
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyfaidx
 
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.sequence import one_hot
+
+log = logging.getLogger(__name__)
 
 # statuses of (record, ALT) pairs that are reported but not scored
 STATUS_OK = "ok"
@@ -31,6 +36,7 @@ NOT_SCORED = {
     "n_at_variant": "N in REF, ALT or the FASTA at the variant",
     "not_acgt": "REF or ALT has letters other than ACGTN",
     "outside_contig": "the variant lies outside the contig",
+    "bad_pos": "POS is not a positive integer",
 }
 
 _ACGTN = re.compile(r"^[ACGTNacgtn]+$")
@@ -76,8 +82,6 @@ class Fasta:
     """A reference FASTA (pyfaidx) with contig names matched with or without a 'chr' prefix."""
 
     def __init__(self, path: str | os.PathLike):
-        import pyfaidx
-
         path = str(path)
         if not os.path.exists(path):
             raise InputError("FASTA file not found", path=path)
@@ -112,7 +116,7 @@ class Fasta:
 
 
 def open_text(path: str):
-    """Open a plain or gzip/bgzip-compressed text file (sniffed from its magic bytes) for reading."""
+    """Open a plain or gzip/bgzip-compressed text file (sniffed from its magic bytes) for reading text."""
     with open(path, "rb") as fh:
         magic = fh.read(2)
     if magic == b"\x1f\x8b":
@@ -120,36 +124,140 @@ def open_text(path: str):
     return open(path)
 
 
-def count_header_lines(path: str) -> int:
-    """Number of lines before the first record (the '##' lines and '#CHROM')."""
+def open_bytes(path: str):
+    """Open a plain or gzip/bgzip-compressed file for reading bytes (lines split on ``\\n`` only)."""
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+@dataclass
+class Record:
+    """One VCF data line as read: its text (kept byte for byte for the output) and its fixed fields.
+
+    ``text`` is the line without its line terminator (a final ``\\r`` of a CRLF file is dropped; a lone
+    ``\\r`` inside the line is kept, because htslib splits lines on ``\\n`` only and so must we).
+    """
+
+    index: int  # 0-based record number
+    line: int  # 1-based line number in the file
+    text: bytes
+    chrom: str
+    pos: int | None  # None when POS is not a positive integer
+    vcf_id: str
+    ref: str
+    alts: list[str]
+    read_bytes: int = 0  # bytes of the file read up to this record (for progress)
+
+
+@dataclass
+class VcfHeader:
+    """The header lines of a VCF (``##`` meta lines and the ``#CHROM`` line), bytes without terminators."""
+
+    meta: list[bytes]
+    columns: bytes
+    n_lines: int
+    file_bytes: int = 0  # size of the file on disk (for progress)
+
+
+_FIXED = ("#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO")
+
+
+def _lines(path: str) -> Iterator[tuple[int, bytes, int]]:
+    """(1-based line number, line bytes without terminator, bytes of the file read so far).
+
+    The byte count is of the file on disk (compressed bytes for a gzipped file): it gives a progress bar
+    its total without a second pass over the file. A decode or gzip error names the line.
+    """
     n = 0
-    with open_text(path) as fh:
-        for line in fh:
-            if not line.startswith("#"):
-                break
-            n += 1
-    return n
+    try:
+        with open_bytes(path) as fh:
+            raw_fh = getattr(fh, "fileobj", fh)
+            for n, raw in enumerate(fh, start=1):
+                line = raw[:-1] if raw.endswith(b"\n") else raw
+                yield n, line[:-1] if line.endswith(b"\r") else line, raw_fh.tell()
+    except (OSError, EOFError, zlib.error) as e:
+        raise InputError(f"cannot read the file after line {n} ({e})", path=path, line=n + 1) from e
 
 
-def open_vcf(path: str | os.PathLike):
-    """Open a VCF/bgzipped VCF with cyvcf2; a missing or unreadable file is an InputError naming it."""
-    import cyvcf2
+def _decode(line: bytes, path: str, n: int) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"bytes that are not UTF-8 text at column {e.start + 1} ({line[e.start:e.start + 4]!r})",
+                         path=path, line=n) from e
 
+
+def read_records(path: str | os.PathLike) -> tuple[VcfHeader, Iterator[Record]]:
+    """Check a VCF's header and stream its records, one reader for scoring and for writing the output.
+
+    Why our own reader: htslib (through cyvcf2) crashes the process on some malformed lines (a blank or
+    comment line among the records, space-separated fields), and a second reader of the same file can split
+    lines differently from the first (a lone carriage return), pairing outputs with the wrong records. Only the
+    fixed columns are parsed here; the rest of each line is kept as bytes and written back unchanged.
+
+    Lines among the records that are blank or start with ``#`` are not records: they are skipped with a
+    warning naming their line (and are not copied to the output, where they would break VCF readers). A line
+    that is not tab-separated into at least 8 columns, or is not UTF-8, is an :class:`InputError` naming it.
+    """
     path = str(path)
     if not os.path.exists(path):
         raise InputError("VCF file not found", path=path)
-    try:
-        with open_text(path) as fh:
-            first = fh.readline()
-    except (OSError, UnicodeDecodeError, EOFError) as e:
-        raise InputError(f"cannot read VCF ({e})", path=path) from e
-    if not first.startswith("##fileformat=VCF"):
-        raise InputError(f"not a VCF: the first line must be '##fileformat=VCFv4.x', found {first[:60]!r}",
-                         path=path, line=1)
-    try:
-        return cyvcf2.VCF(path, lazy=True, threads=1)
-    except Exception as e:  # noqa: BLE001
-        raise InputError(f"cannot parse the VCF header ({e})", path=path) from e
+    if os.path.isdir(path):
+        raise InputError("is a directory, not a VCF file", path=path)
+    lines = _lines(path)
+    header = _read_header(path, lines)
+    return header, _records(path, lines)
+
+
+def _read_header(path: str, lines: Iterator[tuple[int, bytes, int]]) -> VcfHeader:
+    meta: list[bytes] = []
+    for n, line, _ in lines:
+        text = _decode(line, path, n)
+        if n == 1 and not text.startswith("##fileformat=VCF"):
+            raise InputError(f"not a VCF: the first line must be '##fileformat=VCFv4.x', found {text[:60]!r}",
+                             path=path, line=1)
+        if text.startswith("##"):
+            meta.append(line)
+            continue
+        cols = text.split("\t")
+        if tuple(cols[:8]) != _FIXED:
+            raise InputError("expected the tab-separated header line '#CHROM POS ID REF ALT QUAL FILTER INFO' "
+                             f"after the ## lines, found {text[:60]!r}", path=path, line=n)
+        return VcfHeader(meta, line, n, os.path.getsize(path))
+    raise InputError("no '#CHROM' header line", path=path)
+
+
+def _records(path: str, lines: Iterator[tuple[int, bytes, int]]) -> Iterator[Record]:
+    index = 0
+    for n, line, nbytes in lines:
+        text = _decode(line, path, n)
+        if not text.strip() or text.startswith("#"):
+            log.warning("%s, line %d: %s among the records, skipped", path, n,
+                        "blank line" if not text.strip() else "'#' line")
+            continue
+        cols = text.split("\t")
+        if len(cols) < 8:
+            how = "separated by spaces, not tabs" if len(text.split()) >= 8 else f"has {len(cols)} tab-separated"
+            raise InputError(f"a VCF record needs 8 tab-separated columns; this line is {how}"
+                             + (" columns" if "tab-separated" in how else ""), path=path, line=n)
+        pos = int(cols[1]) if cols[1].isdigit() and int(cols[1]) > 0 else None
+        alts = [] if cols[4] in (".", "") else cols[4].split(",")
+        yield Record(index, n, line, cols[0], pos, cols[2], cols[3], alts, nbytes)
+        index += 1
+
+
+def record_variants(rec: Record, fasta: Fasta, seq_len: int) -> list[Variant]:
+    """The variants (one per ALT; one ``missing_alt`` variant when there is none) of a record, placed."""
+    out = []
+    for j, alt in enumerate(rec.alts or [None]):
+        v = Variant(record_index=rec.index, alt_index=j, line=rec.line, chrom=rec.chrom, pos=rec.pos or 0,
+                    ref=rec.ref, alt=alt if alt is not None else ".", vcf_id=rec.vcf_id)
+        v.status = "bad_pos" if rec.pos is None else _status_of_alleles(rec.ref, alt)
+        if v.status == STATUS_OK:
+            place_window(v, fasta, seq_len)
+        out.append(v)
+    return out
 
 
 def _status_of_alleles(ref: str, alt: str | None) -> str:
@@ -217,44 +325,27 @@ def windows(variants: list[Variant], fasta: Fasta, seq_len: int) -> tuple[np.nda
     return one_hot(refs), one_hot(alts)
 
 
-def iter_variants(
+def iter_chunks(
     vcf_path: str | os.PathLike, fasta: Fasta, seq_len: int, chunk_size: int = 256
-) -> Iterator[list[Variant]]:
-    """Stream a VCF in chunks of records; each chunk is the list of its (record, ALT) variants.
+) -> Iterator[tuple[list[Record], list[Variant]]]:
+    """Stream a VCF in chunks of ``chunk_size`` records: (records, their variants in record/ALT order).
 
     Records are never dropped: a record with no ALT at all yields one variant with status ``missing_alt``.
     """
-    vcf_path = str(vcf_path)
-    vcf = open_vcf(vcf_path)
-    first_line = count_header_lines(vcf_path) + 1
-    chunk: list[Variant] = []
-    n_records = 0
-    it = iter(vcf)
-    i = -1
-    while True:
-        try:
-            rec = next(it)
-        except StopIteration:
-            break
-        except Exception as e:  # noqa: BLE001 - htslib parse errors
-            raise InputError(f"cannot parse record ({e})", path=vcf_path, line=first_line + i + 1) from e
-        i += 1
-        line = first_line + i
-        alts = list(rec.ALT) or [None]
-        ref = rec.REF or ""
-        for j, alt in enumerate(alts):
-            v = Variant(
-                record_index=i, alt_index=j, line=line, chrom=rec.CHROM, pos=int(rec.POS), ref=ref,
-                alt=alt if alt is not None else ".", vcf_id=rec.ID,
-            )
-            v.status = _status_of_alleles(ref, alt)
-            if v.status == STATUS_OK:
-                place_window(v, fasta, seq_len)
-            chunk.append(v)
-        n_records += 1
-        if n_records % chunk_size == 0:
-            yield chunk
-            chunk = []
-    vcf.close()
-    if chunk:
-        yield chunk
+    _, records = read_records(vcf_path)
+    recs: list[Record] = []
+    for rec in records:
+        recs.append(rec)
+        if len(recs) == chunk_size:
+            yield recs, [v for r in recs for v in record_variants(r, fasta, seq_len)]
+            recs = []
+    if recs:
+        yield recs, [v for r in recs for v in record_variants(r, fasta, seq_len)]
+
+
+def iter_variants(
+    vcf_path: str | os.PathLike, fasta: Fasta, seq_len: int, chunk_size: int = 256
+) -> Iterator[list[Variant]]:
+    """Stream a VCF in chunks of records; each chunk is the list of its (record, ALT) variants."""
+    for _, variants in iter_chunks(vcf_path, fasta, seq_len, chunk_size):
+        yield variants

@@ -11,6 +11,7 @@ from torch import nn
 
 import kipoi_dfim
 from kipoi_dfim import fis as F
+from kipoi_dfim import null as N
 from kipoi_dfim.sequence import background_frequencies, one_hot
 
 MOTIF_A, MOTIF_B, MOTIF_C = "GATAAG", "CAGCTG", "TGACTC"
@@ -229,13 +230,13 @@ def test_fis_null_is_the_map_of_shuffles():
     m = kipoi_dfim.load_model(random_net(n, seed=2), seq_len=n, layout="(4,L)")
     x = one_hot(planted(4, n, spans=[(5, 11), (20, 26)]))
     els = [(5, 11), (20, 26), (30, 36)]
-    null = F.fis_null(m, x, 0, elements=els, n_shuffles=3, seed=7, method="grad_input")
+    null = N.map_null(m, x, 0, elements=els, n_shuffles=3, seed=7, method="grad_input")
     assert null.shape == (3, 3, 3)
     sh = dinucleotide_shuffle(x, 3, seed=7)
     for k in range(3):
         assert not np.array_equal(sh[k], x)
         np.testing.assert_allclose(null[k], F.element_map(m, sh[k], 0, els, method="grad_input"), atol=1e-6)
-    pb = F.fis_null(m, x, 0, sources=[3, 8], n_shuffles=2, seed=7, method="grad_input")
+    pb = N.map_null(m, x, 0, sources=[3, 8], n_shuffles=2, seed=7, method="grad_input")
     assert pb.shape == (2, 2, 3, n, 4)
     sh2 = dinucleotide_shuffle(x, 2, seed=7)
     np.testing.assert_allclose(pb[1], F.dfim_per_base(m, sh2[1], 0, [3, 8], method="grad_input"), atol=1e-6)
@@ -252,18 +253,18 @@ def test_fis_pvalues_pooling():
         pool = pool[~np.isnan(pool)]
         return 2 * norm.sf(np.abs((v - pool.mean()) / pool.std(ddof=1)))
 
-    p = F.fis_pvalues(scores, nulls, pool="per_map")
+    p = N.pooled_pvalues(scores, nulls, pool="per_map")
     assert np.isnan(p[("t0", "s1")][0, 0])
     assert p[("t0", "s1")][0, 1] == pytest.approx(gauss(3.0, nulls[("t0", "s1")].ravel()))
-    p = F.fis_pvalues(scores, nulls, pool="per_task")
+    p = N.pooled_pvalues(scores, nulls, pool="per_task")
     t0 = np.concatenate([nulls[("t0", "s1")].ravel(), nulls[("t0", "s2")].ravel()])
     assert p[("t0", "s2")][1] == pytest.approx(gauss(-2.0, t0))
     assert p[("t1", "s1")][0] == pytest.approx(gauss(0.5, nulls[("t1", "s1")].ravel()))
-    p = F.fis_pvalues(scores, nulls, pool="global", kind="empirical")
+    p = N.pooled_pvalues(scores, nulls, pool="global", kind="empirical")
     allv = np.concatenate([v.ravel() for v in nulls.values()])
     allv = np.abs(allv[~np.isnan(allv)])
     assert p[("t1", "s1")][0] == pytest.approx((1 + (allv >= 0.5).sum()) / (1 + allv.size))
-    q = F.fis_qvalues(p)
+    q = N.pooled_qvalues(p)
     from statsmodels.stats.multitest import multipletests
 
     flat = np.concatenate([v.ravel() for v in p.values()])

@@ -12,6 +12,7 @@ from statsmodels.stats.multitest import multipletests
 
 import kipoi_dfim
 from kipoi_dfim import fis as F
+from kipoi_dfim import null as N
 from kipoi_dfim.cli import main
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.interactions import feature_interactions, fit_window
@@ -167,7 +168,7 @@ def test_null_pvalues_pooled_per_task(tmp_path, inputs):
             x = one_hot(fit_window(seqs[name], L).seq)
             rs = int(np.random.SeedSequence([11, i]).generate_state(1)[0])
             obs[name] = F.element_map(model, x, t, els, method="grad_input", seed=rs)
-            nm = F.fis_null(model, x, t, elements=els, n_shuffles=3, seed=rs, method="grad_input")
+            nm = N.map_null(model, x, t, elements=els, n_shuffles=3, seed=rs, method="grad_input")
             pool.append(nm[~np.isnan(nm)])
         pool = np.concatenate(pool)
         for name, m in obs.items():

@@ -472,7 +472,7 @@ def test_end_to_end_score_variants_maps_to_figure_and_report(tmp_path):
 
     # without --maps: the one variant is scored (grad_input), then drawn; same numbers as the closed form
     args = argparse.Namespace(
-        model=model, source=None, target=None, output="raw", vcf=str(vcf), fasta=str(fa), maps=None,
+        model=model, source=None, targets=None, output="raw", vcf=str(vcf), fasta=str(fa), maps=None,
         variant=f"chr1:100:{chrom[99]}:{alts[100]}", out=str(tmp_path / "one.png"), window=5,
         method="grad_input", n_refs=10, null_shuffles=0, batch_size=7, seed=0, quiet=True,
     )  # fmt: skip

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import kipoi_dfim
-from kipoi_dfim.io import TSV_COLUMNS
+from kipoi_dfim.output.tsv import TSV_COLUMNS
 from kipoi_dfim.sequence import ALPHABET, one_hot
 
 L = 60

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kipoi_dfim.backend._deeplift_common import hypothetical_scores
 from kipoi_dfim.errors import InputError
 
 
@@ -118,6 +119,6 @@ class AdapterBase:
         if references.ndim == 3:
             references = references[:, None]
         m = self.deeplift_multipliers(x, references, target)
-        hyp = (m - (m * references).sum(-1, keepdims=True)).mean(1)
+        hyp = hypothetical_scores(m, references)
         # actual contributions sit on the observed base; per position they sum to mean_r m * (x - r)
         return hyp if hypothetical else hyp * x

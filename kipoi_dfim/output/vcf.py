@@ -1,0 +1,194 @@
+"""The annotated VCF of ``score-variants -o``: its INFO fields, writer and bgzip/tabix finishing.
+
+Every input record is written, in input order, from the record's own bytes as the reader read them (the
+reader and the writer never split the file separately), with its fields untouched except for DFIM INFO fields
+added per ALT (``Number=A``) and target. ``.vcf.gz`` is bgzipped and tabix-indexed with pysam (htslib).
+Earlier DFIM_* INFO fields and headers (a re-scored file) are replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+
+import numpy as np
+import pysam
+
+from kipoi_dfim.null import FileStats
+from kipoi_dfim.output.base import ScoredChunk, Spool, commit_temp, make_temp, remove_temp
+from kipoi_dfim.variants import NOT_SCORED
+
+log = logging.getLogger(__name__)
+
+
+def vcf_value(v: object) -> str:
+    """VCF INFO value: '.' for missing and non-finite numbers."""
+    if v is None or v == "":
+        return "."
+    if isinstance(v, float | np.floating):
+        return "." if not math.isfinite(v) else f"{float(v):.6g}"
+    s = str(v)
+    return "." if s in ("", "nan", "inf", "-inf", "NaN") else s
+
+
+def info_id(name: str) -> str:
+    """A VCF 4.2-valid INFO ID fragment ([A-Za-z_][0-9A-Za-z_.]*) from a target name."""
+    s = re.sub(r"[^0-9A-Za-z_.]", "_", str(name))
+    return s if re.match(r"^[A-Za-z]", s) else "T" + s
+
+
+# (suffix, Type, description, TSV column)
+INFO_FIELDS = (
+    ("MAXABS", "Float", "max |FIS| over the +-{w} bp target window (maxAbsFIS)", "max_abs_fis"),
+    ("OFFSET", "Integer", "offset (bp, target - variant) of the max |FIS| base", "max_fis_offset"),
+    ("BASE", "String", "observed base at the max |FIS| position", "max_fis_base"),
+    ("FIS", "Float", "signed FIS at the max |FIS| position", "fis_at_max"),
+    ("P", "Float", "p-value of MAXABS under the dinucleotide-shuffled null (Gaussian fit)", "pval"),
+    ("Q", "Float", "Benjamini-Hochberg q-value of P across the file", "qval"),
+    ("REFPRED", "Float", "model output for the reference window (ISM ref)", "ref_pred"),
+    ("ALTPRED", "Float", "model output for the alternate window (ISM alt)", "alt_pred"),
+    ("DIFF", "Float", "ISM diff = alt - ref (kipoi-veff)", "diff"),
+    ("LOGIT", "Float", "ISM logit = logit(alt) - logit(ref) (kipoi-veff)", "logit"),
+    ("DEEPSEA", "Float", "ISM deepsea_effect = |logit| * |diff| (kipoi-veff)", "deepsea_effect"),
+)
+
+
+def info_header_lines(targets: list[str], window: int, method: str, with_null: bool) -> list[str]:
+    """The ``##INFO`` lines of the DFIM fields."""
+    lines = [
+        '##INFO=<ID=DFIM_STATUS,Number=A,Type=String,Description="kipoi-dfim: ok, or why this ALT was not '
+        f'scored ({", ".join(NOT_SCORED)})">'
+    ]
+    for t in targets:
+        tid = info_id(t)
+        for suffix, typ, desc, _col in INFO_FIELDS:
+            if suffix in ("P", "Q") and not with_null:
+                continue
+            d = desc.format(w=window)
+            lines.append(
+                f'##INFO=<ID=DFIM_{tid}_{suffix},Number=A,Type={typ},Description="kipoi-dfim ({method}), '
+                f'target {t}: {d}">'
+            )
+    return lines
+
+
+def _strip_dfim_info(info: str) -> str:
+    if info == ".":
+        return info
+    kept = [f for f in info.split(";") if not f.startswith("DFIM_")]
+    return ";".join(kept) if kept else "."
+
+
+class VcfWriter:
+    """Writes the annotated VCF; chunks are spooled (record bytes + INFO values) until the p/q-values exist.
+
+    Parameters
+    ----------
+    path : str
+        ``.vcf`` or ``.vcf.gz`` (bgzipped + tabix index ``.tbi``).
+    header : kipoi_dfim.variants.VcfHeader
+        The input's header lines, copied (without earlier DFIM lines) with the DFIM INFO lines added.
+    targets : list of str
+        Target names, in the rows' target order.
+    settings : Settings
+        For the header descriptions (window, method, null).
+    command : str, optional
+        The command line, as a ``##kipoi-dfimCommand`` header line.
+    """
+
+    def __init__(self, path: str, header, targets: list[str], settings, command: str | None = None):
+        self.path = path
+        self.header = header
+        self.targets = list(targets)
+        self.settings = settings
+        self.command = command
+        self.spool = Spool(path)
+
+    def write_chunk(self, chunk: ScoredChunk) -> None:
+        T = chunk.n_targets
+        recs, k = [], 0
+        for rec in chunk.records:
+            n_alt = max(1, len(rec.alts))
+            rows = chunk.rows[k : k + n_alt * T]
+            recs.append((rec.text, chunk.first_row + k, n_alt, _info_values(rows, T, n_alt)))
+            k += n_alt * T
+        self.spool.append(recs)
+
+    def finish(self, stats: FileStats) -> None:
+        tmp = make_temp(self.path, ".vcf.tmp")
+        try:
+            with open(tmp, "wb") as out:
+                self._write_header(out)
+                for recs in self.spool.read():
+                    for text, first, n_alt, values in recs:
+                        out.write(self._line(text, first, n_alt, values, stats))
+            self._commit(tmp)
+        finally:
+            remove_temp(tmp)
+            self.spool.close()
+
+    def abort(self) -> None:
+        self.spool.close()
+
+    # -- lines ----------------------------------------------------------------------------------------------
+    def _write_header(self, out) -> None:
+        for line in self.header.meta:
+            if not line.startswith((b"##INFO=<ID=DFIM_", b"##kipoi-dfim")):
+                out.write(line + b"\n")
+        s = self.settings
+        for h in info_header_lines(self.targets, s.window, s.method, s.with_null):
+            out.write(h.encode() + b"\n")
+        if self.command:
+            out.write(f"##kipoi-dfimCommand={self.command}\n".encode())
+        out.write(self.header.columns + b"\n")
+
+    def _line(self, text: bytes, first: int, n_alt: int, values: dict, stats: FileStats) -> bytes:
+        cols = text.split(b"\t")
+        T = len(self.targets)
+        add = ["DFIM_STATUS=" + ",".join(values["status"])]
+        for t, name in enumerate(self.targets):
+            tid = info_id(name)
+            for suffix, _typ, _d, col in INFO_FIELDS:
+                if col in ("pval", "qval"):
+                    if not self.settings.with_null:
+                        continue
+                    arr = getattr(stats, col)
+                    vals = [vcf_value(arr[first + a * T + t]) for a in range(n_alt)]
+                else:
+                    vals = values[col][t]
+                if all(v == "." for v in vals):
+                    continue
+                add.append(f"DFIM_{tid}_{suffix}=" + ",".join(vals))
+        info = _strip_dfim_info(cols[7].decode())
+        cols[7] = ";".join(([] if info == "." else [info]) + add).encode()
+        return b"\t".join(cols) + b"\n"
+
+    def _commit(self, tmp: str) -> None:
+        if not self.path.endswith(".gz"):
+            commit_temp(tmp, self.path)
+            return
+        gz = make_temp(self.path, ".vcf.gz")
+        try:
+            pysam.tabix_compress(tmp, gz, force=True)
+            try:
+                pysam.tabix_index(gz, preset="vcf", force=True, keep_original=True)
+            except Exception as e:  # noqa: BLE001 - unsorted input cannot be indexed
+                log.warning("written bgzipped but not tabix-indexed (%s); sort the input VCF to get an index", e)
+            commit_temp(gz, self.path)
+            if os.path.exists(gz + ".tbi"):
+                os.replace(gz + ".tbi", self.path + ".tbi")
+            elif os.path.exists(self.path + ".tbi"):
+                os.remove(self.path + ".tbi")  # a stale index of an older file would be wrong
+        finally:
+            remove_temp(gz)
+
+
+def _info_values(rows: list[dict], T: int, n_alt: int) -> dict:
+    """Formatted INFO values of one record: status per ALT, and per column per target one value per ALT."""
+    out: dict = {"status": [vcf_value(rows[a * T]["status"]) for a in range(n_alt)]}
+    for _s, _t, _d, col in INFO_FIELDS:
+        if col not in ("pval", "qval"):
+            out[col] = [[vcf_value(rows[a * T + t].get(col)) for a in range(n_alt)] for t in range(T)]
+    return out
