@@ -23,6 +23,7 @@ Conventions shared by all methods
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -55,9 +56,12 @@ class Method:
     steps : bool
         Whether ``fn`` takes ``steps`` (path integrals).
     shared : callable or None
-        Optional fast path ``shared(model, windows (N, K, L, 4), refs (N, R, L, 4), targets) -> (T, N, K, L, 4)``
-        hypothetical scores, for windows that share their references (DFIM's reference and alternate
-        windows); None: :func:`importance_shared_windows` loops over targets with ``fn``.
+        Optional fast path ``shared(model, W (K, N, L, 4), refs, targets, settings, positions=None)
+        -> (T, K, N, L, 4)`` actual importance of K windows per variant that share their references (DFIM's
+        reference and alternate windows) for several targets at once; None: :func:`kipoi_dfim.fis.windows_importance`
+        loops over targets with ``fn``.
+    positions : bool
+        ``fn`` takes ``positions`` (N, L) bool and computes importance only there (ISM: the target bases).
     """
 
     name: str
@@ -66,6 +70,11 @@ class Method:
     default_references: str | None = None
     steps: bool = False
     shared: Callable[..., np.ndarray] | None = None
+    positions: bool = False
+
+    def with_shared(self, shared: Callable[..., np.ndarray]) -> Method:
+        """This entry with a fast path for windows that share references (see ``shared``)."""
+        return dataclasses.replace(self, shared=shared)
 
     def __call__(self, *args, **kw) -> np.ndarray:
         return self.fn(*args, **kw)
@@ -102,6 +111,7 @@ def register(
     references: str | None = None,
     default_references: str | None = None,
     steps: bool = False,
+    positions: bool = False,
 ) -> Callable[[ImportanceFn], ImportanceFn]:
     """Decorator adding an importance function to :data:`METHODS` under ``name``.
 
@@ -112,7 +122,7 @@ def register(
     """
 
     def deco(fn: ImportanceFn) -> ImportanceFn:
-        METHODS[name] = Method(name, fn, references, default_references, steps)
+        METHODS[name] = Method(name, fn, references, default_references, steps, positions=positions)
         return fn
 
     return deco
@@ -371,7 +381,53 @@ def integrated_gradients(
     return np.concatenate(out) if out else np.zeros_like(x)
 
 
-@register("ism")
+def _ism_outputs(model, x: np.ndarray, cols: Sequence[int], batch_size: int,
+                 positions: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Scored outputs ``cols`` of every single-base mutant: F (T, N, L, 4) (f(x) at observed bases) and f0 (T, N).
+
+    Only positions where ``positions`` (N, L) is True are mutated (all when None); mutants of all sequences
+    and positions are batched together, ``batch_size`` at a time, and every target reads the same calls.
+    """
+    N, L, _ = x.shape
+    cols = list(cols)
+    f0 = np.concatenate([model.predict(x[a:b])[:, cols] for a, b in _chunks(N, batch_size)]).T if N else \
+        np.zeros((len(cols), 0))
+    observed = x.sum(-1) > 0
+    obs_base = x.argmax(-1)
+    todo = ~(x.astype(bool))
+    if positions is not None:
+        todo &= np.asarray(positions, bool)[..., None]
+    i_idx, t_idx, b_idx = np.nonzero(todo)  # every (i, t, b) with b not the observed base
+    F = np.zeros((len(cols), N, L, 4), dtype=np.float64)
+    ii, tt = np.nonzero(observed)
+    F[:, ii, tt, obs_base[ii, tt]] = f0[:, ii]
+    for a, b in _chunks(len(i_idx), batch_size):
+        xm = x[i_idx[a:b]].copy()
+        rows = np.arange(b - a)
+        xm[rows, t_idx[a:b]] = 0.0
+        xm[rows, t_idx[a:b], b_idx[a:b]] = 1.0
+        F[:, i_idx[a:b], t_idx[a:b], b_idx[a:b]] = model.predict(xm)[:, cols].T
+    return F, f0
+
+
+def _ism_scores(F: np.ndarray, f0: np.ndarray, x: np.ndarray, hypothetical: bool,
+                positions: np.ndarray | None) -> np.ndarray:
+    """ISM importance of one target from its mutant outputs F (N, L, 4) and f0 (N,)."""
+    N, L, _ = x.shape
+    observed = x.sum(-1) > 0
+    done = np.ones((N, L), bool) if positions is None else np.asarray(positions, bool)
+    if hypothetical:
+        return np.where(done[..., None], F - F.mean(-1, keepdims=True), 0.0).astype(np.float32)
+    obs_base = x.argmax(-1)
+    mut_mean = (F.sum(-1) - f0[:, None]) / 3.0
+    keep = observed & done
+    c = np.where(keep, f0[:, None] - mut_mean, 0.0)
+    out = np.zeros((N, L, 4), dtype=np.float32)
+    out[keep, obs_base[keep]] = c[keep]
+    return out
+
+
+@register("ism", positions=True)
 def ism(
     model,
     x: np.ndarray,
@@ -380,6 +436,7 @@ def ism(
     hypothetical: bool = False,
     batch_size: int = 64,
     seed: SeedArg = 0,
+    positions: np.ndarray | None = None,
 ) -> np.ndarray:
     """In-silico mutagenesis importance (no gradients; works for any model).
 
@@ -388,32 +445,24 @@ def ism(
     observed base ``H[t, x_t] = 3/4 * C[t, x_t]``: unlike the gradient methods, actual != hypothetical * x,
     because the hypothetical score is centred over four bases and the actual one over the three mutants.
     At an N position all four bases are mutants. ``f`` is the scored output (logit by default). Mutants
-    are built ``batch_size`` at a time, never all at once.
+    are built ``batch_size`` at a time, never all at once. ``positions`` (N, L) bool: mutate only these
+    positions (importance 0 elsewhere) -- DFIM reads importance only at the +-N target bases, so a variant
+    costs 3 x (2N + 1) forward passes per window instead of 3 x L.
     """
-    col = model.target_index(target)
     _codes(x)  # mutagenesis needs one-hot input
-    N, L, _ = x.shape
-    f0 = _predict(model, x, col, batch_size)  # (N,)
-    observed = x.sum(-1) > 0
-    obs_base = x.argmax(-1)
-    # every (i, t, b) with b not the observed base
-    i_idx, t_idx, b_idx = np.nonzero(~(x.astype(bool)))
-    F = np.zeros((N, L, 4), dtype=np.float64)
-    ii, tt = np.nonzero(observed)
-    F[ii, tt, obs_base[ii, tt]] = f0[ii]
-    vals = np.empty(len(i_idx), dtype=np.float64)
-    for a, b in _chunks(len(i_idx), batch_size):
-        xm = x[i_idx[a:b]].copy()
-        rows = np.arange(b - a)
-        xm[rows, t_idx[a:b]] = 0.0
-        xm[rows, t_idx[a:b], b_idx[a:b]] = 1.0
-        vals[a:b] = model.predict(xm)[:, col]
-    F[i_idx, t_idx, b_idx] = vals
-    # observed entries of F hold f(x); mutant entries hold the mutant predictions
-    if hypothetical:
-        return (F - F.mean(-1, keepdims=True)).astype(np.float32)
-    mut_mean = (F.sum(-1) - f0[:, None]) / 3.0
-    c = np.where(observed, f0[:, None] - mut_mean, 0.0)
-    out = np.zeros((N, L, 4), dtype=np.float32)
-    out[observed, obs_base[observed]] = c[observed]
-    return out
+    F, f0 = _ism_outputs(model, x, [model.target_index(target)], batch_size, positions)
+    return _ism_scores(F[0], f0[0], x, hypothetical, positions)
+
+
+def ism_shared(model, W: np.ndarray, refs, targets: Sequence[int], settings, positions=None) -> np.ndarray:
+    """ISM of K windows per variant for several targets at once: the mutants are predicted once for all."""
+    K, N, L, _ = W.shape
+    flat = W.reshape(K * N, L, 4)
+    _codes(flat)
+    pos = None if positions is None else np.concatenate([positions] * K)
+    F, f0 = _ism_outputs(model, flat, [model.target_index(t) for t in targets], settings.batch_size, pos)
+    out = [_ism_scores(F[j], f0[j], flat, False, pos) for j in range(len(targets))]
+    return np.stack(out).reshape(len(targets), K, N, L, 4)
+
+
+METHODS["ism"] = METHODS["ism"].with_shared(ism_shared)

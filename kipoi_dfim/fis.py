@@ -190,21 +190,27 @@ def window_references(X: np.ndarray, settings: Any, seeds: np.ndarray) -> np.nda
 
 
 def windows_importance(
-    model: Any, W: np.ndarray, refs: np.ndarray | str | None, targets: Sequence[int], settings: Any
+    model: Any, W: np.ndarray, refs: np.ndarray | str | None, targets: Sequence[int], settings: Any,
+    positions: np.ndarray | None = None,
 ) -> np.ndarray:
     """Importance of K windows per variant that share their references: ``W`` (K, N, L, 4) -> (T, K, N, L, 4).
 
     ``W[0]`` are the reference windows, ``W[1:]`` their mutants (alternate alleles); ``refs`` are from
     :func:`window_references`. All K windows of a variant use the same references, so that
-    ``C_X - C_X'`` measures the mutation and not a change of references (the paper's FIS).
+    ``C_X - C_X'`` measures the mutation and not a change of references (the paper's FIS). ``positions``
+    (N, L) bool marks the bases whose importance is read (the targets); a method that can restrict its work
+    to them (ISM) does, the others ignore it.
     """
     method = METHODS[settings.method]
     K, N, L, _ = W.shape
-    if method.shared is not None and isinstance(refs, np.ndarray):
-        return method.shared(model, W, refs, targets, settings)
+    pos = positions if method.positions else None
+    if method.shared is not None and (method.references is None or isinstance(refs, np.ndarray)):
+        return method.shared(model, W, refs, targets, settings, positions=pos)
     flat = W.reshape(K * N, L, 4)
     r = np.concatenate([refs] * K) if isinstance(refs, np.ndarray) else None
     kw = method.options(settings, r)
+    if pos is not None:
+        kw["positions"] = np.concatenate([pos] * K)
     out = [importance(model, flat, t, method.name, batch_size=settings.batch_size, **kw) for t in targets]
     return np.stack(out).reshape(len(targets), K, N, L, 4) if out else np.zeros((0, K, N, L, 4), np.float32)
 

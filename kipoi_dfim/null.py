@@ -22,6 +22,7 @@ NaN in ``scores`` gives NaN; NaN (and inf) in ``null`` is ignored.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,9 +34,11 @@ from statsmodels.stats.multitest import multipletests
 from kipoi_dfim import fis as F
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.shuffle import dinucleotide_shuffle, variant_seeds
+from kipoi_dfim.variants import windows
 
 __all__ = ["gaussian_pvalues", "empirical_pvalues", "bh_qvalues", "pooled_pvalues", "pooled_qvalues", "map_null",
-           "variant_null", "NullAccumulator", "FileStats", "file_stats", "per_base_pvalues"]
+           "variant_null", "PooledNullSampler", "pooled_null", "NullAccumulator", "FileStats", "file_stats",
+           "per_base_pvalues"]
 
 
 def gaussian_pvalues(
@@ -318,28 +321,112 @@ def variant_backgrounds(
 
 
 def variant_null(
-    model: Any, X: np.ndarray, Xalt: np.ndarray, variants: Sequence, targets: Sequence[int], settings: Any
+    model: Any, X: np.ndarray, Xalt: np.ndarray, variants: Sequence, targets: Sequence[int], settings: Any,
+    K: int | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """maxAbsFIS of every variant on ``settings.null_shuffles`` shuffled backgrounds, for every target.
+    """maxAbsFIS of every variant on K (default ``settings.null_shuffles``) shuffled backgrounds, per target.
 
     A variant's backgrounds and their references are seeded by (seed, record, ALT, stream), so the null does
     not depend on chunking or batching. Returns ``max_abs`` (T, N*K) and, per target, the per-base FIS at the
     target positions (for the per-base test of the maps).
     """
-    K = settings.null_shuffles
+    K = settings.null_shuffles if K is None else int(K)
     spans = [slice(v.offset, v.offset + len(v.ref)) for v in variants]
     nref, nalt = variant_backgrounds(X, Xalt, spans, K, variant_seeds(settings.seed, variants, 1))
     rep = [v for v in variants for _ in range(K)]
     nseeds = np.array([variant_seeds(settings.seed, [v], 2 + k)[0] for v in variants for k in range(K)],
                       dtype=np.uint64)
     refs = F.window_references(nref, settings, nseeds)
-    C = F.windows_importance(model, np.stack([nref, nalt]), refs, targets, settings)
-    fis = F.fis_tracks(C)[:, 0]  # (T, N*K, L)
     offsets = np.array([v.offset for v in rep])
     mask = F.target_mask(nref.shape[1], offsets, np.array([len(v.ref) for v in rep]), settings.window)
+    C = F.windows_importance(model, np.stack([nref, nalt]), refs, targets, settings, positions=mask)
+    fis = F.fis_tracks(C)[:, 0]  # (T, N*K, L)
     max_abs = np.stack([F.max_abs_summary(f, nref, mask, offsets)["max_abs_fis"] for f in fis])
     per_base = [f[mask] for f in fis]
     return max_abs, per_base
+
+
+def substitution_class(v: Any) -> str:
+    """The stratum of a variant in the pooled null: ``REF>ALT`` for SNVs, else ``indel`` / ``mnv``."""
+    if len(v.ref) != len(v.alt):
+        return "indel"
+    return f"{v.ref.upper()}>{v.alt.upper()}" if len(v.ref) == 1 else "mnv"
+
+
+class PooledNullSampler:
+    """Chooses the variants of a file whose shuffled backgrounds form the pooled null, in one streaming pass.
+
+    Why: a per-variant null (K backgrounds per variant) multiplies the cost of a run by K + 1, while the
+    file-wide statistics only need enough null values per target. The pooled null draws M backgrounds for the
+    whole file, stratified by substitution class (REF>ALT) in proportion to the file's variants, so the null
+    has the file's mix of substitutions. Each variant gets a uniform key from (seed, record, ALT); each class
+    keeps the M variants with the smallest keys (memory O(M) per class, whatever the file size), and
+    :meth:`draws` takes the first ``m_c`` of each. The choice depends only on the seed and the file, never on
+    chunking, batching or workers.
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size = int(size)
+        self.seed = int(seed)
+        self.heaps: dict[str, list] = {}
+        self.counts: dict[str, int] = {}
+
+    def _key(self, v: Any) -> float:
+        ss = np.random.SeedSequence([self.seed, v.record_index, v.alt_index, 3])
+        return float(ss.generate_state(2, np.uint64)[0] / 2.0**64)
+
+    def offer(self, variants: Sequence) -> None:
+        """Consider scored variants (status ok) for the null."""
+        for v in variants:
+            c = substitution_class(v)
+            self.counts[c] = self.counts.get(c, 0) + 1
+            item = (-self._key(v), v.record_index, v.alt_index, v)
+            heap = self.heaps.setdefault(c, [])
+            if len(heap) < self.size:
+                heapq.heappush(heap, item)
+            elif item > heap[0]:
+                heapq.heapreplace(heap, item)
+
+    def allocation(self) -> dict[str, int]:
+        """Backgrounds per class: proportional to the class sizes, summing to M (largest remainders)."""
+        n = sum(self.counts.values())
+        if n == 0:
+            return {}
+        exact = {c: self.size * k / n for c, k in self.counts.items()}
+        alloc = {c: int(np.floor(e)) for c, e in exact.items()}
+        rest = sorted(exact, key=lambda c: (-(exact[c] - alloc[c]), c))
+        for c in rest[: self.size - sum(alloc.values())]:
+            alloc[c] += 1
+        return alloc
+
+    def draws(self) -> list[tuple[Any, int]]:
+        """(variant, number of backgrounds) pairs, in file order; a class smaller than its share cycles."""
+        out: dict[tuple[int, int], list] = {}
+        for c, m in self.allocation().items():
+            cands = sorted(self.heaps[c], reverse=True)  # smallest key first
+            for j in range(m):
+                _, rec, alt, v = cands[j % len(cands)]
+                out.setdefault((rec, alt), [v, 0])[1] += 1
+        return [(v, k) for _, (v, k) in sorted(out.items())]
+
+
+def pooled_null(model: Any, fasta: Any, sampler: PooledNullSampler, targets: Sequence[int], settings: Any,
+                acc: NullAccumulator, progress: Callable[[int], None] | None = None) -> None:
+    """Score the pooled null's backgrounds (batched across variants) and add them to ``acc``."""
+    draws = sampler.draws()
+    by_k: dict[int, list] = {}
+    for v, k in draws:
+        by_k.setdefault(k, []).append(v)
+    step = max(1, settings.chunk_size)
+    for k, vs in sorted(by_k.items()):
+        for a in range(0, len(vs), step):
+            batch = vs[a : a + step]
+            X, Xalt = windows(batch, fasta, model.seq_len)
+            max_abs, per_base = variant_null(model, X, Xalt, batch, targets, settings, K=k)
+            for slot in range(len(targets)):
+                acc.add(slot, max_abs[slot], per_base[slot])
+            if progress is not None:
+                progress(len(batch) * k)
 
 
 class NullAccumulator:

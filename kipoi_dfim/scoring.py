@@ -106,7 +106,7 @@ def _all_alts(model, X, Cref, refs, ok, targets, settings, mask) -> list[dict]:
     Xm, bases = _snv_mutants(X, ok)
     counts = [len(b) for b in bases]
     refs_m = np.repeat(refs, counts, axis=0) if isinstance(refs, np.ndarray) else refs
-    Cm = F.windows_importance(model, Xm[None], refs_m, targets, settings)[:, 0]
+    Cm = F.windows_importance(model, Xm[None], refs_m, targets, settings, positions=np.repeat(mask, counts, 0))[:, 0]
     starts = np.concatenate([[0], np.cumsum(counts)])
     out = []
     for slot in range(len(targets)):
@@ -126,10 +126,10 @@ def score_ok(model: Any, X: np.ndarray, Xalt: np.ndarray, ok: Sequence[Variant],
              settings: Settings) -> ChunkScores:
     """FIS, summaries and ISM scores of variants whose windows ``X``/``Xalt`` are extracted (status ok)."""
     refs = F.window_references(X, settings, variant_seeds(settings.seed, ok, 0))  # once, for every target
-    C = F.windows_importance(model, np.stack([X, Xalt]), refs, targets, settings)
-    fis = F.fis_tracks(C)[:, 0]
     offsets = np.array([v.offset for v in ok])
     mask = F.target_mask(X.shape[1], offsets, np.array([len(v.ref) for v in ok]), settings.window)
+    C = F.windows_importance(model, np.stack([X, Xalt]), refs, targets, settings, positions=mask)
+    fis = F.fis_tracks(C)[:, 0]
     summary = [F.max_abs_summary(f, X, mask, offsets) for f in fis]
     alts = _all_alts(model, X, C[:, 0], refs, ok, targets, settings, mask) if settings.all_alts else None
     return ChunkScores(X, Xalt, C, fis, summary, _ism(model, X, Xalt, settings.rc), alts)
@@ -289,13 +289,17 @@ def _advance(bar: tqdm, records: list, file_bytes: int) -> None:
 
 def _score_file(model, vcf, fa, writers, tidx, tnames, settings, wanted, bar) -> tuple[_RowStats, Any]:
     acc = N.NullAccumulator(len(tidx)) if settings.with_null else None
+    sampler = N.PooledNullSampler(settings.null_size, settings.seed) if settings.null == "pooled" else None
     rowstats, n_rows, seen = _RowStats(), 0, False
     header_bytes = read_records(vcf)[0].file_bytes
     for records, variants in iter_chunks(vcf, fa, model.seq_len, chunk_size=settings.chunk_size):
         records, variants = _selected(variants, records, wanted)
         seen = seen or bool(records)
-        X, Xalt = windows([v for v in variants if v.ok], fa, model.seq_len)
+        ok = [v for v in variants if v.ok]
+        X, Xalt = windows(ok, fa, model.seq_len)
         rows, maps_rows = score_windows(model, variants, X, Xalt, tidx, tnames, settings, acc)
+        if sampler is not None:
+            sampler.offer(ok)
         chunk = ScoredChunk(records, variants, rows, maps_rows, n_rows, len(tidx))
         for w in writers:
             w.write_chunk(chunk)
@@ -304,7 +308,15 @@ def _score_file(model, vcf, fa, writers, tidx, tnames, settings, wanted, bar) ->
         _advance(bar, records, header_bytes)
     if wanted is not None and not seen:
         raise InputError(f"none of the variant IDs {sorted(wanted)[:5]} is in the VCF", path=str(vcf))
+    if sampler is not None:
+        _pooled_null(model, fa, sampler, tidx, settings, acc, bar.disable)
     return rowstats, acc
+
+
+def _pooled_null(model, fa, sampler: N.PooledNullSampler, tidx, settings, acc, quiet: bool) -> None:
+    total = sum(k for _, k in sampler.draws())
+    with tqdm(total=total, unit="background", desc="pooled null", disable=quiet, file=sys.stderr) as bar:
+        N.pooled_null(model, fa, sampler, tidx, settings, acc, progress=bar.update)
 
 
 def score_variants(
