@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import yaml
 
 from kipoi_dfim import __version__
@@ -229,8 +230,6 @@ def read_predictions(path: str | os.PathLike, spec_dir: str | os.PathLike | None
     -------
     pandas.DataFrame
     """
-    import pandas as pd
-
     path = str(path)
     wide = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     ids = {c: f"preds/{c}" for c in ID_COLUMNS}
@@ -555,36 +554,8 @@ def write_kipoi_spec(
         model_ref = _place_model(src, tmp, copy_model)
         for f in ("model.py", "dataloader.py", "README.md"):
             shutil.copy2(TEMPLATE_DIR / f, tmp / f)
-        ex = tmp / EXAMPLE_DIR
-        ex.mkdir()
-        shipped = _shipped_example(src) if example_vcf is None else None
-        if example_vcf is not None:
-            subset_example(example_vcf, example_fasta, n_example, ex)
-        elif shipped is not None:
-            subset_example(shipped[0], shipped[1], n_example, ex)
-        else:
-            make_example(ex, m.seq_len, seed=0)
-        config = {
-            "kipoi_dfim_version": __version__,
-            "model": model_ref,
-            "model_origin": str(src),
-            "seq_len": int(m.seq_len),
-            "targets": tnames,
-            "target_index": [int(t) for t in tidx],
-            "output": st.output,
-            "window": int(st.window),
-            "method": st.method,
-            "n_refs": int(st.n_refs),
-            "seed": int(st.seed),
-            "batch_size": int(st.batch_size),
-            "settings": {k: v for k, v in st.provenance().items() if k not in ("targets", "extra")},
-        }
-        (tmp / CONFIG_FILE).write_text(
-            "# kipoi-dfim kipoi-spec settings, read by model.py and dataloader.py\n"
-            + yaml.safe_dump(config, sort_keys=False))
-        model_yaml, dl_yaml = _yaml_files(m.seq_len, tnames, st.window, st.method, src.name)
-        (tmp / "model.yaml").write_text(yaml.safe_dump(model_yaml, sort_keys=False))
-        (tmp / "dataloader.yaml").write_text(yaml.safe_dump(dl_yaml, sort_keys=False))
+        _write_example(tmp / EXAMPLE_DIR, src, example_vcf, example_fasta, n_example, m.seq_len)
+        _write_config(tmp, model_ref, src, m.seq_len, tnames, tidx, st)
         os.chmod(tmp, 0o755)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
@@ -593,6 +564,44 @@ def write_kipoi_spec(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _write_example(ex: Path, src: Path, example_vcf, example_fasta, n_example: int, seq_len: int) -> None:
+    """The example VCF + FASTA of ``kipoi test``: the given files, the shipped example, or a generated one."""
+    ex.mkdir()
+    shipped = _shipped_example(src) if example_vcf is None else None
+    if example_vcf is not None:
+        subset_example(example_vcf, example_fasta, n_example, ex)
+    elif shipped is not None:
+        subset_example(shipped[0], shipped[1], n_example, ex)
+    else:
+        make_example(ex, seq_len, seed=0)
+
+
+def _write_config(tmp: Path, model_ref: str, src: Path, seq_len: int, tnames: list[str], tidx: list[int],
+                  st: Settings) -> None:
+    """dfim.yaml (the settings), model.yaml and dataloader.yaml."""
+    config = {
+        "kipoi_dfim_version": __version__,
+        "model": model_ref,
+        "model_origin": str(src),
+        "seq_len": int(seq_len),
+        "targets": tnames,
+        "target_index": [int(t) for t in tidx],
+        "output": st.output,
+        "window": int(st.window),
+        "method": st.method,
+        "n_refs": int(st.n_refs),
+        "seed": int(st.seed),
+        "batch_size": int(st.batch_size),
+        "settings": {k: v for k, v in st.provenance().items() if k not in ("targets", "extra")},
+    }
+    (tmp / CONFIG_FILE).write_text(
+        "# kipoi-dfim kipoi-spec settings, read by model.py and dataloader.py\n"
+        + yaml.safe_dump(config, sort_keys=False))
+    model_yaml, dl_yaml = _yaml_files(seq_len, tnames, st.window, st.method, src.name)
+    (tmp / "model.yaml").write_text(yaml.safe_dump(model_yaml, sort_keys=False))
+    (tmp / "dataloader.yaml").write_text(yaml.safe_dump(dl_yaml, sort_keys=False))
 
 
 def run(args) -> None:

@@ -30,8 +30,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kipoi_dfim.fis import fill_span, observed_base
+from kipoi_dfim import null as nullmod
+from kipoi_dfim import plot
+from kipoi_dfim.attribution import importance
+from kipoi_dfim.backend import load_model
+from kipoi_dfim.fis import fill_span, importance_shared, observed_base
 from kipoi_dfim.sequence import ALPHABET
+from kipoi_dfim.shuffle import dinucleotide_shuffle
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +159,6 @@ def compute_importance(
     original and its mutants then get the same shuffled references, so the delta profiles measure the
     mutation and not a change of references.
     """
-    from kipoi_dfim.attribution import importance
-
     if score_type not in SCORE_TYPES:
         raise ValueError(f"unknown score_type {score_type!r}; known: {sorted(SCORE_TYPES)}")
     method = SCORE_TYPES[score_type]
@@ -165,8 +168,6 @@ def compute_importance(
     if method == "deeplift" and reference_shuffle_type not in ("dinuc", None):
         raise ValueError("only dinucleotide-shuffled references are available (reference_shuffle_type='dinuc')")
     if not hasattr(model, "seq_len"):
-        from kipoi_dfim import load_model
-
         model = load_model(model)
     sequences = np.asarray(sequences, dtype=np.float32)
     if method == "deeplift":
@@ -175,8 +176,6 @@ def compute_importance(
         return {t: np.asarray(importance(model, sequences, t, method=method, batch_size=batch_size, seed=seed,
                                          **kw)) for t in tasks}
     # one call per original sequence and its mutants, all with the original's seed and references
-    from kipoi_dfim.fis import importance_shared
-
     key = mutated_seq_key.sort_values("array_ind")
     out = {t: np.zeros(sequences.shape, np.float32) for t in tasks}
     for s, grp in key.groupby("seq", sort=False):
@@ -349,8 +348,6 @@ def shuffle_seq_from_one_hot(sequences: np.ndarray, dinuc: bool = True, seed: in
     The original's one-hot path only had a mononucleotide permutation (the same for every sequence); the
     paper's null uses dinucleotide shuffles, which is what this does (``dinuc=False`` is refused).
     """
-    from kipoi_dfim.shuffle import dinucleotide_shuffle
-
     if not dinuc:
         raise ValueError("only dinucleotide shuffles are available (the paper's null)")
     s = np.asarray(dinucleotide_shuffle(np.asarray(sequences, dtype=np.float32), 1, seed=seed))
@@ -388,8 +385,6 @@ def assign_pval(
     values equal to ``diagonal_value`` (pairs never computed) are left out of the null.
     Returns a dict of the same shape, leaves of the same type (DataFrame/array) holding p-values.
     """
-    from kipoi_dfim import null as nullmod
-
     if null_level not in ("per_map", "per_task", "global"):
         raise ValueError(f"null_level must be per_map, per_task or global, got {null_level!r}")
     if null_type not in ("empirical", "fit_gaussian"):
@@ -425,13 +420,9 @@ def assign_pval(
 # --------------------------------------------------------------------------------------------- plots
 def plot_delta_tracks(*args: Any, **kwargs: Any) -> Any:
     """Forwarded to :func:`kipoi_dfim.plot.plot_delta_tracks` (the plotting step lives in ``plot``)."""
-    from kipoi_dfim.plot import plot_delta_tracks as f
-
-    return f(*args, **kwargs)
+    return plot.plot_delta_tracks(*args, **kwargs)
 
 
 def plot_dfim(*args: Any, **kwargs: Any) -> Any:
     """Forwarded to :func:`kipoi_dfim.plot.plot_dfim`."""
-    from kipoi_dfim.plot import plot_dfim as f
-
-    return f(*args, **kwargs)
+    return plot.plot_dfim(*args, **kwargs)

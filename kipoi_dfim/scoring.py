@@ -365,6 +365,9 @@ def score_variants(
     header, _ = read_records(vcf)
     check_paths(inputs={"--vcf": vcf, "--fasta": fasta}, outputs={"-o": out, "--tsv": tsv, "--maps": maps})
     m = load_model(model, source=source, output=settings.output, batch_size=settings.batch_size)
+    if getattr(m, "output", settings.output) != settings.output and getattr(m, "activation", None):
+        raise InputError(f"the model object was loaded with output={m.output!r} but the settings ask for "
+                         f"{settings.output!r}; load it with load_model(..., output={settings.output!r})")
     if m.seq_len < 2 * settings.window + 1:
         raise InputError(f"the model input ({m.seq_len} bp) is shorter than the +-{settings.window} bp window")
     tidx, tnames = _resolve_targets(m, settings)

@@ -212,3 +212,36 @@ def test_batch_size_and_per_sequence_seeds(convnet, method, kw):
     np.testing.assert_allclose(sub, full[[3, 1]], rtol=1e-5, atol=1e-6)
     if method in ("deeplift", "integrated_gradients"):  # and the seed matters where there is sampling
         assert not np.allclose(importance(model, x, 0, method, seed=4, **kw), a)
+
+
+def test_ism_at_target_positions_equals_full_ism_there_with_fewer_model_calls():
+    """--method ism: only the +-N target bases are mutated (3 x (2N+1) passes per window, not 3 x L)."""
+    from kipoi_dfim.attribution import ism_shared
+    from kipoi_dfim.settings import Settings
+
+    rng = np.random.default_rng(1)
+    L, N = 40, 3
+    w = rng.normal(size=(L, 4)).astype(np.float32)
+    calls = []
+
+    class Counting:
+        seq_len, targets, output, activation = L, ["a", "b"], "raw", None
+
+        def target_index(self, t):
+            return self.targets.index(t) if isinstance(t, str) else int(t)
+
+        def predict(self, x, output=None):
+            calls.append(len(x))
+            s = (x * w).sum((1, 2))
+            return np.stack([np.tanh(s), s ** 2], 1)
+
+    x = one_hot(["".join(rng.choice(list("ACGT"), L)) for _ in range(N)])
+    pos = np.zeros((N, L), bool)
+    pos[:, 10:21] = True
+    full = [importance(Counting(), x, t, "ism", batch_size=16) for t in (0, 1)]
+    calls.clear()
+    got = ism_shared(Counting(), x[None], None, [0, 1], Settings(method="ism", batch_size=16), positions=pos)
+    assert sum(calls) == N + 3 * pos.sum()  # originals + 3 mutants per target base, shared by both targets
+    for t in (0, 1):
+        np.testing.assert_allclose(got[t, 0][:, 10:21], full[t][:, 10:21], rtol=1e-6)
+        assert not got[t, 0][:, :10].any() and not got[t, 0][:, 21:].any()
