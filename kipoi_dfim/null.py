@@ -365,11 +365,24 @@ class PooledNullSampler:
     chunking, batching or workers.
     """
 
-    def __init__(self, size: int, seed: int):
-        self.size = int(size)
+    #: the automatic M: a quarter of the file's variants, between these bounds
+    AUTO_MIN, AUTO_MAX = 100, 1000
+
+    def __init__(self, size: int | None, seed: int):
+        self.requested = None if size is None else int(size)
+        self.cap = self.requested or self.AUTO_MAX  # no class ever needs more candidates than this
         self.seed = int(seed)
         self.heaps: dict[str, list] = {}
         self.counts: dict[str, int] = {}
+
+    @property
+    def size(self) -> int:
+        """M: as requested, or automatic -- n/4 within [100, 1000], so that a background costing about 0.7 of a
+        scored variant keeps the null under 1.2x the run once the file has ~1000 variants."""
+        if self.requested is not None:
+            return self.requested
+        n = sum(self.counts.values())
+        return int(min(self.AUTO_MAX, max(self.AUTO_MIN, n // 4)))
 
     def _key(self, v: Any) -> float:
         ss = np.random.SeedSequence([self.seed, v.record_index, v.alt_index, 3])
@@ -382,7 +395,7 @@ class PooledNullSampler:
             self.counts[c] = self.counts.get(c, 0) + 1
             item = (-self._key(v), v.record_index, v.alt_index, v)
             heap = self.heaps.setdefault(c, [])
-            if len(heap) < self.size:
+            if len(heap) < self.cap:
                 heapq.heappush(heap, item)
             elif item > heap[0]:
                 heapq.heapreplace(heap, item)
@@ -417,7 +430,7 @@ def pooled_null(model: Any, fasta: Any, sampler: PooledNullSampler, targets: Seq
     by_k: dict[int, list] = {}
     for v, k in draws:
         by_k.setdefault(k, []).append(v)
-    step = max(1, settings.chunk_size)
+    step = max(64, settings.chunk_size)
     for k, vs in sorted(by_k.items()):
         for a in range(0, len(vs), step):
             batch = vs[a : a + step]

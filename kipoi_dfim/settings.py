@@ -50,7 +50,8 @@ class Settings:
         ``pooled`` (``null_size`` backgrounds for the whole file). None: ``per-variant`` when
         ``null_shuffles > 0``, else ``none``.
     null_shuffles, null_size : int
-        K backgrounds per variant; M backgrounds per file.
+        K backgrounds per variant; M backgrounds per file (None: a quarter of the file's scored variants,
+        within [100, 1000]).
     seed : int
         Seed of every random draw; a variant's draws depend only on (seed, record, ALT).
     batch_size, chunk_size : int
@@ -75,7 +76,7 @@ class Settings:
     window: int = 15
     null: str | None = None
     null_shuffles: int = 0
-    null_size: int = 1000
+    null_size: int | None = None
     seed: int = 0
     batch_size: int = 64
     chunk_size: int = 16
@@ -105,7 +106,8 @@ class Settings:
         _at_least("--steps", self.steps, 1)
         _at_least("--window", self.window, 1)
         _at_least("--null-shuffles", self.null_shuffles, 0)
-        _at_least("--null-size", self.null_size, 1)
+        if self.null_size is not None:
+            _at_least("--null-size", self.null_size, 1)
         _at_least("--batch-size", self.batch_size, 1)
         _at_least("--chunk-size", self.chunk_size, 1)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
@@ -182,7 +184,8 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
                            "(--null-shuffles K), pooled (--null-size M per file) or none "
                            "(default: per-variant when --null-shuffles > 0)"}),
     "null_shuffles": (("--null-shuffles",), {"type": int, "help": "shuffled backgrounds per variant/record"}),
-    "null_size": (("--null-size",), {"type": int, "help": "backgrounds of the pooled null (whole file)"}),
+    "null_size": (("--null-size",), {"type": int, "help": "backgrounds of the pooled null, M, for the whole file "
+                                      "(default: a quarter of the scored variants, within [100, 1000])"}),
     "seed": (("--seed",), {"type": int, "help": "random seed (same seed, same output)"}),
     "batch_size": (("--batch-size",), {"type": int, "help": "sequences per model call"}),
     "chunk_size": (("--chunk-size",), {"type": int, "help": "VCF records read and scored per chunk"}),

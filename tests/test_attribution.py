@@ -10,7 +10,7 @@ from torch import nn
 import kipoi_dfim
 from kipoi_dfim.attribution import METHODS, gc_background, importance, register
 from kipoi_dfim.errors import InputError
-from kipoi_dfim.sequence import background_frequencies
+from kipoi_dfim.sequence import background_frequencies, one_hot
 from kipoi_dfim.shuffle import dinucleotide_shuffle
 
 L = 24
