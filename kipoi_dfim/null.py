@@ -194,7 +194,9 @@ def tail_pvalues(
       one), ``p = (n_tail / M) * GPD.sf(x - u)``; the shape is constrained to ``>= 0`` (exponential or heavier
       tail: conservative, and a maximum of Gaussian-like values has an exponential-type tail, shape 0).
       ``n_tail`` default ``clip(M // 4, 30, 250)``.
-    * ``"gev"`` / ``"gumbel"``: ``scipy.stats.genextreme`` / ``gumbel_r`` fitted to all null values.
+    * ``"gev"`` / ``"gumbel"``: ``scipy.stats.genextreme`` / ``gumbel_r`` fitted to all null values; a GEV fit
+      with a bounded upper tail (scipy ``c > 0``, which would give p = 0 beyond the endpoint) is refitted as
+      Gumbel.
 
     The tail p is capped at ``(1 + min_exceed) / (1 + M)`` (so p is monotone non-increasing in the score
     across the switch) and floored at the smallest positive double (never 0, always finite). A null too small
@@ -256,7 +258,11 @@ def _tail_logsf(x: np.ndarray, srt: np.ndarray, model: str, n_tail: int | None) 
         if c < 0:  # bounded tail: refit as exponential (shape 0), conservative beyond the largest null value
             c, scale = 0.0, float(exc.mean())
         return np.log(k / M) + genpareto.logsf(np.maximum(x - u, 0.0), c, loc=0, scale=scale)
-    dist = genextreme if model == "gev" else gumbel_r
-    params = dist.fit(srt)
-    out = dist.logsf(x, *params)
+    if model == "gev":
+        params = genextreme.fit(srt)
+        if params[0] <= 0:  # scipy's c <= 0: Gumbel or heavier tail
+            out = genextreme.logsf(x, *params)
+            return np.where(np.isfinite(out), out, np.log(_TINY))
+    params = gumbel_r.fit(srt)  # gumbel, or a GEV with a bounded tail (c > 0) refitted as Gumbel (conservative)
+    out = gumbel_r.logsf(x, *params)
     return np.where(np.isfinite(out), out, np.log(_TINY))

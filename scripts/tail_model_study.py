@@ -71,7 +71,7 @@ def quantiles(kind: str, rng: np.random.Generator, fis: np.ndarray | None):
     # real FIS null: half for fitting (sub-sampled), half as the truth
     perm = rng.permutation(fis)
     fit_pool, truth = perm[: len(perm) // 2], np.sort(perm[len(perm) // 2:])
-    xs = {p: truth[int(len(truth) * (1 - p))] for p in P_TRUE if p * len(truth) >= 20}
+    xs = {p: truth[int(len(truth) * (1 - p))] for p in P_TRUE + (3e-3, 3e-4) if p * len(truth) >= 15}
     return xs, lambda M: rng.choice(fit_pool, size=min(M, len(fit_pool)), replace=False)
 
 
