@@ -1,0 +1,235 @@
+"""Power and calibration of DFIM variant statistics on the project's simulated grammar (issue 13, point 4).
+
+Variants are SNVs in fresh 200 bp sequences of the grammar (kipoi_dfim.simulation, GATA x TAL1 pair, GC 0.46
+background): ``int`` breaks a core base of a pair motif (its partner lies within +-15 bp), ``bg`` hits plain
+background >= 20 bp from every planted motif in a sequence that carries the pair (the model is "on", only the
+variant is irrelevant), as in example_vcfs/sim. FIS is computed exactly as ``score-variants`` does: importance
+of the reference window and of its mutants with the same references, FIS(t) = sum_b (C_X - C_X')[t, b], the
+null = the same variant on K dinucleotide-shuffled backgrounds (variant base kept) pooled over the file
+(M = N x K values per statistic). Statistics over the +-15 bp window (variant excluded):
+
+* ``maxabs``: max |FIS| (the pipeline's maxAbsFIS);
+* ``signed``: max FIS (a broken motif takes importance away from its partner: FIS > 0);
+* ``span6``: the largest sum of FIS over 6 consecutive target bases (one motif width; the partner-span sum
+  without knowing where the partner is);
+* ``maxfis``: max over targets of the paper's maxFIS(t) = max over the three alternative bases of FIS;
+* ``span6_alts``: ``span6`` of maxFIS(t).
+
+p-values: the Gaussian fit (current pipeline), the empirical (1 + b) / (1 + M) and the GPD tail model
+(kipoi_dfim.null.tail_pvalues); q-values by BH over the file. Usage::
+
+    python scripts/power_study.py [--quick] [--n-int 60 --n-bg 60 --null-k 10] [--configs ...] [--out DIR]
+    python scripts/power_study.py --save-null /tmp/stats/fis_null.npy   # large real null for the tail study
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from kipoi_dfim import load_model
+from kipoi_dfim.attribution import importance
+from kipoi_dfim.null import bh_qvalues, empirical_pvalues_upper, gaussian_pvalues, tail_pvalues
+from kipoi_dfim.sequence import one_hot
+from kipoi_dfim.shuffle import dinucleotide_shuffle
+from kipoi_dfim.simulation import DISTRACTORS, INTERACTING_PAIR, MOTIFS, auroc, simulate_sequence
+
+W = 15
+STATS = ("maxabs", "signed", "span6", "maxfis", "span6_alts")
+# name -> (method, options); "shuffle" references are drawn here and shared by a window and its mutants
+CONFIGS = {
+    "grad_input": ("grad_input", {}),
+    "deeplift_shuffle": ("deeplift", {"references": "shuffle", "n_refs": 5}),
+    "deeplift_gc": ("deeplift", {"references": "gc"}),
+    "deeplift_uniform": ("deeplift", {"references": "uniform"}),
+    "deeplift_zeros": ("deeplift", {"references": "zeros"}),
+    "ig_zeros": ("integrated_gradients", {"baseline": "zeros", "steps": 16}),
+    "ig_uniform": ("integrated_gradients", {"baseline": "uniform", "steps": 16}),
+    "ig_gc": ("integrated_gradients", {"baseline": "gc", "steps": 16}),
+    "ig_shuffle": ("integrated_gradients", {"baseline": "shuffle", "n_refs": 3, "steps": 16}),
+}
+
+
+def make_variants(n_int: int, n_bg: int, seed: int, n_dis: int = 0) -> pd.DataFrame:
+    """SNVs with known class in fresh positive sequences; one variant per sequence (rows: seq, pos, alt, cls).
+
+    ``int``: a core base of a pair motif; ``dis``: a core base of a distractor (CTCF-like or AP-1) motif, a
+    motif the model ignores (negative control); ``bg``: plain background >= 20 bp from every motif.
+    """
+    rows = []
+    i = 0
+    wanted = ["int"] * n_int + ["dis"] * n_dis + ["bg"] * n_bg
+    while len(rows) < len(wanted):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, i]))
+        i += 1
+        want = wanted[len(rows)]
+        seq, sites = simulate_sequence(1, rng, distractor_prob=1.0 if want == "dis" else 0.5)
+        partner = None
+        if want in ("int", "dis"):
+            names = INTERACTING_PAIR if want == "int" else DISTRACTORS
+            cand = [m for m in sites if m.name in names]
+            s = cand[int(rng.integers(len(cand)))]
+            cons = MOTIFS[s.name] if s.strand == "+" else _revcomp_iupac(MOTIFS[s.name])
+            core = [s.start + j for j, c in enumerate(cons) if c in "ACGT"]
+            pos = int(rng.choice(core))
+            if want == "int":
+                partner = [m for m in sites if m.name in INTERACTING_PAIR and m is not s][0]
+        else:
+            busy = np.zeros(len(seq), bool)
+            for m in sites:
+                busy[max(0, m.start - 20): m.end + 20] = True
+            free = np.flatnonzero(~busy[W: len(seq) - W]) + W
+            if len(free) == 0:
+                continue
+            pos, partner = int(rng.choice(free)), None
+        if not W <= pos < len(seq) - W:
+            continue
+        alt = str(rng.choice([b for b in "ACGT" if b != seq[pos]]))
+        rows.append({"seq": seq, "pos": pos, "ref": seq[pos], "alt": alt, "cls": want,
+                     "partner_start": partner.start if partner else -1, "partner_end": partner.end if partner else -1})
+    return pd.DataFrame(rows)
+
+
+def _revcomp_iupac(s: str) -> str:
+    comp = {"A": "T", "C": "G", "G": "C", "T": "A", "W": "W", "S": "S", "R": "Y", "Y": "R", "K": "M", "M": "K"}
+    return "".join(comp[c] for c in reversed(s))
+
+
+def fis_tracks(model, X: np.ndarray, pos: np.ndarray, cfg: tuple, seeds: np.ndarray, batch: int = 256) -> np.ndarray:
+    """FIS of each window against each of its three mutants at ``pos``: (N, 3, L), mutant bases in ACGT order
+    skipping the observed one. References (shuffles) are shared by a window and its mutants."""
+    method, opts = cfg
+    opts = dict(opts)
+    N, L, _ = X.shape
+    out = np.zeros((N, 3, L), np.float32)
+    step = max(1, batch // 4)
+    for a in range(0, N, step):
+        Xc, pc = X[a: a + step], pos[a: a + step]
+        n = len(Xc)
+        muts = np.repeat(Xc[:, None], 3, axis=1)
+        for j in range(n):
+            obs = int(Xc[j, pc[j]].argmax())
+            for g, b in enumerate([b for b in range(4) if b != obs]):
+                muts[j, g, pc[j]] = np.eye(4, dtype=np.float32)[b]
+        allx = np.concatenate([Xc[:, None], muts], axis=1).reshape(n * 4, L, 4)
+        kw = dict(opts)
+        key = "references" if method == "deeplift" else "baseline"
+        if opts.get(key) == "shuffle":
+            refs = dinucleotide_shuffle(Xc, n=opts["n_refs"], seed=seeds[a: a + step])  # (n, R, L, 4)
+            kw[key] = np.repeat(refs, 4, axis=0)
+            kw.pop("n_refs")
+        C = importance(model, allx, 0, method, batch_size=batch, **kw).reshape(n, 4, L, 4).sum(-1)
+        out[a: a + n] = C[:, :1] - C[:, 1:]
+    return out
+
+
+def summaries(F: np.ndarray, pos: np.ndarray, alt_g: np.ndarray) -> dict[str, np.ndarray]:
+    """The five statistics of each FIS track set F (N, 3, L) around ``pos``; ``alt_g`` picks the ALT's mutant."""
+    N = len(F)
+    idx = pos[:, None] + np.arange(-W, W + 1)[None]  # (N, 2W+1)
+    G = np.take_along_axis(F, idx[:, None, :].repeat(3, 1), axis=2)  # (N, 3, 2W+1)
+    G[:, :, W] = np.nan
+    fa = G[np.arange(N), alt_g]
+    mf = G.max(1)
+    return {"maxabs": np.nanmax(np.abs(fa), 1), "signed": np.nanmax(fa, 1), "span6": _span(fa, 6),
+            "maxfis": np.nanmax(mf, 1), "span6_alts": _span(mf, 6)}
+
+
+def _span(a: np.ndarray, k: int) -> np.ndarray:
+    """Largest sum over k consecutive target bases (the variant's own position counts as 0)."""
+    b = np.nan_to_num(a)
+    c = np.concatenate([np.zeros((len(b), 1)), np.cumsum(b, 1)], 1)
+    return (c[:, k:] - c[:, :-k]).max(1)
+
+
+def run_config(model, name: str, var: pd.DataFrame, K: int, seed: int) -> tuple[dict, dict]:
+    """Observed and pooled-null statistics of one method/reference configuration."""
+    X = one_hot(list(var.seq))
+    pos = var.pos.to_numpy()
+    obs_base = X[np.arange(len(X)), pos].argmax(-1)
+    alt_b = np.array(["ACGT".index(a) for a in var.alt])
+    alt_g = alt_b - (alt_b > obs_base)
+    cfg = CONFIGS[name]
+    seeds = np.array([np.random.SeedSequence([seed, i, 0]).generate_state(1)[0] for i in range(len(X))], np.uint64)
+    obs = summaries(fis_tracks(model, X, pos, cfg, seeds), pos, alt_g)
+    bg = dinucleotide_shuffle(X, n=K, seed=np.array([np.random.SeedSequence([seed, i, 1]).generate_state(1)[0]
+                                                     for i in range(len(X))], np.uint64))  # (N, K, L, 4)
+    bg[np.arange(len(X)), :, pos] = X[np.arange(len(X)), pos][:, None]
+    npos, nalt = np.repeat(pos, K), np.repeat(alt_g, K)
+    nseeds = np.array([np.random.SeedSequence([seed, i, 2 + k]).generate_state(1)[0]
+                       for i in range(len(X)) for k in range(K)], np.uint64)
+    Fn = np.concatenate([fis_tracks(model, bg.reshape(-1, *X.shape[1:])[a: a + 64], npos[a: a + 64], cfg,
+                                    nseeds[a: a + 64])
+                         for a in tqdm(range(0, len(npos), 64), desc=f"{name} null", leave=False)])
+    null = summaries(Fn, npos, nalt)
+    return obs, null
+
+
+def evaluate(var: pd.DataFrame, obs: dict, null: dict) -> list[dict]:
+    """Share of int / bg variants at q < 0.05 per statistic and p-value model, and the int-vs-bg AUROC."""
+    is_int = (var.cls == "int").to_numpy()
+    is_dis = (var.cls == "dis").to_numpy()
+    is_bg = (var.cls == "bg").to_numpy()
+    rows = []
+    for st in STATS:
+        s, nv = obs[st], null[st]
+        for pm, p in (("gaussian", gaussian_pvalues(s, nv, two_sided=False)),
+                      ("empirical", empirical_pvalues_upper(s, nv)), ("gpd", tail_pvalues(s, nv))):
+            q = bh_qvalues(p)
+            rows.append({"stat": st, "pvalue": pm, "int_q05": float((q[is_int] < 0.05).mean()),
+                         "bg_q05": float((q[is_bg] < 0.05).mean()),
+                         "dis_q05": float((q[is_dis] < 0.05).mean()) if is_dis.any() else np.nan,
+                         "auroc": auroc(is_int[~is_dis].astype(int), s[~is_dis]),
+                         "min_p": float(np.nanmin(p))})
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="model_specs/sim_torch")
+    ap.add_argument("--n-int", type=int, default=60)
+    ap.add_argument("--n-bg", type=int, default=60)
+    ap.add_argument("--n-dis", type=int, default=30)
+    ap.add_argument("--null-k", type=int, default=10)
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--seed", type=int, default=4)
+    ap.add_argument("--quick", action="store_true", help="20 + 20 variants, K = 5, three configurations")
+    ap.add_argument("--out", default="/tmp/stats/power")
+    ap.add_argument("--save-null", help="write a large maxAbsFIS null (deeplift_gc, K = 50) to this .npy and exit")
+    a = ap.parse_args(argv)
+    model = load_model(a.model, target=0)
+    os.makedirs(a.out, exist_ok=True)
+    if a.save_null:
+        var = make_variants(a.n_int, a.n_bg, a.seed, a.n_dis)
+        _, null = run_config(model, "deeplift_gc", var, 50, a.seed)
+        np.save(a.save_null, null["maxabs"].astype(np.float64))
+        print(f"wrote {len(null['maxabs'])} null maxAbsFIS values to {a.save_null}")
+        return
+    if a.quick:
+        a.n_int, a.n_bg, a.n_dis, a.null_k, a.configs = 20, 20, 10, 5, ["grad_input", "deeplift_gc", "deeplift_shuffle"]
+    var = make_variants(a.n_int, a.n_bg, a.seed, a.n_dis)
+    rows = []
+    for name in a.configs:
+        t0 = time.time()
+        obs, null = run_config(model, name, var, a.null_k, a.seed)
+        np.savez(os.path.join(a.out, f"{name}.npz"), **{f"obs_{k}": v for k, v in obs.items()},
+                 **{f"null_{k}": v for k, v in null.items()})
+        for r in evaluate(var, obs, null):
+            rows.append({"config": name, **r, "seconds": round(time.time() - t0)})
+        print(json.dumps({"config": name, "seconds": round(time.time() - t0)}), flush=True)
+    df = pd.DataFrame(rows)
+    df.to_csv(os.path.join(a.out, "power.tsv"), sep="\t", index=False)
+    pd.set_option("display.width", 200)
+    print(f"{a.n_int} interacting + {a.n_dis} distractor + {a.n_bg} background variants, K = {a.null_k} shuffles "
+          f"each (M = {len(var) * a.null_k} pooled null values)")
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+if __name__ == "__main__":
+    main()
