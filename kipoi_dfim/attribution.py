@@ -24,6 +24,7 @@ Conventions shared by all methods
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from kipoi_dfim.backend._deeplift_common import hypothetical_scores
 from kipoi_dfim.errors import InputError
+from kipoi_dfim.references import load_references
 from kipoi_dfim.sequence import background_frequencies
 from kipoi_dfim.shuffle import SeedLike, sequence_rngs, shuffle_codes
 
@@ -94,6 +96,26 @@ class Method:
         if self.steps:
             kw["steps"] = settings.steps
         return kw
+
+    def windows(self, model, W: np.ndarray, refs, targets: Sequence, settings, positions=None) -> np.ndarray:
+        """Actual importance (T, K, N, L, 4) of K windows per variant ``W`` (K, N, L, 4) sharing ``refs``.
+
+        Uses the method's fast path (``shared``) when it has one and it applies, else one :func:`importance`
+        call per target over all K x N windows (the references repeated for each window).
+        """
+        K, N, L, _ = W.shape
+        pos = positions if self.positions else None
+        if self.shared is not None and (self.references is None or isinstance(refs, np.ndarray)):
+            out = self.shared(model, W, refs, targets, settings, positions=pos)
+            if out is not None:
+                return out
+        flat = W.reshape(K * N, L, 4)
+        r = np.concatenate([refs] * K) if isinstance(refs, np.ndarray) else None
+        kw = self.options(settings, r)
+        if pos is not None:
+            kw["positions"] = np.concatenate([pos] * K)
+        out = [importance(model, flat, t, self.name, batch_size=settings.batch_size, **kw) for t in targets]
+        return np.stack(out).reshape(len(targets), K, N, L, 4) if out else np.zeros((0, K, N, L, 4), np.float32)
 
     def reference_spec(self, settings) -> str | None:
         """The references this method uses under ``settings`` (None: the method takes none)."""
@@ -240,6 +262,8 @@ class _References:
     def __init__(self, spec, x: np.ndarray, seed: SeedArg, n_refs: int, gc: float, what: str):
         self.x = x
         N, L, _ = x.shape
+        if isinstance(spec, str | os.PathLike) and str(spec) not in ("shuffle", "zeros", "uniform", "gc"):
+            spec = load_references(spec, L)  # a FASTA / .npy file of references
         self.kind = spec if isinstance(spec, str) else "array"
         if self.kind == "array":
             arr = np.asarray(spec, dtype=np.float32)
@@ -466,3 +490,23 @@ def ism_shared(model, W: np.ndarray, refs, targets: Sequence[int], settings, pos
 
 
 METHODS["ism"] = METHODS["ism"].with_shared(ism_shared)
+
+
+def deeplift_shared(model, W: np.ndarray, refs: np.ndarray, targets: Sequence, settings,
+                    positions=None) -> np.ndarray | None:
+    """DeepLIFT of K windows per variant sharing their references, all targets at once, through the backend's
+    ``deeplift_shared`` (the references' forward pass runs once per variant). None when the backend has none.
+    """
+    if not hasattr(model, "deeplift_shared"):
+        return None
+    K, N, L, _ = W.shape
+    x = np.ascontiguousarray(np.moveaxis(W, 0, 1))  # (N, K, L, 4)
+    per_chunk = max(1, settings.batch_size // (K * refs.shape[1]))
+    out = np.zeros((len(targets), K, N, L, 4), np.float32)
+    for a, b in _chunks(N, per_chunk):
+        h = np.asarray(model.deeplift_shared(x[a:b], refs[a:b], list(targets)), np.float32)  # (n, K, T, L, 4)
+        out[:, :, a:b] = np.moveaxis(h * x[a:b, :, None], (0, 1, 2), (2, 1, 0))
+    return out
+
+
+METHODS["deeplift"] = METHODS["deeplift"].with_shared(deeplift_shared)

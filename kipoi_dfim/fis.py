@@ -22,7 +22,9 @@ import numpy as np
 import pandas as pd
 
 from kipoi_dfim.attribution import METHODS, Method, importance, shuffled_references
+from kipoi_dfim.references import load_references
 from kipoi_dfim.sequence import ALPHABET, background_frequencies
+from kipoi_dfim.settings import REFERENCE_KINDS
 from kipoi_dfim.shuffle import dinucleotide_shuffle, sequence_rngs
 
 log = logging.getLogger(__name__)
@@ -179,13 +181,17 @@ def shared_references(x: np.ndarray, n_refs: int, seed: int) -> np.ndarray:
 def window_references(X: np.ndarray, settings: Any, seeds: np.ndarray) -> np.ndarray | str | None:
     """References of each reference window, shared by its alternate window(s) and every target.
 
-    Returns ``(N, R, L, 4)`` dinucleotide shuffles (``references="shuffle"``, per-window ``seeds``), the
-    reference specification itself for constant references (``gc``, ``zeros``, ``uniform``: the same for
-    every window), or None when the method takes no references.
+    Returns ``(N, R, L, 4)`` dinucleotide shuffles (``references="shuffle"``, per-window ``seeds``) or the
+    user's references (a FASTA / .npy file, the same R for every window), the reference specification itself
+    for constant references (``gc``, ``zeros``, ``uniform``: the same for every window), or None when the
+    method takes no references.
     """
     spec = METHODS[settings.method].reference_spec(settings)
     if spec == "shuffle":
         return dinucleotide_shuffle(X, n=settings.n_refs, seed=seeds)
+    if spec is not None and spec not in REFERENCE_KINDS:  # a FASTA / .npy file of references
+        refs = load_references(spec, X.shape[1])
+        return np.broadcast_to(refs[None], (len(X), *refs.shape))
     return spec
 
 
@@ -201,18 +207,7 @@ def windows_importance(
     (N, L) bool marks the bases whose importance is read (the targets); a method that can restrict its work
     to them (ISM) does, the others ignore it.
     """
-    method = METHODS[settings.method]
-    K, N, L, _ = W.shape
-    pos = positions if method.positions else None
-    if method.shared is not None and (method.references is None or isinstance(refs, np.ndarray)):
-        return method.shared(model, W, refs, targets, settings, positions=pos)
-    flat = W.reshape(K * N, L, 4)
-    r = np.concatenate([refs] * K) if isinstance(refs, np.ndarray) else None
-    kw = method.options(settings, r)
-    if pos is not None:
-        kw["positions"] = np.concatenate([pos] * K)
-    out = [importance(model, flat, t, method.name, batch_size=settings.batch_size, **kw) for t in targets]
-    return np.stack(out).reshape(len(targets), K, N, L, 4) if out else np.zeros((0, K, N, L, 4), np.float32)
+    return METHODS[settings.method].windows(model, W, refs, targets, settings, positions)
 
 
 def fis_tracks(C: np.ndarray) -> np.ndarray:

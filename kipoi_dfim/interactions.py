@@ -223,7 +223,9 @@ def feature_interactions(
         ``target_task`` column is added), ``method`` and its ``references``/``n_refs``/``steps``, ``gc`` and
         ``fill`` (how a source feature is destroyed: background frequencies or ``zero``, as the original
         code), ``null_shuffles`` (K > 0: each record's element map on K dinucleotide shuffles of its input,
-        two-sided Gaussian p-values against the null pooled per ``null_pool`` -- ``per_task`` (default),
+        two-sided p-values of FIS by the test ``pvalue`` -- ``tail`` (default: empirical on |FIS|, a
+        generalized Pareto tail beyond), ``empirical`` or ``gaussian`` (the paper's) -- against the null pooled
+        per ``null_pool`` -- ``per_task`` (default),
         ``per_map`` or ``global`` -- then BH q-values over all rows), ``seed`` (record ``i`` uses
         ``SeedSequence([seed, i])``), ``batch_size``.
     progress : bool
@@ -246,7 +248,7 @@ def feature_interactions(
     df = pd.DataFrame(rows, columns=["seq", "source", "target", "source_start", "target_start", "task",
                                      "fis", "status", "_i", "_j"])
     df["abs_fis"] = df["fis"].abs()
-    df["pval"], df["qval"] = _pvalues(df, maps, nulls, insides, null_pool)
+    df["pval"], df["qval"] = _pvalues(df, maps, nulls, insides, null_pool, settings.pvalue)
     cols = ["seq", "source", "target", "source_start", "target_start"]
     if len(tasks) > 1:
         df["target_task"] = [model.targets[t] for t in df["task"]]
@@ -284,12 +286,13 @@ def _score_records(model, records, by_rec, tasks, settings, fasta, features, pro
     return rows, maps, nulls, insides
 
 
-def _pvalues(df: pd.DataFrame, maps: dict, nulls: dict, insides: dict, null_pool: str) -> tuple[np.ndarray, ...]:
+def _pvalues(df: pd.DataFrame, maps: dict, nulls: dict, insides: dict, null_pool: str,
+             kind: str) -> tuple[np.ndarray, ...]:
     """Per-row p-values of the element maps against their shuffled null; BH q-values over all rows."""
     pval, qval = np.full(len(df), np.nan), np.full(len(df), np.nan)
     if not nulls:
         return pval, qval
-    pv = N.pooled_pvalues({k: maps[k] for k in nulls}, nulls, pool=null_pool, kind="gaussian", two_sided=True)
+    pv = N.pooled_pvalues({k: maps[k] for k in nulls}, nulls, pool=null_pool, kind=kind, two_sided=True)
     where = {name: {k: j for j, k in enumerate(inside)} for name, inside in insides.items()}
     for r, (t, s, i, j) in enumerate(zip(df["task"], df["seq"], df["_i"], df["_j"], strict=True)):
         pos = where.get(s, {})

@@ -36,9 +36,11 @@ from kipoi_dfim.errors import InputError
 from kipoi_dfim.shuffle import dinucleotide_shuffle, variant_seeds
 from kipoi_dfim.variants import windows
 
-__all__ = ["gaussian_pvalues", "empirical_pvalues", "bh_qvalues", "pooled_pvalues", "pooled_qvalues", "map_null",
-           "variant_null", "PooledNullSampler", "pooled_null", "NullAccumulator", "FileStats", "file_stats",
-           "per_base_pvalues"]
+PVALUE_KINDS = ("tail", "empirical", "gaussian")
+
+__all__ = ["pvalues", "tail_pvalues", "gaussian_pvalues", "empirical_pvalues", "bh_qvalues", "pooled_pvalues",
+           "pooled_qvalues", "map_null", "variant_null", "PooledNullSampler", "pooled_null", "NullAccumulator",
+           "FileStats", "file_stats", "per_base_pvalues"]
 
 
 def gaussian_pvalues(
@@ -239,7 +241,7 @@ def pooled_pvalues(
     pool : {"per_map", "per_task", "global"}
         Which null values a map is compared with: its own shuffles (long sequences, many values), all maps of
         the same task (``task_of(key)``; default: ``key[0]``), or every null value.
-    kind : {"gaussian", "empirical"}
+    kind : {"gaussian", "empirical", "tail"}
         Gaussian fit (:func:`gaussian_pvalues`, the paper's choice) or empirical.
 
     Returns
@@ -249,8 +251,8 @@ def pooled_pvalues(
     """
     if pool not in _POOLS:
         raise ValueError(f"pool must be one of {_POOLS}, got {pool!r}")
-    if kind not in ("gaussian", "empirical"):
-        raise ValueError(f"kind must be 'gaussian' or 'empirical', got {kind!r}")
+    if kind not in PVALUE_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(PVALUE_KINDS)}, got {kind!r}")
     if set(scores) != set(nulls):
         raise ValueError("scores and nulls must have the same keys")
     task_of = task_of or (lambda k: k[0] if isinstance(k, tuple) else k)
@@ -277,10 +279,7 @@ def pooled_pvalues(
         p = np.full(s.shape, np.nan)
         ok = ~np.isnan(s)
         if ok.any():
-            if kind == "gaussian":
-                p[ok] = gaussian_pvalues(s[ok], pooled[k], two_sided=two_sided)
-            else:
-                p[ok] = empirical_pvalues(s[ok], pooled[k], two_sided=two_sided)
+            p[ok] = pvalues(s[ok], pooled[k], kind, two_sided=two_sided)
         out[k] = p
     return out
 
@@ -488,11 +487,29 @@ class FileStats:
     extra: dict = field(default_factory=dict)
 
 
-def file_stats(max_abs: np.ndarray, tslot: np.ndarray, acc: NullAccumulator | None, n_targets: int) -> FileStats:
+def pvalues(scores: np.ndarray, null: np.ndarray, kind: str = "tail", two_sided: bool = False) -> np.ndarray:
+    """p-values of scores against one pooled null, by the test ``kind``.
+
+    ``tail`` (default): empirical where the null resolves the p-value, a generalized Pareto tail beyond
+    (:func:`tail_pvalues`); ``empirical``: ``(1 + b) / (1 + M)``; ``gaussian``: a normal fitted to the null
+    (the paper's choice; too optimistic for maxima, see docs/statistics.md). ``two_sided`` compares absolute
+    values (tail, empirical) or both tails of the normal (gaussian).
+    """
+    if kind == "gaussian":
+        return gaussian_pvalues(scores, null, two_sided=two_sided)
+    if two_sided:
+        scores, null = np.abs(scores), np.abs(null)
+    if kind == "empirical":
+        return empirical_pvalues(scores, null, two_sided=False)
+    return tail_pvalues(scores, null)
+
+
+def file_stats(max_abs: np.ndarray, tslot: np.ndarray, acc: NullAccumulator | None, n_targets: int,
+               kind: str = "tail") -> FileStats:
     """p-values of every row's maxAbsFIS against the null of its target, pooled over the file; BH q-values.
 
-    ``pval`` is the Gaussian fit (upper tail: max |FIS| is large when significant), ``pval_empirical`` the
-    empirical ``(1 + b) / (1 + M)``; q-values are BH over all rows with a p-value.
+    ``pval`` is by the test ``kind`` (:func:`pvalues`, upper tail: max |FIS| is large when significant),
+    ``pval_empirical`` always the empirical ``(1 + b) / (1 + M)``; q-values are BH of ``pval`` over all rows.
     """
     n = len(max_abs)
     pval, pemp = np.full(n, np.nan), np.full(n, np.nan)
@@ -503,7 +520,7 @@ def file_stats(max_abs: np.ndarray, tslot: np.ndarray, acc: NullAccumulator | No
         null = acc.null(t)
         if not sel.any() or len(null) < 2:
             continue
-        pval[sel] = gaussian_pvalues(max_abs[sel], null, two_sided=False)
+        pval[sel] = pvalues(max_abs[sel], null, kind)
         pemp[sel] = empirical_pvalues(max_abs[sel], null, two_sided=False)
     moments = [acc.per_base_moments(t) for t in range(n_targets)]
     return FileStats(pval, pemp, bh_qvalues(pval), moments)

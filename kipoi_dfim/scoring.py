@@ -275,8 +275,9 @@ class _RowStats:
             self.max_abs.append(r.get("max_abs_fis", np.nan))
             self.tslot.append(k % n_targets)
 
-    def stats(self, acc: N.NullAccumulator | None, n_targets: int) -> N.FileStats:
-        return N.file_stats(np.array(self.max_abs, np.float64), np.array(self.tslot, np.int64), acc, n_targets)
+    def stats(self, acc: N.NullAccumulator | None, n_targets: int, kind: str) -> N.FileStats:
+        return N.file_stats(np.array(self.max_abs, np.float64), np.array(self.tslot, np.int64), acc, n_targets,
+                            kind)
 
 
 def _advance(bar: tqdm, records: list, file_bytes: int) -> None:
@@ -377,7 +378,7 @@ def score_variants(
             with tqdm(total=None, unit="record", desc="score-variants", disable=quiet, file=sys.stderr) as bar:
                 rowstats, acc = _score_file(m, vcf, fa, writers, tidx, tnames, settings,
                                             set(variant_ids) if variant_ids is not None else None, bar)
-            stats = rowstats.stats(acc, len(tidx))
+            stats = rowstats.stats(acc, len(tidx), settings.pvalue)
             for w in writers:
                 w.finish(stats)
         except BaseException:

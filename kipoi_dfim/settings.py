@@ -25,6 +25,7 @@ NULL_KINDS = ("none", "per-variant", "pooled")
 REFERENCE_KINDS = ("shuffle", "gc", "uniform", "zeros")
 OUTPUTS = ("logit", "raw")
 FILLS = ("background", "zero")
+PVALUES = ("tail", "empirical", "gaussian")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,10 @@ class Settings:
     null_shuffles, null_size : int
         K backgrounds per variant; M backgrounds per file (None: a quarter of the file's scored variants,
         within [100, 1000]).
+    pvalue : str
+        The test of a score against its null: ``tail`` (empirical p where the null resolves it, a generalized
+        Pareto tail fitted to the null beyond; docs/statistics.md), ``empirical`` or ``gaussian`` (the paper's
+        normal fit).
     seed : int
         Seed of every random draw; a variant's draws depend only on (seed, record, ALT).
     batch_size, chunk_size : int
@@ -77,6 +82,7 @@ class Settings:
     null: str | None = None
     null_shuffles: int = 0
     null_size: int | None = None
+    pvalue: str = "tail"
     seed: int = 0
     batch_size: int = 64
     chunk_size: int = 16
@@ -118,6 +124,7 @@ class Settings:
         if self.null == "per-variant" and self.null_shuffles < 1:
             raise InputError("--null per-variant needs --null-shuffles >= 1")
         _choice("--output", self.output, OUTPUTS)
+        _choice("--pvalue", self.pvalue, PVALUES)
         _choice("--fill", self.fill, FILLS)
         refs = self.references
         if refs is not None and refs not in REFERENCE_KINDS and not os.path.isfile(str(refs)):
@@ -186,6 +193,9 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "null_shuffles": (("--null-shuffles",), {"type": int, "help": "shuffled backgrounds per variant/record"}),
     "null_size": (("--null-size",), {"type": int, "help": "backgrounds of the pooled null, M, for the whole file "
                                       "(default: a quarter of the scored variants, within [100, 1000])"}),
+    "pvalue": (("--pvalue",), {"choices": PVALUES, "help": "test of a score against the null: tail (empirical, "
+                               "with a generalized Pareto tail beyond the null), empirical, or gaussian (the "
+                               "paper's normal fit)"}),
     "seed": (("--seed",), {"type": int, "help": "random seed (same seed, same output)"}),
     "batch_size": (("--batch-size",), {"type": int, "help": "sequences per model call"}),
     "chunk_size": (("--chunk-size",), {"type": int, "help": "VCF records read and scored per chunk"}),
@@ -202,10 +212,10 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 # which settings each command exposes
 COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
     "score-variants": ("targets", "output", "method", "references", "gc", "n_refs", "steps", "window", "null",
-                       "null_shuffles", "null_size", "seed", "batch_size", "chunk_size", "rc", "all_alts",
-                       "device"),
+                       "null_shuffles", "null_size", "pvalue", "seed", "batch_size", "chunk_size", "rc",
+                       "all_alts", "device"),
     "interactions": ("targets", "output", "method", "references", "gc", "n_refs", "steps", "null_shuffles",
-                     "seed", "batch_size", "fill", "device"),
+                     "pvalue", "seed", "batch_size", "fill", "device"),
     "plot": ("targets", "output", "method", "references", "gc", "n_refs", "steps", "window", "seed", "batch_size",
              "device"),
     "kipoi-spec": ("targets", "output", "method", "references", "gc", "n_refs", "steps", "window", "seed",

@@ -151,7 +151,7 @@ def test_null_pvalues_pooled_per_task(tmp_path, inputs):
     bed.write_text("exact\t5\t11\tA\nexact\t25\t31\tB\nexact\t45\t51\tC\nshort\t0\t6\tA\nshort\t20\t26\tB\n")
     d = model_dir(tmp_path, "RandomNet", ["t0", "t1"])
     df = feature_interactions(str(d), str(fa), str(bed), method="grad_input", null_shuffles=3, seed=11,
-                              progress=False)
+                              pvalue="gaussian", progress=False)
     assert "target_task" in df.columns and set(df["target_task"]) == {"t0", "t1"}
     assert len(df) == 2 * (6 + 2)
     # oracle: record i uses seed SeedSequence([11, i]); null = the same maps on 3 dinucleotide shuffles,

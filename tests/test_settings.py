@@ -68,7 +68,7 @@ def _score(case, **kw):
 # -- the command line reaches Settings ----------------------------------------------------------------------
 _VALUES = {"method": "integrated_gradients", "references": "gc", "gc": 0.3, "n_refs": 3, "steps": 7, "window": 4,
            "null": "pooled", "null_shuffles": 2, "null_size": 9, "seed": 5, "batch_size": 3, "chunk_size": 2,
-           "output": "raw", "fill": "zero", "targets": ["sum"], "device": "cpu"}
+           "output": "raw", "fill": "zero", "targets": ["sum"], "device": "cpu", "pvalue": "empirical"}
 
 
 @pytest.mark.parametrize("command", sorted(COMMAND_FIELDS))
@@ -102,6 +102,7 @@ def test_defaults_come_from_settings_and_method_choices_from_the_registry():
     ({"steps": 0}, "--steps"), ({"gc": 2.0}, "--gc"), ({"null_size": 0}, "--null-size"), ({"seed": -3}, "--seed"),
     ({"method": "saliency"}, "--method"), ({"references": "nonsense"}, "--references"),
     ({"null": "per-variant"}, "--null"), ({"output": "prob"}, "--output"), ({"fill": "noise"}, "--fill"),
+    ({"pvalue": "bonferroni"}, "--pvalue"),
 ])
 def test_bad_values_name_the_flag(kw, flag):
     with pytest.raises(InputError, match=flag):

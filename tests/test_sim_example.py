@@ -32,8 +32,9 @@ def _check(df: pd.DataFrame, maps: Path, deeplift: bool = True) -> None:
     assert df.max_abs_fis[inter].min() > 5 * df.max_abs_fis[null_like].max()
     assert df.pval[inter].max() < df.pval[null_like].min()
     assert (df.qval[null_like] > 0.05).all()
-    if deeplift:  # every interacting variant passes 1% FDR
-        assert (df.qval[inter] < 0.01).all()
+    if deeplift:  # every interacting variant passes 5% FDR (with 5 shuffles per variant the null has ~170
+        # values: the calibrated tail p-values cannot honestly go much below 1/171; the old Gaussian fit did)
+        assert (df.qval[inter] < 0.05).all()
     with h5py.File(maps) as h:
         ids = [s.decode() if isinstance(s, bytes) else s for s in h["variant_id"][:]]
         fis, off = h["fis"][:], h["offsets"][:]
