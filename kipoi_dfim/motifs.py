@@ -37,7 +37,8 @@ BIN = 0.1  # bits per bin of the exact score distribution (FIMO's default bin si
 CHUNK = 128  # variants scanned per matrix product (bounds memory at ~CHUNK * 60 * 2K floats)
 ANNOTATION_COLUMNS = (
     "own_motif_ref", "own_score_ref", "own_p_ref", "own_motif_alt", "own_score_alt", "own_p_alt", "own_delta",
-    "partner_motif", "partner_offset", "partner_end", "partner_score", "partner_p", "partner_fis",
+    "own_offset", "own_end", "partner_motif", "partner_offset", "partner_end", "partner_score", "partner_p",
+    "partner_fis",
 )
 _LABEL_BAD = re.compile(r"[\s,;=]+")
 
@@ -476,7 +477,8 @@ def annotate_variants(
         One row per variant, columns ``ANNOTATION_COLUMNS``: motif labels (``""`` when no match passes
         ``p_threshold``); ``own_score_ref``/``own_score_alt``: log-odds (bits) of the best site of the named
         motif covering the variant on that allele; ``own_delta``: the REF motif's score on ALT minus on REF
-        (negative: the variant breaks it); ``own_p_*``/``partner_p``: Tomtom p-values;
+        (negative: the variant breaks it); ``own_p_*``/``partner_p``: Tomtom p-values; ``own_offset``/``own_end``:
+        first/last base of the own span relative to the variant;
         ``partner_offset``/``partner_end``: first/last base of the partner span relative to the variant;
         ``partner_score``: log-odds of the partner motif's best site overlapping half the span or more;
         ``partner_fis``: the signed FIS summed over the span.
@@ -549,6 +551,7 @@ def _annotate_chunk(ref, alt, fis, center, motifs, window, width, pad, p_thresho
         "own_motif_ref": names(t_ref, p_ref), "own_score_ref": score_ref, "own_p_ref": p_ref,
         "own_motif_alt": names(t_alt, p_alt), "own_score_alt": score_alt, "own_p_alt": p_alt,
         "own_delta": delta,
+        "own_offset": own_start - center, "own_end": own_start + width - 1 - center,
         "partner_motif": names(t_par, p_par, has_partner),
         "partner_offset": np.where(has_partner, p_start - center, 0),
         "partner_end": np.where(has_partner, p_start + width - 1 - center, 0),
