@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 from kipoi_dfim import __version__
 
@@ -45,7 +46,13 @@ def _method_args(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--null-shuffles", type=int, default=0, help="dinucleotide-shuffled backgrounds for the null")
     p.add_argument("--batch-size", type=int, default=64, help="sequences per model call")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same output)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar; print errors only")
+
+
+def _motifs_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--motifs", default="jaspar", metavar="FILE",
+                   help="motifs naming the own/partner motifs: a MEME or JASPAR file, 'jaspar' (default: JASPAR "
+                        "CORE vertebrates, offline) or 'none'")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,10 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--vcf", default=None)
     p.add_argument("--fasta", default=None)
-    p.add_argument("--variant", required=True, help="variant ID (or chrom:pos:ref:alt)")
+    p.add_argument("--variant", required=True, action="append",
+                   help="variant ID (or chrom:pos:ref:alt); repeat for several figures (-o gets the ID added)")
     p.add_argument("--maps", default=None, help="draw from a saved score-variants --maps file")
     p.add_argument("-o", "--out", required=True, help="figure file (.png or .pdf)")
     p.add_argument("--window", type=int, default=15)
+    _motifs_arg(p)
     _method_args(p, "deeplift")
     p.set_defaults(module="plot")
 
@@ -99,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--maps", required=True, help="HDF5 written by score-variants --maps")
     p.add_argument("-o", "--out", required=True, help="report.html")
     p.add_argument("--top", type=int, default=50, help="variants with a figure (default 50)")
+    _motifs_arg(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar; print errors only")
     p.set_defaults(module="report")
 
     p = sub.add_parser("kipoi-spec", help="write a Kipoi model directory that runs DFIM under `kipoi predict`")
@@ -118,9 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet = bool(getattr(args, "quiet", False))
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="kipoi-dfim: %(levelname)s: %(message)s"
+        level=logging.ERROR if quiet else logging.INFO if args.verbose else logging.WARNING,
+        format="kipoi-dfim: %(levelname)s: %(message)s",
     )
+    if quiet:  # --quiet: errors only (library warnings included)
+        warnings.simplefilter("ignore")
     from kipoi_dfim.errors import InputError
 
     try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -571,6 +572,39 @@ def annotate_variant(
     df = annotate_variants(np.asarray(seq_ref)[None], np.asarray(seq_alt)[None], np.asarray(fis)[None], center,
                            motifs, **opts)
     return {c: (v.item() if hasattr(v, "item") else v) for c, v in df.iloc[0].items()}
+
+
+def resolve_motifs(spec: str | MotifSet | None) -> MotifSet | None:
+    """A motif set from a command-line style spec: "jaspar" (JASPAR CORE vertebrates), "none"/None, a file path,
+    or a MotifSet (returned as is)."""
+    if spec is None or isinstance(spec, MotifSet):
+        return spec
+    if str(spec).lower() == "none":
+        return None
+    if str(spec).lower() == "jaspar":
+        return load_motifs()
+    return load_motifs(str(spec))
+
+
+def annotate_maps_rows(maps, rows: list[int], motifs: MotifSet) -> list[dict]:
+    """:func:`annotate_variants` of rows of a ``score-variants --maps`` file (a :class:`kipoi_dfim.plot.MapsFile`:
+    anything with ``row(i)`` returning ``seq_ref``/``seq_alt``/``fis``/``offsets``, and ``attrs``), one dict per row.
+
+    Only these rows are read, so a report of the top 50 variants of a genome-wide run does not load every map.
+    """
+    if not rows:
+        return []
+    recs = [maps.row(i) for i in rows]
+    zero = np.flatnonzero(np.asarray(recs[0]["offsets"]) == 0)
+    if len(zero) != 1:
+        raise InputError("maps offsets have no single 0 (the variant)", path=getattr(maps, "path", None))
+    window = maps.attrs.get("window")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # memelite warns below 25 targets; callers name the motif source
+        df = annotate_variants(np.stack([r["seq_ref"] for r in recs]), np.stack([r["seq_alt"] for r in recs]),
+                               np.stack([r["fis"] for r in recs]), int(zero[0]), motifs,
+                               window=None if window is None else int(window))  # fmt: skip
+    return df.to_dict("records")
 
 
 def _tomtom_best(queries: list[np.ndarray], motifs: MotifSet) -> tuple[np.ndarray, np.ndarray]:

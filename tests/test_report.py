@@ -1,10 +1,13 @@
-"""The offline HTML report: parsed with html.parser; ranking, every record kept, embedded figures only."""
+"""The offline HTML report: parsed with html.parser (ranking, every record kept, summary numbers, links that
+resolve, embedded figures only), and loaded in a real headless Chromium (summary, first figure, anchor jump,
+sorting and filtering scripts)."""
 
 from __future__ import annotations
 
 import base64
 import io
 import os
+import re
 from html.parser import HTMLParser
 
 import numpy as np
@@ -27,11 +30,17 @@ class Page(HTMLParser):
         self.tags: list[tuple[str, dict]] = []
         self.rows: list[list[str]] = []
         self.row_classes: list[str | None] = []
+        self.table_links: list[str] = []
+        self.ids: set[str] = set()
         self._in_table = self._in_cell = False
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
         self.tags.append((tag, a))
+        if a.get("id"):
+            self.ids.add(a["id"])
+        if self._in_table and tag == "a":
+            self.table_links.append(a["href"])
         if tag == "table" and a.get("id") == "variants":
             self._in_table = True
         elif self._in_table and tag == "tr":
@@ -106,14 +115,26 @@ def run_files(tmp_path):
 def test_report_ranked_table_all_records_and_embedded_figures(tmp_path, run_files):
     tsv, maps, data = run_files
     out = tmp_path / "report.html"
-    assert report.write_report(tsv, maps, str(out), progress=False) == str(out)
+    assert report.write_report(tsv, maps, str(out), progress=False, motifs=None) == str(out)
     page = parse(out)
-    # offline: no external URL anywhere, no script, no stylesheet link
+    text = out.read_text()
+    # offline: no URL anywhere; the only script is inline; every link is an anchor that exists in the page
+    assert "http" not in text and "://" not in text
     for tag, attrs in page.tags:
-        assert tag not in ("script", "link", "iframe")
+        assert tag not in ("link", "iframe") and not (tag == "script" and "src" in attrs)
         for k in ("src", "href"):
             v = attrs.get(k)
             assert v is None or v.startswith(("data:image/png;base64,", "#")), (tag, k, v)
+            if v and v.startswith("#"):
+                assert v[1:] in page.ids, f"link {v} goes nowhere"
+    # summary first: 4 VCF records, 5 rows, 3 scored, 2 with q < 0.05 (t0: 1 of 2, t1: 1 of 1)
+    assert text.index('id="summary"') < text.index('id="figures"') < text.index('id="variants"')
+    summary = text[text.index('id="summary"') : text.index('id="figures"')]
+    stats = re.findall(r'<span class="big">(\d+)</span>([^<]+)<', summary)
+    assert [(int(n), w.split()[0]) for n, w in stats] == [(4, "VCF"), (5, "rows"), (3, "scored"), (2, "with")]
+    per_target = re.findall(r'<tr><td class="t">(t\d)</td><td>(\d+)</td><td>(\d+)</td>', summary)
+    assert per_target == [("t0", "2", "1"), ("t1", "1", "1")]
+    assert "ref_mismatch 1" in summary and "out_of_bounds 1" in summary
     # ranking: q-value, then p-value; not-scored records last, in TSV order, with their status
     assert [cell(r, "variant_id") for r in page.rows] == ["rs3", "rs1", "rs1", "rs2x", "rs4x"]
     assert [cell(r, "target") for r in page.rows] == ["t0", "t1", "t0", "t0", "t0"]
@@ -121,19 +142,31 @@ def test_report_ranked_table_all_records_and_embedded_figures(tmp_path, run_file
     assert page.row_classes[3:] == ["notok", "notok"]
     assert cell(page.rows[0], "qval") == "0.01" and cell(page.rows[0], "pval") == "0.0005"
     assert cell(page.rows[0], "logit") == "0.8" and cell(page.rows[3], "max_abs_fis") == ""
-    # one figure per variant allele (its best row), linked from the table
-    imgs = [a["src"] for t, a in page.tags if t == "img"]
+    # one figure per variant allele (its best row), linked from the table; figures carry their pixel size
+    imgs = [a for t, a in page.tags if t == "img"]
     assert len(imgs) == 2
-    sections = [a["id"] for t, a in page.tags if t == "section"]
+    sections = [a["id"] for t, a in page.tags if t == "section" and a.get("class") == "fig"]
     assert sections == ["fig-3", "fig-1"]
-    links = [a["href"] for t, a in page.tags if t == "a"]
-    assert links == ["#fig-3", "#fig-1"]
-    png = imread(io.BytesIO(base64.b64decode(imgs[0].split(",", 1)[1])), format="png")
+    assert page.table_links == ["#fig-3", "#fig-1"]
+    png = imread(io.BytesIO(base64.b64decode(imgs[0]["src"].split(",", 1)[1])), format="png")
     assert png.shape[0] > 300 and png.shape[1] > 500 and png[..., :3].std() > 0.05  # a drawn figure, not blank
+    assert (int(imgs[0]["height"]), int(imgs[0]["width"])) == png.shape[:2]
     assert sorted(os.listdir(tmp_path)) == ["maps.h5", "report.html", "scored.tsv"]  # no temp file left
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(out).st_mode & 0o777 == 0o666 & ~umask  # the permissions of a normal new file, not 0600
+
+
+def test_report_escapes_names(tmp_path):
+    rows = [dict(r, variant_id="<b>rs&1</b>") if r["variant_id"] == "rs1" else r for r in ROWS]
+    data = make_maps(rows)
+    maps = write_maps_h5(str(tmp_path / "maps.h5"), data)
+    recs = [dict(r, variant_id="<b>rs&1</b>") if r["variant_id"] == "rs1" else r for r in tsv_records(data)]
+    out = tmp_path / "r.html"
+    report.write_report(write_tsv(tmp_path / "s.tsv", recs), maps, str(out), progress=False, motifs=None)
+    text = out.read_text()
+    assert "<b>rs&1</b>" not in text and "&lt;b&gt;rs&amp;1&lt;/b&gt;" in text
+    assert [cell(r, "variant_id") for r in parse(out).rows][1] == "<b>rs&1</b>"
 
 
 def test_report_without_null_ranks_by_max_abs_fis_and_top(tmp_path):
@@ -143,15 +176,16 @@ def test_report_without_null_ranks_by_max_abs_fis_and_top(tmp_path):
     maps = write_maps_h5(str(tmp_path / "maps.h5"), data)
     tsv = write_tsv(tmp_path / "s.tsv", tsv_records(data, null=False))
     out = tmp_path / "r.html"
-    report.write_report(tsv, maps, str(out), top=1, progress=False)
+    report.write_report(tsv, maps, str(out), top=1, progress=False, motifs=None)
     page = parse(out)
     fis = {int(r): float(v) for r, v in zip(data["tsv_row"], data["max_abs_fis"], strict=True)}
     want_ok = sorted(fis, key=lambda r: -fis[r])
     got_ok = [cell(r, "max_abs_fis") for r in page.rows[:3]]
     assert got_ok == [f"{fis[r]:.3g}" for r in want_ok]
     assert len([1 for t, _ in page.tags if t == "img"]) == 1
-    assert [a["id"] for t, a in page.tags if t == "section"] == [f"fig-{want_ok[0]}"]
-    assert "no shuffled null" in open(out).read()
+    assert [a["id"] for t, a in page.tags if t == "section" and a.get("class") == "fig"] == [f"fig-{want_ok[0]}"]
+    text = open(out).read()
+    assert "no shuffled null" in text and "only q &lt;" not in text  # no q-value filter without q-values
 
 
 def test_rank_rows_nan_and_ties():
@@ -184,7 +218,7 @@ def test_report_refuses_maps_of_another_run(tmp_path, run_files):
     other = make_maps([dict(r, variant_id=r["variant_id"] + "_other") for r in ROWS])
     maps = write_maps_h5(str(tmp_path / "other.h5"), other)
     with pytest.raises(InputError, match="does not belong"):
-        report.write_report(tsv, maps, str(tmp_path / "r.html"), progress=False)
+        report.write_report(tsv, maps, str(tmp_path / "r.html"), progress=False, motifs=None)
     assert not (tmp_path / "r.html").exists()
 
 
