@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
+import subprocess
 from html.parser import HTMLParser
 
 import numpy as np
 import pytest
 from matplotlib.image import imread
-from test_plot import ROWS, make_maps, write_maps_h5
+from test_plot import OFFSETS, ROWS, make_maps, write_maps_h5
 
 from kipoi_dfim import report
 from kipoi_dfim.cli import main
@@ -228,3 +230,122 @@ def test_cli_report(tmp_path, run_files):
     assert main(["report", tsv, "--maps", maps, "-o", str(out), "--top", "5"]) == 0
     assert len([1 for t, _ in parse(out).tags if t == "img"]) == 2
     assert main(["report", str(tmp_path / "missing.tsv"), "--maps", maps, "-o", str(out)]) == 2
+
+
+def test_report_names_motifs_from_the_maps_or_takes_them_from_the_tsv(tmp_path, run_files):
+    """Without motif columns in the TSV the top hits are annotated from their maps rows (the same numbers as
+    kipoi_dfim.motifs on those rows); with them, the TSV's values are shown and no motif file is read."""
+    from kipoi_dfim.motifs import annotate_variants, load_motifs
+    from kipoi_dfim.plot import MapsFile
+
+    tsv, maps, data = run_files
+    jaspar = load_motifs()
+    out = tmp_path / "m.html"
+    report.write_report(tsv, maps, str(out), progress=False, motifs=jaspar)
+    text = out.read_text()
+    with MapsFile(maps) as mf:
+        want = annotate_variants(data["seq_ref"], data["seq_alt"], data["fis"], int(np.flatnonzero(OFFSETS == 0)[0]),
+                                 jaspar, window=int(mf.attrs["window"]) if "window" in mf.attrs else None)
+    hits = re.findall(r'<td class="t own">([^<]*)</td>.*?<td class="t partner">([^<]*)</td>', text)
+    by_row = {int(r): i for i, r in enumerate(data["tsv_row"])}
+    expect = []
+    for row in (3, 1):  # the two top variant alleles, in rank order
+        a = want.iloc[by_row[row]]
+        own = f"{a.own_motif_ref or '-'} \u2192 {a.own_motif_alt or '-'}".replace(">", "&gt;")
+        expect.append((own, a.partner_motif or "-"))
+    assert hits == expect
+    assert "JASPAR2026 CORE vertebrates (1019 motifs)" in text or "CORE vertebrates (" in text
+
+    recs = tsv_records(data)
+    for r in recs:
+        r.update(own_motif_ref="GATA1(MA0035.4)", own_motif_alt="", partner_motif="TAL1::TCF3(MA0091.1)",
+                 partner_offset=5, partner_end=9, own_delta=-4.5)
+    header = [*HEADER, "own_motif_ref", "own_motif_alt", "partner_motif", "partner_offset", "partner_end",
+              "own_delta"]
+    path = tmp_path / "with_motifs.tsv"
+    with open(path, "w") as fh:
+        fh.write("\t".join(header) + "\n")
+        for r in recs:
+            fh.write("\t".join("NA" if r.get(c) is None else str(r.get(c)) for c in header) + "\n")
+    out2 = tmp_path / "m2.html"
+    report.write_report(str(path), maps, str(out2), progress=False, motifs=str(tmp_path / "no_such.meme"))
+    text2 = out2.read_text()
+    assert "Motif columns from the TSV." in text2
+    assert re.findall(r'<td class="t partner">([^<]*)</td><td class="t">([^<]*)</td>', text2)[0] == (
+        "TAL1::TCF3(MA0091.1)", "+5..+9")
+    assert "<th class=\"t\">own_motif_ref</th>" in text2 and "<th>own_delta</th>" in text2
+
+
+CHROMIUM = "/usr/bin/chromium"
+_PROBE = """<script>
+window.addEventListener("load", function () {
+  setTimeout(function () {
+    var out = {};
+    var target = document.getElementById(location.hash.slice(1));
+    out.anchor_top = target ? target.getBoundingClientRect().top : null;
+    var summary = document.getElementById("summary");
+    out.summary = summary ? summary.innerText : "";
+    var first = document.querySelector("section.fig img");
+    out.first_fig = first ? [first.complete, first.naturalWidth, first.width > 0 && first.height > 0] : null;
+    out.first_fig_heading = document.querySelector("section.fig h3").innerText;
+    var table = document.getElementById("variants");
+    var col = Array.prototype.map.call(table.tHead.rows[0].cells, function (c) { return c.innerText.trim(); });
+    var vcol = col.indexOf("variant_id");
+    function ids() { return Array.prototype.filter.call(table.tBodies[0].rows, function (r) {
+      return r.style.display !== "none"; }).map(function (r) { return r.cells[vcol].innerText; }); }
+    out.shown_initial = document.getElementById("shown").innerText;
+    table.tHead.rows[0].cells[col.indexOf("max_abs_fis")].click();
+    out.sorted_asc = ids();
+    table.tHead.rows[0].cells[col.indexOf("max_abs_fis")].click();
+    out.sorted_desc = ids();
+    var f = document.getElementById("filter");
+    f.value = "rs1 t1"; f.dispatchEvent(new Event("input"));
+    out.filtered = ids(); out.shown_filtered = document.getElementById("shown").innerText;
+    f.value = ""; f.dispatchEvent(new Event("input"));
+    var sig = document.getElementById("sig-only");
+    sig.checked = true; sig.dispatchEvent(new Event("change"));
+    out.significant = ids();
+    var pre = document.createElement("pre"); pre.id = "probe"; pre.textContent = JSON.stringify(out);
+    document.body.appendChild(pre);
+  }, 200);
+});
+</script>"""
+
+
+def _chromium(*args: str, cwd: str) -> str:
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-dev-shm-usage", f"--user-data-dir={cwd}/chromium-profile", "--window-size=1280,900", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=cwd).stdout
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Chromium is not installed (Debian package 'chromium'; "
+                    "`make venv` installs it when it can): the report is not checked in a real browser")
+def test_report_in_headless_chromium(tmp_path, run_files):
+    """A real browser renders the summary and the first figure, lands on a figure when its anchor is opened, and
+    runs the sorting and filtering script; a screenshot of the page top is not blank."""
+    tsv, maps, data = run_files
+    out = tmp_path / "report.html"
+    report.write_report(tsv, maps, str(out), progress=False, motifs=None)
+    probe = tmp_path / "probe.html"  # the report plus a script that reads the rendered page
+    probe.write_text(out.read_text().replace("</body>", _PROBE + "</body>"))
+    dom = _chromium("--virtual-time-budget=10000", "--dump-dom", f"{probe.as_uri()}#fig-1", cwd=str(tmp_path))
+    m = re.search(r'<pre id="probe">([^<]*)</pre>', dom)
+    assert m, "the probe script did not run: " + dom[-500:]
+    got = json.loads(m.group(1).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
+    assert "Summary" in got["summary"] and re.search(r"4\s+VCF records", got["summary"])
+    assert re.search(r"2\s+with q < 0.05", got["summary"]) and "Top 2 hits" in got["summary"]
+    assert got["first_fig"][0] is True and got["first_fig"][1] > 500 and got["first_fig"][2] is True
+    assert got["first_fig_heading"].startswith("#1 rs3")
+    assert got["anchor_top"] is not None and 0 <= got["anchor_top"] < 20  # the jump lands on the figure
+    assert got["shown_initial"].startswith("5 of 5 rows")
+    fis = {int(r): float(v) for r, v in zip(data["tsv_row"], data["max_abs_fis"], strict=True)}
+    ids = {0: "rs1", 1: "rs1", 3: "rs3"}
+    asc = [ids[r] for r in sorted(fis, key=fis.get)]
+    assert got["sorted_asc"] == asc + ["rs2x", "rs4x"]  # missing values last either way
+    assert got["sorted_desc"] == asc[::-1] + ["rs2x", "rs4x"]
+    assert got["filtered"] == ["rs1"] and got["shown_filtered"].startswith("1 of 5")
+    assert sorted(got["significant"]) == ["rs1", "rs3"]  # q = 0.01 rows only
+    shot = tmp_path / "top.png"
+    _chromium("--hide-scrollbars", f"--screenshot={shot}", out.as_uri(), cwd=str(tmp_path))
+    img = imread(str(shot))
+    assert img.shape[:2] == (900, 1280) and img[..., :3].std() > 0.05
