@@ -190,3 +190,33 @@ def test_annotate_variant_is_one_row_of_annotate_variants(sim_maps, jaspar):
         assert one[c] == many.loc[2, c] or (pd.isna(one[c]) and pd.isna(many.loc[2, c]))
     with pytest.raises(InputError, match="must be"):
         M.annotate_variants(ref, alt[:, :10], fis, center, jaspar)
+
+
+def test_plot_names_the_motifs_and_shows_progress_for_several_variants(sim_maps, jaspar, tmp_path, capfd):
+    import argparse
+
+    from matplotlib.image import imread
+
+    from kipoi_dfim import plot
+
+    args = argparse.Namespace(model="sim_torch", target=None, maps=sim_maps, variant="int_tal1_1", window=15,
+                              vcf=None, fasta=None)  # fmt: skip
+    fig = plot.figure_for(args, jaspar)
+    own, partner = fig.axes[0].get_title(loc="right"), fig.axes[2].get_title(loc="right")
+    own_label = own.split(": ", 1)[1].split(" (")[0]
+    partner_label = partner.split(": ", 1)[1].split(" (")[0]
+    assert "bHLH" in _family(jaspar, own_label) and "GATA" in _family(jaspar, partner_label)
+    assert partner.endswith("at -10..-6 bp")  # the planted GATA site is at -10..-5
+    spans = [p for p in fig.axes[2].patches if p.get_gid() == plot.MOTIF_GID]
+    assert len(spans) == 1 and spans[0].get_x() == pytest.approx(-10.5)
+
+    out = tmp_path / "f.png"
+    capfd.readouterr()
+    assert cli_main(["plot", "sim_torch", "--variant", "int_gata_1", "--variant", "int_tal1_1", "--maps", sim_maps,
+                     "-o", str(out)]) == 0
+    err = capfd.readouterr().err
+    assert "plot: 100%" in err and "2/2" in err and "variant/s" in err
+    assert imread(tmp_path / "f.int_gata_1.png").shape[0] > 500 and (tmp_path / "f.int_tal1_1.png").exists()
+    assert cli_main(["plot", "sim_torch", "--variant", "int_gata_1", "--variant", "int_tal1_1", "--maps", sim_maps,
+                     "-o", str(tmp_path / "{variant}.pdf"), "--quiet", "--motifs", "none"]) == 0
+    assert capfd.readouterr().err == "" and (tmp_path / "int_gata_1.pdf").exists()

@@ -224,12 +224,17 @@ def test_report_refuses_maps_of_another_run(tmp_path, run_files):
     assert not (tmp_path / "r.html").exists()
 
 
-def test_cli_report(tmp_path, run_files):
+def test_cli_report(tmp_path, run_files, capfd):
     tsv, maps, _ = run_files
     out = tmp_path / "cli.html"
-    assert main(["report", tsv, "--maps", maps, "-o", str(out), "--top", "5"]) == 0
+    assert main(["report", tsv, "--maps", maps, "-o", str(out), "--top", "5", "--motifs", "none"]) == 0
     assert len([1 for t, _ in parse(out).tags if t == "img"]) == 2
-    assert main(["report", str(tmp_path / "missing.tsv"), "--maps", maps, "-o", str(out)]) == 2
+    err = capfd.readouterr().err  # one bar step per figure, with its rate and ETA
+    assert "report figures: 100%" in err and "2/2" in err and "variant/s" in err
+    assert main(["report", tsv, "--maps", maps, "-o", str(out), "--quiet", "--motifs", "none"]) == 0
+    assert capfd.readouterr().err == ""
+    assert main(["report", str(tmp_path / "missing.tsv"), "--maps", maps, "-o", str(out), "--quiet"]) == 2
+    assert capfd.readouterr().err.startswith("kipoi-dfim report: error:")  # --quiet still prints errors
 
 
 def test_report_names_motifs_from_the_maps_or_takes_them_from_the_tsv(tmp_path, run_files):
