@@ -342,7 +342,7 @@ def write_report(
         pairs = _check_rows(chosen, row_of, mf, tsv, maps)
         mset = resolve_motifs(motifs) if annotations is None and pairs else None
         if mset is not None:
-            found = annotate_maps_rows(mf, [i for _, i in pairs], mset)
+            found = _annotate_with_progress(mf, [i for _, i in pairs], mset, progress)
             annotations = {int(rec["tsv_row"]): a for (rec, _), a in zip(pairs, found, strict=True)}
             motif_note = (f"Own and partner motifs of these {len(pairs)} variants: {mset.source} ({len(mset)} "
                           "motifs), the FIS spans named by Tomtom (kipoi_dfim.motifs).")  # fmt: skip
@@ -355,6 +355,19 @@ def write_report(
     html = render_html(tsv, maps, ranked, figures, attrs, annotations, motif_note, summary_top)
     _write_atomic(html, out)
     return out
+
+
+def _annotate_with_progress(mf: Any, rows: list[int], mset: Any, progress: bool, step: int = 25) -> list[dict]:
+    """Motif columns of maps ``rows`` in steps, with a bar: the first step also compiles memelite's Tomtom
+    (numba; about a minute on a fresh install, cached afterwards), which would otherwise look like a hang."""
+    from tqdm.auto import tqdm
+
+    found: list[dict] = []
+    with tqdm(total=len(rows), desc="report motifs", unit="variant", disable=not progress) as bar:
+        for k in range(0, len(rows), step):
+            found += annotate_maps_rows(mf, rows[k : k + step], mset)
+            bar.update(len(rows[k : k + step]))
+    return found
 
 
 def _check_rows(chosen: list[dict], row_of: dict[int, int], mf: Any, tsv: str, maps: str) -> list[tuple[dict, int]]:
