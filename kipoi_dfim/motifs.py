@@ -4,18 +4,17 @@ A DFIM score says *that* a variant changes how the model reads its neighbourhood
 *which* motifs are involved. This module names them, offline, from JASPAR (the sqlite databases bundled with
 pyjaspar) or a user's MEME / JASPAR file:
 
-- own motif: the best motif site covering the variant, on the reference and on the alternate sequence (so
-  "creates a GATA site" or "breaks an ETS site" can be read off the two names and scores);
-- partner: the contiguous target span with the largest sum of |FIS| (the bases whose importance the variant
-  changes most), matched to the best motif site overlapping it.
+- own motif: the bases around the variant whose importance the variant changes most (its own site), named on
+  the reference and on the alternate allele, with the named motif's PWM score on each allele (so "creates a
+  GATA site" or "breaks an ETS site" can be read off);
+- partner: the contiguous target span with the largest sum of |FIS|, named the same way.
 
-Scores are log-odds in bits against a uniform background, computed by one matrix product over all motifs and
-both strands (a few thousand variants per second against ~1,000 JASPAR motifs). We scan ourselves instead of
-calling memelite's FIMO because FIMO reports every hit above a p-value threshold over whole sequences: it
-cannot ask "best site covering this base", and with a permissive threshold its per-hit DataFrames cost far more
-than the scan. The p-values use the same method as FIMO (exact score distribution of the motif on 0.1-bit bins),
-so the motif with the most surprising site wins regardless of motif length; ``tests/test_motifs.py`` checks
-scores and p-values against memelite's FIMO. Motif-to-motif similarity (``tomtom``) is memelite's Tomtom.
+Spans come from the FIS track and are named with memelite's Tomtom (:func:`annotate_variants` says why: the
+sequence alone is full of chance matches). PWM scores are log-odds in bits against a uniform background from
+our own vectorised scan (:func:`best_site`), not memelite's FIMO: FIMO reports every hit above a p-value
+threshold over whole sequences and cannot ask "best site covering this base"; with a permissive threshold its
+per-hit DataFrames would cost far more than the scan. The scan's p-values use FIMO's method (exact score
+distribution on 0.1-bit bins); ``tests/test_motifs.py`` checks scores and p-values against memelite's FIMO.
 """
 
 from __future__ import annotations
