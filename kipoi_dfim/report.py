@@ -258,7 +258,7 @@ def render_html(
     provenance += [(k, str(attrs[k])) for k in ("model", "method", "window", "seed", "version") if k in attrs]
     return _ENV.get_template("report.html.j2").render(
         title=title, provenance=provenance, summary=_summary(ranked), top_hits=hits, figures=figs,
-        figure_note=_FIGURE_NOTE, motif_note=motif_note, table=_table(ranked, anchors),
+        figure_note=_FIGURE_NOTE, motif_note=motif_note, table=_table(ranked, anchors), has_motifs=bool(annotations),
     )  # fmt: skip
 
 
