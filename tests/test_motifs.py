@@ -188,6 +188,17 @@ def test_annotate_variant_is_one_row_of_annotate_variants(sim_maps, jaspar):
     assert list(one) == list(M.ANNOTATION_COLUMNS)
     for c in M.ANNOTATION_COLUMNS:
         assert one[c] == many.loc[2, c] or (pd.isna(one[c]) and pd.isna(many.loc[2, c]))
+    # the score columns are the named motif's best site covering the variant (best_site, checked against FIMO)
+    index = {jaspar.label(i): i for i in range(len(jaspar))}
+    checked = 0
+    for i in range(4):
+        for allele, seq in (("ref", ref[i]), ("alt", alt[i])):
+            label = many.loc[i, f"own_motif_{allele}"]
+            if label:
+                site = M.best_site(seq, jaspar.subset([index[label]]), covering=(center, center + 1))
+                assert many.loc[i, f"own_score_{allele}"] == pytest.approx(site["score"], abs=1e-4)
+                checked += 1
+    assert checked >= 4
     with pytest.raises(InputError, match="must be"):
         M.annotate_variants(ref, alt[:, :10], fis, center, jaspar)
 
