@@ -29,7 +29,11 @@ import numpy as np
 import pandas as pd
 
 from kipoi_dfim.errors import InputError
-from kipoi_dfim.io import atomic_path
+
+try:  # the writers moved from kipoi_dfim.io to kipoi_dfim.output (issue 9); this module works with either layout
+    from kipoi_dfim.output.base import atomic_path
+except ImportError:  # pragma: no cover - the layout before issue 9
+    from kipoi_dfim.io import atomic_path
 
 ALPHABET = "ACGT"
 PSEUDOCOUNT = 0.01  # probability added to each PPM cell before renormalising: a zero count costs ~-4.7 bits

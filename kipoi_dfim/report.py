@@ -26,8 +26,13 @@ import numpy as np
 import pandas as pd
 
 from kipoi_dfim.errors import InputError
-from kipoi_dfim.io import TSV_COLUMNS, TSV_EXTRA
 from kipoi_dfim.motifs import ANNOTATION_COLUMNS, annotate_maps_rows, resolve_motifs
+
+try:  # the TSV columns and writers moved from kipoi_dfim.io to kipoi_dfim.output (issue 9)
+    from kipoi_dfim.output.base import atomic_path
+    from kipoi_dfim.output.tsv import TSV_COLUMNS, TSV_EXTRA
+except ImportError:  # pragma: no cover - the layout before issue 9
+    from kipoi_dfim.io import TSV_COLUMNS, TSV_EXTRA, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -263,8 +268,6 @@ def render_html(
 
 
 def _write_atomic(text: str, out: str) -> None:
-    from kipoi_dfim.io import atomic_path
-
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
 
