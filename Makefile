@@ -15,6 +15,9 @@ $(STAMP): setup.cfg setup.py
 	$(PY) -m pip install -q -e ".[test]"
 	# test oracle only: kipoi-veff cannot install with its dependencies (pyvcf)
 	$(PY) -m pip install -q --no-deps "kipoi-veff==0.3.1"
+	# best effort: headless Chromium for the report's browser test (skipped with a reason when absent)
+	-test -x /usr/bin/chromium || (command -v apt-get >/dev/null && apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) \
+	    || echo "chromium not installed: tests/test_report.py::test_report_in_headless_chromium will be skipped"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import warnings
 
 from kipoi_dfim import __version__
 from kipoi_dfim.errors import InputError
@@ -23,6 +24,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="Kipoi model directory or name, or a .h5/.keras Keras model file")
     p.add_argument("--source", default=None, help="Kipoi source of a model given by name (default: a local dir)")
     p.add_argument("--quiet", action="store_true", help="no progress bar; only errors")
+
+
+def _motifs_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--motifs", default="jaspar", metavar="FILE",
+                   help="motifs naming the own/partner motifs: a MEME or JASPAR file, 'jaspar' (default: JASPAR "
+                        "CORE vertebrates, offline) or 'none'")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--vcf", default=None)
     p.add_argument("--fasta", default=None)
-    p.add_argument("--variant", required=True, help="variant ID (or chrom:pos:ref:alt)")
+    p.add_argument("--variant", required=True, action="append",
+                   help="variant ID (or chrom:pos:ref:alt); repeat for several figures (-o gets the ID added)")
     p.add_argument("--maps", default=None, help="draw from a saved score-variants --maps file")
     p.add_argument("-o", "--out", required=True, help="figure file (.png or .pdf)")
+    _motifs_arg(p)
     add_options(p, "plot")
     p.set_defaults(module="plot")
 
@@ -67,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--maps", required=True, help="HDF5 written by score-variants --maps")
     p.add_argument("-o", "--out", required=True, help="report.html")
     p.add_argument("--top", type=int, default=50, help="variants with a figure (default 50)")
+    _motifs_arg(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar; print errors only")
     p.set_defaults(module="report")
 
     p = sub.add_parser("kipoi-spec", help="write a Kipoi model directory that runs DFIM under `kipoi predict`")
@@ -89,11 +100,13 @@ def _on_signal(signum: int, _frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet = bool(getattr(args, "quiet", False))
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="kipoi-dfim: %(levelname)s: %(message)s"
+        level=logging.ERROR if quiet else logging.INFO if args.verbose else logging.WARNING,
+        format="kipoi-dfim: %(levelname)s: %(message)s",
     )
-    if getattr(args, "quiet", False):
-        logging.getLogger().setLevel(logging.ERROR)
+    if quiet:  # --quiet: errors only (library warnings included)
+        warnings.simplefilter("ignore")
     previous = _install_signal_handlers()
     try:
         module = importlib.import_module(f"kipoi_dfim.{args.module}")

@@ -8,6 +8,7 @@ HDF5 file (layout in docs/architecture.md) or scores that single variant first a
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import tempfile
@@ -21,8 +22,10 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
+from tqdm.auto import tqdm
 
 from kipoi_dfim.errors import InputError
+from kipoi_dfim.motifs import annotate_maps_rows, resolve_motifs
 from kipoi_dfim.output.base import atomic_path
 from kipoi_dfim.output.maps import MapsFile
 from kipoi_dfim.scoring import score_variants
@@ -470,16 +473,61 @@ def _crop(r: dict[str, Any], flank: int | None) -> dict[str, Any]:
     return r
 
 
+#: gid of the shaded own-motif and partner spans (tests and users can find them by gid)
+MOTIF_GID = "motif_span"
+_OWN_COLOR, _PARTNER_COLOR = "#4c78a8", "#b8336a"
+
+
+def _motif_text(label: Any, score: Any = None, unit: str = "bits") -> str:
+    name = "" if label is None or (isinstance(label, float) and np.isnan(label)) else str(label)
+    if not name:
+        return "no motif match"
+    return name + (f" ({_fmt(score)} {unit})" if score is not None and np.isfinite(float(score)) else "")
+
+
+def label_motifs(axes: Sequence[Axes], ann: Mapping[str, Any]) -> None:
+    """Name the motifs over the logo tracks: own motif on C_X (REF) and C_X' (ALT), partner on FIS.
+
+    ``ann`` holds the columns of :func:`kipoi_dfim.motifs.annotate_variants` for the drawn row. The spans
+    are shaded (gid :data:`MOTIF_GID`) and the names go in each track's right-hand title, where they do not
+    cover letters.
+    """
+
+    def span(ax: Axes, a: Any, b: Any, color: str) -> None:
+        if a is not None and b is not None and np.isfinite(float(a)) and np.isfinite(float(b)):
+            ax.axvspan(float(a) - 0.5, float(b) + 0.5, color=color, alpha=0.12, zorder=-6, lw=0, gid=MOTIF_GID)
+
+    own = (ann.get("own_offset"), ann.get("own_end"))
+    part = (ann.get("partner_offset"), ann.get("partner_end"))
+    axes[0].set_title("own motif (REF): " + _motif_text(ann.get("own_motif_ref"), ann.get("own_score_ref")),
+                      loc="right", fontsize=9, color=_OWN_COLOR)
+    axes[1].set_title("own motif (ALT): " + _motif_text(ann.get("own_motif_alt"), ann.get("own_score_alt")),
+                      loc="right", fontsize=9, color=_OWN_COLOR)
+    where = ""
+    if part[0] is not None and np.isfinite(float(part[0])):
+        where = f" at {int(part[0]):+d}..{int(part[1]):+d} bp"
+    axes[2].set_title("partner: " + _motif_text(ann.get("partner_motif"), ann.get("partner_fis"), "FIS") + where,
+                      loc="right", fontsize=9, color=_PARTNER_COLOR)
+    for ax in axes[:2]:
+        span(ax, *own, _OWN_COLOR)
+    for ax in axes[2:4]:
+        span(ax, *part, _PARTNER_COLOR)
+
+
 def _mark_window(ax: Axes, window: int) -> None:
     for x in (-window - 0.5, window + 0.5):
         ax.axvline(x, color="0.5", lw=0.8, ls="--", zorder=-4, gid="target_window")
 
 
-def plot_maps_row(maps: MapsFile, i: int, model: str | None = None, flank: int | None = None) -> Figure:
+def plot_maps_row(
+    maps: MapsFile, i: int, model: str | None = None, flank: int | None = None,
+    motifs: Mapping[str, Any] | None = None,
+) -> Figure:
     """Figure of row ``i`` of a maps file: the four tracks, plus a 3 x D DFIM heatmap with ``fis_all_alts``.
 
     ``flank`` (bp each side) defaults to the file's ``window`` attribute: the targets that were scored (the
     stored tracks may extend further, for context). Wider views mark the target window with dashed lines.
+    ``motifs``: this row's :func:`kipoi_dfim.motifs.annotate_variants` columns, named over the tracks.
     """
     window = maps.attrs.get("window")
     if flank is None and window is not None:
@@ -496,6 +544,8 @@ def plot_maps_row(maps: MapsFile, i: int, model: str | None = None, flank: int |
         r["imp_ref"], r["imp_alt"], fis=r["fis"], offsets=offsets, pvalues=r["fis_pval"], ref=r["ref"],
         alt=r["alt"], seq=r["seq_ref"], axes=axes[:4], variant_width=max(len(str(r["ref"])), 1),
     )  # fmt: skip
+    if motifs is not None:
+        label_motifs(axes[:4], motifs)
     if has_dfim:
         ax = axes[4]
         bases = r.get("all_alts_bases") or [b for b in ALPHABET if b != r["ref"]][:3]
@@ -598,8 +648,16 @@ def _score_one_variant(args: Any, variant_id: str, maps_path: str) -> None:
                    return_table=False)
 
 
-def figure_for(args: Any) -> Figure:
-    """The figure ``kipoi-dfim plot`` saves (see :func:`run`); separate so that it can be inspected."""
+def _motif_annotation(maps: MapsFile, i: int, motifs: Any) -> dict[str, Any] | None:
+    """Own/partner motif columns of maps row ``i`` (None without motifs)."""
+    return annotate_maps_rows(maps, [i], motifs)[0] if motifs is not None else None
+
+
+def figure_for(args: Any, motifs: Any = None) -> Figure:
+    """The figure ``kipoi-dfim plot`` saves (see :func:`run`); separate so that it can be inspected.
+
+    ``motifs`` (a :class:`kipoi_dfim.motifs.MotifSet`) names the own and partner motifs over the tracks.
+    """
     target = None
     if args.targets:
         if len(args.targets) > 1:
@@ -608,7 +666,10 @@ def figure_for(args: Any) -> Figure:
     window = args.window if args.window is not None else Settings().window
     model_label = args.model if isinstance(args.model, str | os.PathLike) else type(args.model).__name__
     if args.maps:
-        return plot_variant(args.maps, args.variant, target=target, model=str(model_label), flank=window)
+        with MapsFile(args.maps) as m:
+            i = m.find(args.variant, target=target)
+            return plot_maps_row(m, i, model=str(model_label), flank=window,
+                                 motifs=_motif_annotation(m, i, motifs))  # fmt: skip
     if not args.vcf or not args.fasta:
         raise InputError("plot needs --maps H5, or --vcf and --fasta to score the variant first")
     variant_id = _resolve_vcf_variant(str(args.vcf), args.variant)
@@ -619,17 +680,41 @@ def figure_for(args: Any) -> Figure:
             if len(m) == 0:
                 raise InputError(f"variant {args.variant!r} could not be scored (run score-variants for its status)",
                                  path=str(args.vcf))  # fmt: skip
-            return plot_maps_row(m, m.find(variant_id, target=target), model=str(model_label), flank=window)
+            i = m.find(variant_id, target=target)
+            return plot_maps_row(m, i, model=str(model_label), flank=window,
+                                 motifs=_motif_annotation(m, i, motifs))  # fmt: skip
+
+
+def figure_paths(out: str, variants: Sequence[str]) -> list[str]:
+    """Output file of each variant: ``out`` for one; for several, ``out`` with ``{variant}`` replaced, or
+    ``<stem>.<variant><ext>`` (characters other than letters, digits, ``._-`` become ``_``)."""
+    if len(variants) == 1:
+        return [out]
+    stem, ext = os.path.splitext(out)
+    safe = ["".join(c if c.isalnum() or c in "._-" else "_" for c in v) for v in variants]
+    paths = [out.replace("{variant}", v) if "{variant}" in out else f"{stem}.{v}{ext}" for v in safe]
+    if len(set(paths)) != len(paths):
+        raise InputError("two --variant values give the same figure file name", path=out)
+    return paths
 
 
 def run(args: Any) -> None:
-    """``kipoi-dfim plot MODEL --variant ID -o FIG [--maps H5 | --vcf VCF --fasta FA]``.
+    """``kipoi-dfim plot MODEL --variant ID [--variant ID ...] -o FIG [--maps H5 | --vcf VCF --fasta FA]``.
 
     With ``--maps`` nothing is recomputed and MODEL only labels the figure (it is not loaded). Without it,
-    the one variant is scored (with all three alternative bases, for the DFIM heatmap) into a temporary maps
+    each variant is scored (with all three alternative bases, for the DFIM heatmap) into a temporary maps
     file, which is then drawn. ``--window`` is the half-width shown (at most what the maps file holds).
+    Several ``--variant``: one figure each (see :func:`figure_paths`), with a progress bar on stderr.
+    ``--motifs`` names the own and partner motifs over the tracks (default JASPAR CORE vertebrates).
     """
     ext = os.path.splitext(args.out)[1].lower()
     if ext not in _FIGURE_FORMATS:
         raise InputError(f"unknown figure format {ext or '(none)'!r}; use .png, .pdf or .svg", path=args.out)
-    save_figure(figure_for(args), args.out)
+    variants = [args.variant] if isinstance(args.variant, str) else list(args.variant)
+    paths = figure_paths(args.out, variants)
+    motifs = resolve_motifs(getattr(args, "motifs", None))
+    quiet = bool(getattr(args, "quiet", False))
+    bar = tqdm(list(zip(variants, paths, strict=True)), desc="plot", unit="variant",
+               disable=quiet or len(variants) == 1)  # fmt: skip
+    for v, path in bar:
+        save_figure(figure_for(argparse.Namespace(**dict(vars(args), variant=v)), motifs), path)

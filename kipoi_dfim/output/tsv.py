@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from kipoi_dfim.errors import InputError
+from kipoi_dfim.motifs import ANNOTATION_COLUMNS
 from kipoi_dfim.null import FileStats
 from kipoi_dfim.output.base import ScoredChunk, Spool, atomic_path, fmt
 
@@ -20,10 +21,13 @@ TSV_COLUMNS = (
 # after the documented columns: extras a careful user needs to trace a row back to its record
 TSV_EXTRA = ("pval_empirical", "max_abs_maxfis", "maxfis_offset", "flags", "vcf_record", "vcf_line", "alt_index")
 ALL_COLUMNS = TSV_COLUMNS + TSV_EXTRA
+#: with motifs (score-variants --motifs): the own and partner motif columns of kipoi_dfim.motifs
+MOTIF_COLUMNS = ANNOTATION_COLUMNS
 STAT_COLUMNS = {"pval": "pval", "qval": "qval", "pval_empirical": "pval_empirical"}
-STRING_COLUMNS = ("variant_id", "chrom", "ref", "alt", "target", "status", "max_fis_base", "flags")
+STRING_COLUMNS = ("variant_id", "chrom", "ref", "alt", "target", "status", "max_fis_base", "flags",
+                  "own_motif_ref", "own_motif_alt", "partner_motif")
 #: numeric columns; any other column (e.g. added by later versions) stays text
-NUMERIC_COLUMNS = frozenset(ALL_COLUMNS) - frozenset(STRING_COLUMNS)
+NUMERIC_COLUMNS = frozenset(ALL_COLUMNS + MOTIF_COLUMNS) - frozenset(STRING_COLUMNS)
 MISSING = {"", "NA", "NaN", "nan", ".", "None"}
 
 
