@@ -19,6 +19,7 @@ import os
 import shlex
 import sys
 import tempfile
+import warnings
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -34,9 +35,10 @@ from kipoi_dfim import null as N
 from kipoi_dfim.backend import load_model
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.ism import ISM_COLUMNS, ism_scores
+from kipoi_dfim.motifs import MotifSet, annotate_variants, resolve_motifs
 from kipoi_dfim.output.base import ScoredChunk, Writer
 from kipoi_dfim.output.maps import MapsWriter
-from kipoi_dfim.output.tsv import TsvWriter, read_table
+from kipoi_dfim.output.tsv import ALL_COLUMNS, MOTIF_COLUMNS, TsvWriter, read_table
 from kipoi_dfim.output.vcf import VcfWriter
 from kipoi_dfim.paths import check_paths
 from kipoi_dfim.sequence import ALPHABET, reverse_complement
@@ -220,7 +222,26 @@ def score_windows(model: Any, variants: Sequence[Variant], X: np.ndarray, Xalt: 
         max_abs, per_base = N.variant_null(model, X, Xalt, ok, targets, settings)
         for slot in range(len(targets)):
             acc.add(slot, max_abs[slot], per_base[slot])
-    return chunk_rows(variants, s, targets, tnames, maps_flank(settings.window, model.seq_len))
+    flank = maps_flank(settings.window, model.seq_len)
+    rows, maps_rows = chunk_rows(variants, s, targets, tnames, flank)
+    motifs = resolve_motifs(settings.motifs)
+    if motifs is not None:
+        annotate_rows(rows, maps_rows, motifs, flank, settings.window)
+    return rows, maps_rows
+
+
+def annotate_rows(rows: list[dict], maps_rows: list[dict | None], motifs: MotifSet, flank: int, window: int) -> None:
+    """Add each scored row's own motif (REF, ALT) and interaction partner (:mod:`kipoi_dfim.motifs`)."""
+    scored = [(r, mr) for r, mr in zip(rows, maps_rows, strict=True) if mr is not None]
+    if not scored:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # memelite warns about small target sets; the motif source is named
+        ann = annotate_variants(np.stack([mr["seq_ref"] for _, mr in scored]),
+                                np.stack([mr["seq_alt"] for _, mr in scored]),
+                                np.stack([mr["fis"] for _, mr in scored]), flank, motifs, window=window)
+    for (r, _), rec in zip(scored, ann.to_dict("records"), strict=True):
+        r.update(rec)
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -236,7 +257,8 @@ def open_writers(out: str | None, tsv: str | None, maps: str | None, header: Any
     writers: list[Writer] = []
     try:
         if tsv:
-            writers.append(TsvWriter(tsv))
+            with_motifs = settings.motifs != "none"
+            writers.append(TsvWriter(tsv, ALL_COLUMNS + (MOTIF_COLUMNS if with_motifs else ())))
         if out:
             writers.append(VcfWriter(out, header, tnames, settings, command))
         if maps:

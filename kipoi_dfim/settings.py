@@ -71,6 +71,9 @@ class Settings:
         Model outputs scored (index or label); None: all.
     device : str
         ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (PyTorch models).
+    motifs : str
+        Motifs that name each variant's own motif and its interaction partner: ``jaspar`` (JASPAR CORE
+        vertebrates, offline), a MEME / JASPAR file, or ``none``.
     """
 
     method: str = "deeplift"
@@ -92,6 +95,7 @@ class Settings:
     fill: str = "background"
     targets: tuple | None = None
     device: str = "auto"
+    motifs: str = "jaspar"
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -126,6 +130,8 @@ class Settings:
         _choice("--output", self.output, OUTPUTS)
         _choice("--pvalue", self.pvalue, PVALUES)
         _choice("--fill", self.fill, FILLS)
+        if self.motifs not in ("jaspar", "none") and not os.path.isfile(str(self.motifs)):
+            raise InputError(f"--motifs must be jaspar, none or an existing MEME/JASPAR file, got {self.motifs!r}")
         refs = self.references
         if refs is not None and refs not in REFERENCE_KINDS and not os.path.isfile(str(refs)):
             raise InputError(f"--references must be one of {', '.join(REFERENCE_KINDS)} or an existing FASTA/.npy "
@@ -207,13 +213,16 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "targets": (("--target",), {"action": "append", "dest": "targets",
                                 "help": "model output to score, by index or label; repeat for several (default all)"}),
     "device": (("--device",), {"help": "auto, cpu, cuda, cuda:N or mps (PyTorch models)"}),
+    "motifs": (("--motifs",), {"metavar": "jaspar|none|FILE", "help": "motifs naming each variant's own motif "
+                               "and its interaction partner: JASPAR CORE vertebrates (offline), a MEME/JASPAR "
+                               "file, or none"}),
 }
 
 # which settings each command exposes
 COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
     "score-variants": ("targets", "output", "method", "references", "gc", "n_refs", "steps", "window", "null",
                        "null_shuffles", "null_size", "pvalue", "seed", "batch_size", "chunk_size", "rc",
-                       "all_alts", "device"),
+                       "all_alts", "device", "motifs"),
     "interactions": ("targets", "output", "method", "references", "gc", "n_refs", "steps", "null_shuffles",
                      "pvalue", "seed", "batch_size", "fill", "device"),
     "plot": ("targets", "output", "method", "references", "gc", "n_refs", "steps", "window", "seed", "batch_size",

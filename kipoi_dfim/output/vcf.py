@@ -53,9 +53,26 @@ INFO_FIELDS = (
     ("LOGIT", "Float", "ISM logit = logit(alt) - logit(ref) (kipoi-veff)", "logit"),
     ("DEEPSEA", "Float", "ISM deepsea_effect = |logit| * |diff| (kipoi-veff)", "deepsea_effect"),
 )
+# with motifs: the variant's own motif and its interaction partner (kipoi_dfim.motifs)
+MOTIF_FIELDS = (
+    ("OWNREF", "String", "best motif on the REF bases of the variant's own span", "own_motif_ref"),
+    ("OWNALT", "String", "best motif on the ALT bases of the variant's own span", "own_motif_alt"),
+    ("OWNDELTA", "Float", "score of the REF motif on ALT minus on REF (bits; < 0: the variant breaks it)",
+     "own_delta"),
+    ("PARTNER", "String", "motif of the interaction partner (the span with the largest summed |FIS|)",
+     "partner_motif"),
+    ("PARTNEROFF", "Integer", "offset (bp) of the partner span's first base from the variant", "partner_offset"),
+    ("PARTNERFIS", "Float", "summed FIS over the partner span", "partner_fis"),
+)
 
 
-def info_header_lines(targets: list[str], window: int, method: str, with_null: bool) -> list[str]:
+def info_fields(with_motifs: bool) -> tuple:
+    """The INFO fields written per target."""
+    return INFO_FIELDS + (MOTIF_FIELDS if with_motifs else ())
+
+
+def info_header_lines(targets: list[str], window: int, method: str, with_null: bool,
+                      with_motifs: bool = False) -> list[str]:
     """The ``##INFO`` lines of the DFIM fields."""
     lines = [
         '##INFO=<ID=DFIM_STATUS,Number=A,Type=String,Description="kipoi-dfim: ok, or why this ALT was not '
@@ -63,7 +80,7 @@ def info_header_lines(targets: list[str], window: int, method: str, with_null: b
     ]
     for t in targets:
         tid = info_id(t)
-        for suffix, typ, desc, _col in INFO_FIELDS:
+        for suffix, typ, desc, _col in info_fields(with_motifs):
             if suffix in ("P", "Q") and not with_null:
                 continue
             d = desc.format(w=window)
@@ -104,6 +121,7 @@ class VcfWriter:
         self.targets = list(targets)
         self.settings = settings
         self.command = command
+        self.with_motifs = settings.motifs != "none"
         self.spool = Spool(path)
 
     def write_chunk(self, chunk: ScoredChunk) -> None:
@@ -112,7 +130,7 @@ class VcfWriter:
         for rec in chunk.records:
             n_alt = max(1, len(rec.alts))
             rows = chunk.rows[k : k + n_alt * T]
-            recs.append((rec.text, chunk.first_row + k, n_alt, _info_values(rows, T, n_alt)))
+            recs.append((rec.text, chunk.first_row + k, n_alt, _info_values(rows, T, n_alt, self.with_motifs)))
             k += n_alt * T
         self.spool.append(recs)
 
@@ -138,7 +156,7 @@ class VcfWriter:
             if not line.startswith((b"##INFO=<ID=DFIM_", b"##kipoi-dfim")):
                 out.write(line + b"\n")
         s = self.settings
-        for h in info_header_lines(self.targets, s.window, s.method, s.with_null):
+        for h in info_header_lines(self.targets, s.window, s.method, s.with_null, self.with_motifs):
             out.write(h.encode() + b"\n")
         if self.command:
             out.write(f"##kipoi-dfimCommand={self.command}\n".encode())
@@ -150,7 +168,7 @@ class VcfWriter:
         add = ["DFIM_STATUS=" + ",".join(values["status"])]
         for t, name in enumerate(self.targets):
             tid = info_id(name)
-            for suffix, _typ, _d, col in INFO_FIELDS:
+            for suffix, _typ, _d, col in info_fields(self.with_motifs):
                 if col in ("pval", "qval"):
                     if not self.settings.with_null:
                         continue
@@ -185,10 +203,10 @@ class VcfWriter:
             remove_temp(gz)
 
 
-def _info_values(rows: list[dict], T: int, n_alt: int) -> dict:
+def _info_values(rows: list[dict], T: int, n_alt: int, with_motifs: bool) -> dict:
     """Formatted INFO values of one record: status per ALT, and per column per target one value per ALT."""
     out: dict = {"status": [vcf_value(rows[a * T]["status"]) for a in range(n_alt)]}
-    for _s, _t, _d, col in INFO_FIELDS:
+    for _s, _t, _d, col in info_fields(with_motifs):
         if col not in ("pval", "qval"):
             out[col] = [[vcf_value(rows[a * T + t].get(col)) for a in range(n_alt)] for t in range(T)]
     return out
