@@ -210,7 +210,7 @@ def test_plot_names_the_motifs_and_shows_progress_for_several_variants(sim_maps,
 
     from kipoi_dfim import plot
 
-    args = argparse.Namespace(model="sim_torch", target=None, maps=sim_maps, variant="int_tal1_1", window=15,
+    args = argparse.Namespace(model="sim_torch", targets=None, maps=sim_maps, variant="int_tal1_1", window=15,
                               vcf=None, fasta=None)  # fmt: skip
     fig = plot.figure_for(args, jaspar)
     own, partner = fig.axes[0].get_title(loc="right"), fig.axes[2].get_title(loc="right")
