@@ -305,16 +305,8 @@ def _project(hyp: np.ndarray, x: np.ndarray, hypothetical: bool) -> np.ndarray:
 
 
 @register("grad_input")
-def grad_input(
-    model,
-    x: np.ndarray,
-    target,
-    *,
-    hypothetical: bool = False,
-    batch_size: int = 64,
-    seed: SeedArg = 0,
-    center: bool = False,
-) -> np.ndarray:
+def grad_input(model, x: np.ndarray, target, *, hypothetical: bool = False, batch_size: int = 64, seed: SeedArg = 0,
+               center: bool = False) -> np.ndarray:
     """Gradient x input.
 
     Hypothetical scores are the gradient itself (the contribution base b would have if observed), so
@@ -329,18 +321,8 @@ def grad_input(
 
 
 @register("deeplift", references="references", default_references="shuffle")
-def deeplift(
-    model,
-    x: np.ndarray,
-    target,
-    *,
-    hypothetical: bool = False,
-    batch_size: int = 64,
-    seed: SeedArg = 0,
-    references: str | np.ndarray = "shuffle",
-    n_refs: int = 10,
-    gc: float = 0.46,
-) -> np.ndarray:
+def deeplift(model, x: np.ndarray, target, *, hypothetical: bool = False, batch_size: int = 64, seed: SeedArg = 0,
+             references: str | np.ndarray = "shuffle", n_refs: int = 10, gc: float = 0.46) -> np.ndarray:
     """DeepLIFT / DeepSHAP (rescale rule) through ``model.deeplift``, averaged over references.
 
     ``references``: ``"shuffle"`` (``n_refs`` uniform dinucleotide shuffles of each sequence, seeded per
@@ -359,19 +341,9 @@ def deeplift(
 
 
 @register("integrated_gradients", references="baseline", default_references="zeros", steps=True)
-def integrated_gradients(
-    model,
-    x: np.ndarray,
-    target,
-    *,
-    hypothetical: bool = False,
-    batch_size: int = 64,
-    seed: SeedArg = 0,
-    baseline: str | np.ndarray = "zeros",
-    steps: int = 50,
-    n_refs: int = 10,
-    gc: float = 0.46,
-) -> np.ndarray:
+def integrated_gradients(model, x: np.ndarray, target, *, hypothetical: bool = False, batch_size: int = 64,
+                         seed: SeedArg = 0, baseline: str | np.ndarray = "zeros", steps: int = 50, n_refs: int = 10,
+                         gc: float = 0.46) -> np.ndarray:
     """Integrated gradients (Sundararajan et al. 2017) along the straight path from a baseline.
 
     The path integral uses the Riemann midpoint rule: gradients at ``alpha_k = (k + 1/2) / steps``,
@@ -452,16 +424,8 @@ def _ism_scores(F: np.ndarray, f0: np.ndarray, x: np.ndarray, hypothetical: bool
 
 
 @register("ism", positions=True)
-def ism(
-    model,
-    x: np.ndarray,
-    target,
-    *,
-    hypothetical: bool = False,
-    batch_size: int = 64,
-    seed: SeedArg = 0,
-    positions: np.ndarray | None = None,
-) -> np.ndarray:
+def ism(model, x: np.ndarray, target, *, hypothetical: bool = False, batch_size: int = 64, seed: SeedArg = 0,
+        positions: np.ndarray | None = None) -> np.ndarray:
     """In-silico mutagenesis importance (no gradients; works for any model).
 
     Actual: ``C[t, x_t] = f(x) - mean over the 3 mutants of f(x with t mutated)`` (0 elsewhere and at N).

@@ -263,18 +263,8 @@ def per_base_alternatives(x: np.ndarray, sources: Sequence[int]) -> np.ndarray:
     return out
 
 
-def dfim_per_base(
-    model: Any,
-    x: np.ndarray,
-    target: int | str,
-    sources: Sequence[int],
-    method: str = "deeplift",
-    *,
-    mask_source: bool = True,
-    batch_size: int = 64,
-    seed: int = 0,
-    **kw: Any,
-) -> np.ndarray:
+def dfim_per_base(model: Any, x: np.ndarray, target: int | str, sources: Sequence[int], method: str = "deeplift", *,
+                  mask_source: bool = True, batch_size: int = 64, seed: int = 0, **kw: Any) -> np.ndarray:
     """Per-base DFIM: FIS at every target base for each of the three substitutions at each source base.
 
     The original sequence and all ``3 S`` mutants are scored together (one :func:`importance` call,
@@ -388,20 +378,9 @@ def _motif_importance(
     return importance_shared(model, stack, target, method, seed, batch_size, gc=gc, **kw)
 
 
-def motif_fis(
-    model: Any,
-    x: np.ndarray,
-    target: int | str,
-    source_span: Span,
-    target_spans: Sequence[Span],
-    fill: str = "background",
-    *,
-    gc: float = 0.46,
-    method: str = "deeplift",
-    batch_size: int = 64,
-    seed: int = 0,
-    **kw: Any,
-) -> np.ndarray:
+def motif_fis(model: Any, x: np.ndarray, target: int | str, source_span: Span, target_spans: Sequence[Span],
+              fill: str = "background", *, gc: float = 0.46, method: str = "deeplift", batch_size: int = 64,
+              seed: int = 0, **kw: Any) -> np.ndarray:
     """Motif-level FIS (eq. 2-3): mutate the source motif, sum the importance change over each target span.
 
     Parameters
@@ -426,19 +405,9 @@ def motif_fis(
     return np.array([span_sum(d, t) for t in tgts])
 
 
-def element_map(
-    model: Any,
-    x: np.ndarray,
-    target: int | str,
-    elements: Sequence[Span],
-    fill: str = "background",
-    *,
-    gc: float = 0.46,
-    method: str = "deeplift",
-    batch_size: int = 64,
-    seed: int = 0,
-    **kw: Any,
-) -> np.ndarray:
+def element_map(model: Any, x: np.ndarray, target: int | str, elements: Sequence[Span], fill: str = "background", *,
+                gc: float = 0.46, method: str = "deeplift", batch_size: int = 64, seed: int = 0,
+                **kw: Any) -> np.ndarray:
     """Per-element DFIM: ``(E, E)`` map, row = mutated source element, column = target element.
 
     Every element is mutated once (``E + 1`` importance computations in one batched call) and every
@@ -457,20 +426,9 @@ def _element_map_from_importance(imp: np.ndarray, els: Sequence[Span]) -> np.nda
     return m
 
 
-def element_by_base_map(
-    model: Any,
-    x: np.ndarray,
-    target: int | str,
-    elements: Sequence[Span],
-    fill: str = "background",
-    *,
-    gc: float = 0.46,
-    method: str = "deeplift",
-    batch_size: int = 64,
-    seed: int = 0,
-    per_base: bool = False,
-    **kw: Any,
-) -> np.ndarray:
+def element_by_base_map(model: Any, x: np.ndarray, target: int | str, elements: Sequence[Span],
+                        fill: str = "background", *, gc: float = 0.46, method: str = "deeplift", batch_size: int = 64,
+                        seed: int = 0, per_base: bool = False, **kw: Any) -> np.ndarray:
     """Element-by-base DFIM: the FIS at every target position when each element is mutated.
 
     Returns ``(E, L)`` per-position FIS (summed over bases), or ``(E, L, 4)`` with ``per_base=True``;

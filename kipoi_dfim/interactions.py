@@ -48,6 +48,17 @@ class Feature:
 
 
 # --------------------------------------------------------------------------------------------- inputs
+def _numbered_lines(path: str, what: str):
+    """(1-based line number, line without its terminator) of a text file; unreadable -> InputError."""
+    try:
+        fh = open(path)  # noqa: SIM115 - closed by the with below
+    except OSError as e:
+        raise InputError(f"cannot read {what}: {e.strerror}", path=path) from e
+    with fh:
+        for n, raw in enumerate(fh, start=1):
+            yield n, raw.rstrip("\n\r")
+
+
 def read_bed(path: str) -> list[Feature]:
     """Read BED features (>= 3 columns; the name is column 4, else ``chrom:start-end``).
 
@@ -55,28 +66,22 @@ def read_bed(path: str) -> list[Feature]:
     :class:`InputError` naming the file and line.
     """
     feats = []
-    try:
-        fh = open(path)
-    except OSError as e:
-        raise InputError(f"cannot read features: {e.strerror}", path=path) from e
-    with fh:
-        for n, raw in enumerate(fh, start=1):
-            line = raw.rstrip("\n\r")
-            if not line.strip() or line.startswith(("#", "track", "browser")):
-                continue
-            cols = line.split("\t") if "\t" in line else line.split()
-            if len(cols) < 3:
-                raise InputError(f"a BED line needs at least 3 columns (chrom, start, end), got {len(cols)}",
-                                 path=path, line=n)
-            try:
-                start, end = int(cols[1]), int(cols[2])
-            except ValueError as e:
-                raise InputError(f"start/end must be integers, got {cols[1]!r}, {cols[2]!r}", path=path,
-                                 line=n) from e
-            if start < 0 or end <= start:
-                raise InputError(f"need 0 <= start < end, got start={start}, end={end}", path=path, line=n)
-            name = cols[3].strip() if len(cols) > 3 and cols[3].strip() else f"{cols[0]}:{start}-{end}"
-            feats.append(Feature(cols[0], start, end, name, n))
+    for n, line in _numbered_lines(path, "features"):
+        if not line.strip() or line.startswith(("#", "track", "browser")):
+            continue
+        cols = line.split("\t") if "\t" in line else line.split()
+        if len(cols) < 3:
+            raise InputError(f"a BED line needs at least 3 columns (chrom, start, end), got {len(cols)}",
+                             path=path, line=n)
+        try:
+            start, end = int(cols[1]), int(cols[2])
+        except ValueError as e:
+            raise InputError(f"start/end must be integers, got {cols[1]!r}, {cols[2]!r}", path=path,
+                             line=n) from e
+        if start < 0 or end <= start:
+            raise InputError(f"need 0 <= start < end, got start={start}, end={end}", path=path, line=n)
+        name = cols[3].strip() if len(cols) > 3 and cols[3].strip() else f"{cols[0]}:{start}-{end}"
+        feats.append(Feature(cols[0], start, end, name, n))
     return feats
 
 
@@ -85,28 +90,22 @@ def _validate_fasta(path: str) -> None:
     allowed = set("ACGTNacgtnRYSWKMBDHVryswkmbdhv-.*")
     seen: dict[str, int] = {}
     header_seen = False
-    try:
-        fh = open(path)
-    except OSError as e:
-        raise InputError(f"cannot read FASTA: {e.strerror}", path=path) from e
-    with fh:
-        for n, raw in enumerate(fh, start=1):
-            line = raw.rstrip("\n\r")
-            if line.startswith(">"):
-                name = line[1:].split()[0] if line[1:].split() else ""
-                if not name:
-                    raise InputError("FASTA header without a name", path=path, line=n)
-                if name in seen:
-                    raise InputError(f"duplicate FASTA record {name!r} (first on line {seen[name]})", path=path,
-                                     line=n)
-                seen[name] = n
-                header_seen = True
-            elif line.strip():
-                if not header_seen:
-                    raise InputError("sequence before the first '>' header: not a FASTA file", path=path, line=n)
-                bad = set(line.strip()) - allowed
-                if bad:
-                    raise InputError(f"invalid sequence character(s) {''.join(sorted(bad))!r}", path=path, line=n)
+    for n, line in _numbered_lines(path, "FASTA"):
+        if line.startswith(">"):
+            name = line[1:].split()[0] if line[1:].split() else ""
+            if not name:
+                raise InputError("FASTA header without a name", path=path, line=n)
+            if name in seen:
+                raise InputError(f"duplicate FASTA record {name!r} (first on line {seen[name]})", path=path,
+                                 line=n)
+            seen[name] = n
+            header_seen = True
+        elif line.strip():
+            if not header_seen:
+                raise InputError("sequence before the first '>' header: not a FASTA file", path=path, line=n)
+            bad = set(line.strip()) - allowed
+            if bad:
+                raise InputError(f"invalid sequence character(s) {''.join(sorted(bad))!r}", path=path, line=n)
     if not header_seen:
         raise InputError("no FASTA records found", path=path)
 

@@ -43,14 +43,8 @@ __all__ = ["pvalues", "tail_pvalues", "gaussian_pvalues", "empirical_pvalues", "
            "FileStats", "file_stats", "per_base_pvalues"]
 
 
-def gaussian_pvalues(
-    scores: np.ndarray,
-    null: np.ndarray,
-    two_sided: bool = True,
-    *,
-    pool: str | int = "global",
-    groups: tuple[np.ndarray, np.ndarray] | None = None,
-) -> np.ndarray:
+def gaussian_pvalues(scores: np.ndarray, null: np.ndarray, two_sided: bool = True, *, pool: str | int = "global",
+                     groups: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """P-values of ``scores`` under a normal distribution fitted to the null (mean, sd with ddof=1).
 
     Why a Gaussian: with a few shuffles per variant the empirical p-value cannot go below 1/(1+n_null); the
@@ -80,14 +74,8 @@ def gaussian_pvalues(
     return _apply(scores, null, pool, groups, fit)
 
 
-def empirical_pvalues(
-    scores: np.ndarray,
-    null: np.ndarray,
-    two_sided: bool = True,
-    *,
-    pool: str | int = "global",
-    groups: tuple[np.ndarray, np.ndarray] | None = None,
-) -> np.ndarray:
+def empirical_pvalues(scores: np.ndarray, null: np.ndarray, two_sided: bool = True, *, pool: str | int = "global",
+                      groups: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Empirical p-values ``(1 + #null at least as extreme) / (1 + n_null)``.
 
     The +1 (Davison & Hinkley; North et al. 2002) counts the observed score as one draw of the null, so a
