@@ -190,7 +190,8 @@ class _TorchProbe(NeuronProbe):
             elif not isinstance(m, affine_t + act_t):
                 if convs_seen < layer:
                     raise UnsupportedModelError(
-                        f"NeuronMotif: layer {name!r} ({getattr(m, 'what', type(m).__name__)}) below conv layer {layer} is not a "
+                        f"NeuronMotif: layer {name!r} ({getattr(m, 'what', type(m).__name__)}) below conv layer "
+                        f"{layer} is not a "
                         "conv, max-pool, batch-norm, dropout or element-wise activation")
                 break
             keep.append(m)
