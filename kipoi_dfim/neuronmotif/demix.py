@@ -2,7 +2,8 @@
 
 A max-pool lets a CN fire for the same pattern at ``pool`` shifts, and a CN may combine several patterns (P motif
 groups): its sequences are a mixture. NeuronMotif separates them from the deepest max-pool to the shallowest: the
-feature maps entering that max-pool are flattened and clustered by activation-weighted k-means with
+feature maps entering that max-pool are flattened, scaled to unit length, and clustered by activation-weighted
+k-means with
 k = pool size x P; each cluster is split again at the next shallower max-pool, until no max-pool is left or a
 cluster has at most ``min_cluster`` (50) sequences. P starts at 1 and is raised while the CRMs' quality indicator
 (value of the CRM's most probable sequence / maximum value in the cluster) is not significantly above 0.95
@@ -42,7 +43,10 @@ def _split(probe, x, v, idx, j, n_groups, min_cluster, seed, out) -> None:
     if j < 0 or len(idx) <= min_cluster or len(idx) < 2 * k:
         out.append(idx)
         return
-    feats = probe.pool_inputs(x[idx], j).reshape(len(idx), -1)
+    feats = probe.pool_inputs(x[idx], j).reshape(len(idx), -1).astype(np.float64)
+    # rows scaled to unit length: a CRM is *which* pooled positions and channels fire, not how strongly (raw maps
+    # split one pattern into weak and strong copies before separating two patterns)
+    feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
     km = KMeans(n_clusters=k, n_init=3, random_state=seed)
     labels = km.fit_predict(feats, sample_weight=np.clip(v[idx], 1e-6, None))
     for c in range(k):

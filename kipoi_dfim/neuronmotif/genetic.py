@@ -4,7 +4,9 @@ NeuronMotif's sampler for a CN of layer K >= 2 (paper, Methods):
 
 - seeds: on a random background, paste samples of previous-layer CRMs at the positions where conv K reads them;
   the (position, previous CN) pairs are drawn in proportion to their maximum contribution, weight x maximum
-  activation of the previous CN, and each pair's CRM lands at one of the ``pool`` shifts of the max-pool below;
+  activation of the previous CN, and each pair's CRM lands at one of the ``pool`` shifts of the max-pool below
+  (here the seeds form islands anchored on the largest contributions, evolved separately: see
+  :func:`seed_islands`);
 - each generation: gradient-guided resampling (x + alpha * dv/dx, negatives clipped, renormalised, one base drawn
   per position), then a new population of elite 10 % kept, 20 % circular shifts of the elite (10 % each way, by
   1 .. pooled stride - 1 bp) and 70 % single-point crossovers of roulette-wheel parents;
@@ -33,36 +35,45 @@ def contribution_table(weight: np.ndarray, max_activation: np.ndarray) -> np.nda
     return np.clip(weight * max_activation[None, :], 0.0, None)
 
 
-def seed_population(n: int, rf: int, contrib: np.ndarray, source: SeedSource, jump_conv: int, jump_pool: int,
-                    pool: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` seed sequences (n, rf, 4): uniform background plus pasted samples of previous-layer CRMs.
+def seed_islands(n: int, rf: int, contrib: np.ndarray, source: SeedSource, jump_conv: int, jump_pool: int,
+                 pool: int, rng: np.random.Generator, n_islands: int = 8) -> list[np.ndarray]:
+    """Seed sequences for up to ``n_islands`` sub-populations, about ``n`` in all.
+
+    Island i is anchored on the i-th largest (position, previous CN) contribution: every seed of it carries a
+    sample of that CN's CRMs at that position (at a random one of the ``pool`` shifts), plus ``pool - 1`` more
+    pastes drawn in proportion to the contributions, on a uniform random background. Evolving the islands
+    separately keeps every mode of a multifaceted CN (a roulette wheel over one population drifts to one mode).
 
     Parameters
     ----------
     contrib
-        :func:`contribution_table` of the target CN.
+        :func:`contribution_table` of the target CN, (kernel, C_in).
     jump_conv, jump_pool
         Bases between adjacent input positions of conv K and of the max-pool below it.
     pool
-        Size of that max-pool (1 when there is none); as many CRMs as ``pool`` are pasted per seed.
+        Size of that max-pool (1 when there is none).
     """
-    x = np.eye(4, dtype=np.float32)[rng.integers(0, 4, (n, rf))]
     flat = contrib.ravel()
     if flat.sum() <= 0:
-        return x
+        return [np.eye(4, dtype=np.float32)[rng.integers(0, 4, (n, rf))]]
     prob = flat / flat.sum()
-    k = min(pool, int((prob > 0).sum()))
-    for i in range(n):
-        placed = np.zeros(rf, dtype=bool)
-        for pick in rng.choice(flat.size, size=k, replace=False, p=prob):
-            t, c = divmod(int(pick), contrib.shape[1])
-            crms = source.ppms.get(c) or []
-            if not crms:
-                continue
-            ppm = crms[rng.integers(len(crms))]
-            start = t * jump_conv + int(rng.integers(pool)) * jump_pool
-            _paste(x[i], placed, ppm, start, rng)
-    return x
+    order = np.argsort(-flat, kind="stable")
+    anchors = [int(a) for a in order[:n_islands] if flat[a] > 0]
+    sizes = np.diff(np.linspace(0, n, len(anchors) + 1).astype(int))
+    out = []
+    for anchor, size in zip(anchors, sizes, strict=True):
+        x = np.eye(4, dtype=np.float32)[rng.integers(0, 4, (size, rf))]
+        for i in range(size):
+            placed = np.zeros(rf, dtype=bool)
+            extra = rng.choice(flat.size, size=pool - 1, p=prob) if pool > 1 else []
+            for pick in [anchor, *extra]:
+                t, c = divmod(int(pick), contrib.shape[1])
+                crms = source.ppms.get(c) or []
+                if crms:
+                    start = t * jump_conv + int(rng.integers(pool)) * jump_pool
+                    _paste(x[i], placed, crms[rng.integers(len(crms))], start, rng)
+        out.append(x)
+    return out
 
 
 def _paste(seq: np.ndarray, placed: np.ndarray, ppm: np.ndarray, start: int, rng: np.random.Generator) -> None:

@@ -31,7 +31,8 @@ class Settings:
     n_bins: int = 10  # activation bins per PPM
     layer1_samples: int = 20000  # sampled sequences per layer-1 CN (when 4^RF > enumerate_max)
     enumerate_max: int = 4**8
-    population: int = 1000  # GA population per CN (deeper layers)
+    population: int = 1000  # GA population per CN (deeper layers), split over the islands
+    islands: int = 8  # GA sub-populations anchored on the largest contributions
     max_generations: int = 200
     patience: int = 10
     max_sequences: int = 20000  # kept for demixing, subsampled per activation bin
@@ -125,11 +126,16 @@ def _sample(ctx: _Context, layer: int, neuron: int) -> tuple[np.ndarray, np.ndar
     conv = p.substructure.chain[-1]
     pools_below = [c for c in p.substructure.chain[:-1]]
     pool = pools_below[-1] if pools_below and pools_below[-1].kind == "pool" else None
-    seeds = genetic.seed_population(
+    islands = genetic.seed_islands(
         s.population, p.receptive_field, contrib, source, conv.jump_in,
-        pool.jump_in if pool else conv.jump_in, pool.size if pool else 1, rng)
-    return genetic.optimise(p, neuron, seeds, rng, shift_max=conv.jump_in, max_generations=s.max_generations,
-                            patience=s.patience)
+        pool.jump_in if pool else conv.jump_in, pool.size if pool else 1, rng, s.islands)
+    xs, vs = [], []
+    for seeds in islands:
+        x, v = genetic.optimise(p, neuron, seeds, rng, shift_max=conv.jump_in, max_generations=s.max_generations,
+                                patience=s.patience)
+        xs.append(x)
+        vs.append(v)
+    return genetic.unique(np.concatenate(xs), np.concatenate(vs))
 
 
 def _interpret(ctx: _Context, layer: int, neuron: int) -> NeuronResult:

@@ -1,0 +1,179 @@
+"""NeuronMotif (issue 17): substructures, gradients, and CRMs recovered from models with a known answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import kipoi_dfim
+from kipoi_dfim.backend.introspect import probe
+from kipoi_dfim.cli import main
+from kipoi_dfim.errors import InputError, UnsupportedModelError
+from kipoi_dfim.motifs import MotifSet, load_motifs, read_meme, tomtom
+from kipoi_dfim.neuronmotif import interpret_neurons
+from kipoi_dfim.neuronmotif.ppm import binned_ppm, information_content, onehot
+from kipoi_dfim.neuronmotif.segment import segment
+from kipoi_dfim.simulation import motif_pwm
+
+SIM_TORCH = "model_specs/sim_torch"
+SIM_KERAS = "model_specs/sim_keras"
+MOTIF_A, MOTIF_B = "TTGACGCA", "GGCATTAC"
+
+
+@pytest.fixture(scope="module")
+def jaspar() -> MotifSet:
+    return load_motifs()
+
+
+def _with(db: MotifSet, ids: list[str], ppms: list[np.ndarray]) -> MotifSet:
+    """JASPAR plus the planted motifs: Tomtom's null needs a whole database of targets."""
+    return MotifSet(db.ids + ids, db.names + ids, db.ppms + ppms)
+
+
+def _two_motif_cnn():
+    """Layer 1: exact-ish detectors of A and B (>= 7 of 8 matches); max-pool 2; layer 2: CN = A or B.
+
+    The layer-2 CN sees 9 bp and fires for A or B at either of the two shifts its max-pool merges: four modes.
+    """
+    net = nn.Sequential(nn.Conv1d(4, 2, 8), nn.ReLU(), nn.MaxPool1d(2), nn.Conv1d(2, 1, 1), nn.ReLU())
+    with torch.no_grad():
+        for i, m in enumerate((MOTIF_A, MOTIF_B)):
+            net[0].weight[i] = torch.from_numpy(2 * onehot([m])[0].T - 1)
+            net[0].bias[i] = -5.0
+        net[3].weight[:] = 1.0
+        net[3].bias[:] = -0.5
+    return kipoi_dfim.load_model(net, seq_len=9, layout="(4,L)", output="raw")
+
+
+@pytest.mark.parametrize("path", [SIM_TORCH, SIM_KERAS])
+def test_substructure_of_sim_models(path):
+    m = kipoi_dfim.load_model(path)
+    sub = probe(m, 2).substructure
+    # conv 7 -> pool 2 -> conv 9: RF = 7 + (2 - 1) * 1 + (9 - 1) * 2 = 24 bp
+    assert [(c.kind, c.size, c.stride) for c in sub.chain] == [("conv", 7, 1), ("pool", 2, 2), ("conv", 9, 1)]
+    assert (sub.receptive_field, sub.n_neurons) == (24, 16)
+    assert probe(m, 1).receptive_field == 7
+    with pytest.raises(InputError, match="--layer 3"):
+        probe(m, 3)
+
+
+def test_substructure_of_converted_keras1_model():
+    sub = probe(kipoi_dfim.load_model("model_specs/tal_gata_k562"), 3).substructure
+    assert sub.receptive_field == 28 and sub.n_neurons == 25 and not sub.pools  # 1 + 3 * 9
+
+
+@pytest.mark.parametrize("path", [SIM_TORCH, SIM_KERAS])
+def test_neuron_gradient_matches_finite_differences(path):
+    p = probe(kipoi_dfim.load_model(path), 2)
+    rng = np.random.default_rng(1)
+    x = np.eye(4, dtype=np.float32)[rng.integers(0, 4, (6, p.receptive_field))]
+    # a small move of one base column per sequence (random directions on every column cross ReLU/max-pool kinks)
+    d = np.zeros_like(x)
+    d[np.arange(6), rng.integers(0, p.receptive_field, 6)] = rng.normal(size=(6, 4))
+    h = 1e-3
+    fd = (p.values(x + h * d)[:, 5] - p.values(x - h * d)[:, 5]) / (2 * h)
+    np.testing.assert_allclose((p.gradient(x, 5) * d).sum(axis=(1, 2)), fd, rtol=2e-3, atol=2e-3)
+
+
+def test_pool_inputs_are_the_relu_maps():
+    m = kipoi_dfim.load_model(SIM_TORCH)
+    p = probe(m, 2)
+    x = np.eye(4, dtype=np.float32)[np.random.default_rng(2).integers(0, 4, (3, 24))]
+    net = m.raw_model.module
+    with torch.no_grad():
+        want = net[1](net[0](torch.from_numpy(x).permute(0, 2, 1))).permute(0, 2, 1).numpy()
+    np.testing.assert_allclose(p.pool_inputs(x, 0), want, rtol=1e-6)
+
+
+def test_unsupported_architecture_is_named():
+    net = nn.Sequential(nn.Conv1d(4, 3, 5, padding=2), nn.ReLU(), nn.Conv1d(3, 2, 3))
+    m = kipoi_dfim.load_model(net, seq_len=20, layout="(4,L)")
+    with pytest.raises(UnsupportedModelError, match="padding"):
+        probe(m, 2)
+    net = nn.Sequential(nn.Conv1d(4, 3, 5), nn.AvgPool1d(2), nn.Conv1d(3, 2, 3))
+    with pytest.raises(UnsupportedModelError, match="AvgPool1d"):
+        probe(kipoi_dfim.load_model(net, seq_len=20, layout="(4,L)"), 2)
+
+
+def test_binned_ppm_weights_bins_by_mean_activation():
+    x = onehot(["AA", "CC", "CA"])
+    # bins of (0, 4] with 2 bins: "AA" (v=1) alone in bin 1, "CC" and "CA" (v=4, 3) in bin 2 (mean 3.5)
+    got = binned_ppm(x, np.array([1.0, 4.0, 3.0]), n_bins=2)
+    bin1 = np.array([[1, 0, 0, 0], [1, 0, 0, 0]])
+    bin2 = np.array([[0, 1, 0, 0], [0.5, 0.5, 0, 0]])
+    np.testing.assert_allclose(got, (1.0 * bin1 + 3.5 * bin2) / 4.5)
+
+
+def test_segments_cut_at_one_bit_of_smoothed_ic():
+    ppm = np.full((12, 4), 0.25)
+    ppm[3:8] = onehot(["GATAA"])[0] * 0.97 + 0.0075
+    segs = segment(ppm)
+    assert [(s.start, s.end, s.consensus) for s in segs] == [(3, 8, "GATAA")]
+    assert segs[0].mean_ic == pytest.approx(information_content(ppm[3:8]).mean())
+
+
+def test_demixing_recovers_both_planted_motifs_where_stacking_does_not(jaspar):
+    res = interpret_neurons(_two_motif_cnn(), 2, [0], progress=False, population=300)[0]
+    db = _with(jaspar, ["A", "B"], [onehot([MOTIF_A])[0] * 0.9 + 0.025, onehot([MOTIF_B])[0] * 0.9 + 0.025])
+    queries = [c.ppm for c in res.crms] + [res.stacked_ppm]
+    df = tomtom(queries, db, n_nearest=None)
+    best = {t: df[df.target_id == t].groupby("query").q.min() for t in ("A", "B")}
+    n = len(res.crms)
+    # every planted motif is the significant match of some demixed CRM ...
+    assert best["A"].iloc[:n].min() < 0.01 and best["B"].iloc[:n].min() < 0.01
+    # ... and each CRM is one motif (4 modes: A or B at either pooled shift)
+    assert res.groups >= 2 and n == 4
+    assert sorted(int(best["A"][i] < 0.01) + 2 * int(best["B"][i] < 0.01) for i in range(n)) == [1, 1, 2, 2]
+    # stacking everything into one PPM recovers neither
+    assert best["A"][n] > 0.01 and best["B"][n] > 0.01
+    assert all(c.quality == pytest.approx(1.0) for c in res.crms)
+
+
+def test_same_seed_same_crms_whatever_the_batch_size():
+    a = interpret_neurons(_two_motif_cnn(), 2, [0], progress=False, population=200, batch_size=7)[0]
+    b = interpret_neurons(_two_motif_cnn(), 2, [0], progress=False, population=200, batch_size=256)[0]
+    assert len(a.crms) == len(b.crms)
+    for x, y in zip(a.crms, b.crms, strict=True):
+        np.testing.assert_allclose(x.ppm, y.ppm, atol=1e-6)
+
+
+def _planted_hits(path, jaspar):
+    res = interpret_neurons(path, 1, progress=False)
+    db = _with(jaspar, ["GATA", "EBOX"], [motif_pwm("gata"), motif_pwm("tal1")])
+    df = tomtom([r.crms[0].ppm for r in res], db, n_nearest=None)
+    return res, df
+
+
+def test_sim_torch_layer1_recovers_gata_and_ebox(jaspar):
+    res, df = _planted_hits(SIM_TORCH, jaspar)
+    gata = df[df.target_id == "GATA"].sort_values("p").iloc[0]
+    ebox = df[df.target_id == "EBOX"].sort_values("p").iloc[0]
+    assert gata.p < 0.01 and ebox.p < 0.01 and ebox.q < 0.05
+    assert "GATA" in res[gata["query"]].crms[0].consensus  # WGATAR
+    assert "CAGCTG" in res[ebox["query"]].crms[0].consensus
+
+
+def test_sim_keras_layer1_recovers_gata(jaspar):
+    res, df = _planted_hits(SIM_KERAS, jaspar)
+    gata = df[df.target_id == "GATA"].sort_values("p").iloc[0]
+    con = res[gata["query"]].crms[0].consensus
+    assert gata.p < 0.05 and ("AGATA" in con or "TATCT" in con)
+    # its best JASPAR match is a GATA factor
+    top = df[df["query"] == gata["query"]].sort_values("p").iloc[0]
+    assert "GATA" in top.target_name.upper()
+
+
+def test_cli_writes_meme_tsv_and_html(tmp_path):
+    out = tmp_path / "nm"
+    assert main(["neuron-motifs", SIM_TORCH, "--layer", "1", "--neurons", "0,11", "-o", str(out), "--quiet"]) == 0
+    tsv = pd.read_csv(out / "neuron_motifs.tsv", sep="\t")
+    assert list(tsv.cn) == [0, 11] and (tsv.quality > 0.5).all()
+    meme = read_meme(str(out / "layer1_cn11.meme"))
+    assert meme.ids == ["L1_CN11_CRM0"] and meme.ppms[0].shape == (7, 4)
+    assert "CAGCTG" in tsv.consensus[1]
+    page = (out / "neuron_motifs.html").read_text()
+    assert page.count("data:image/png;base64,") == 4 and "Syntax tree" in page
+    assert main(["neuron-motifs", SIM_TORCH, "--layer", "1", "--neurons", "16", "-o", str(out)]) == 2
