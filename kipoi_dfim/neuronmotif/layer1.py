@@ -5,7 +5,8 @@ its weights are the gradient at any input. When 4^RF is small every sequence is 
 Otherwise sequences are drawn from exponentially tilted distributions p_beta(x) ~ exp(beta v(x)) for a ladder of
 temperatures (beta = 0 is uniform sampling). Conditioned on a narrow activation bin, tilting by exp(beta v) is
 (almost) constant, so each bin's PPM is the same as under uniform sampling, while high bins, which uniform sampling
-never reaches for long filters, are populated. Activations are always recomputed by the model.
+never reaches for long filters, are populated. Values are computed from the weights and bias, which are read
+through the model's gradients and checked against its forward pass (:func:`affine_weights`).
 """
 
 from __future__ import annotations
