@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -177,3 +179,18 @@ def test_cli_writes_meme_tsv_and_html(tmp_path):
     page = (out / "neuron_motifs.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and "Syntax tree" in page
     assert main(["neuron-motifs", SIM_TORCH, "--layer", "1", "--neurons", "16", "-o", str(out)]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("KIPOI_DFIM_SLOW"), reason="about 1 min: set KIPOI_DFIM_SLOW=1")
+def test_sim_keras_layer2_cn_learned_the_gata_ebox_pair():
+    """The grammar conv of sim_keras ANDs GATA and the E-box: its CRMs show both motifs, 7-14 bp apart."""
+    res = interpret_neurons(SIM_KERAS, 2, [3], progress=False, population=160, max_generations=15)[0]
+    pairs = []
+    for c in res.crms:
+        s = c.consensus
+        g = max(s.find("TATCT"), s.find("AGATA"))
+        e = s.find("CAGCTG") if "CAGCTG" in s else s.find("CAGC")
+        if g >= 0 and e >= 0:
+            pairs.append(abs(e - g))
+    assert len(pairs) >= len(res.crms) // 2 and all(4 <= d <= 16 for d in pairs)

@@ -125,8 +125,11 @@ def next_generation(x: np.ndarray, v: np.ndarray, shift_max: int, rng: np.random
 
 def optimise(probe, neuron: int, seeds: np.ndarray, rng: np.random.Generator, shift_max: int = 1,
              max_generations: int = 200, patience: int = 10, alpha: float = 1.0,
-             progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Run the genetic algorithm from ``seeds``; all distinct sequences met with a positive value and their values."""
+             progress: bool = False, stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Run the genetic algorithm from ``seeds``; all distinct sequences met with a positive value and their values.
+
+    ``stats["generations"]`` (when a dict is given) is increased by the number of generations run.
+    """
     x = seeds.astype(np.float32)
     v0 = probe.values(x, [neuron])[:, 0]
     archive_x, archive_v = [x[v0 > 0]], [v0[v0 > 0]]
@@ -138,6 +141,8 @@ def optimise(probe, neuron: int, seeds: np.ndarray, rng: np.random.Generator, sh
         archive_x.append(x[v > 0])
         archive_v.append(v[v > 0])
         bar.update(1)
+        if stats is not None:
+            stats["generations"] = stats.get("generations", 0) + 1
         if v.mean() > best_mean:
             best_mean, stale = float(v.mean()), 0
         else:

@@ -77,6 +77,8 @@ class NeuronResult:
     stacked_ppm: np.ndarray  # all sequences stacked into one PPM (what demixing improves on)
     seconds: float = 0.0
     tree: dict | None = None
+    generations: int = 0  # GA generations run, summed over the islands (0 for layer 1)
+    islands: int = 0
 
 
 class _Context:
@@ -105,7 +107,7 @@ def _rng(settings: Settings, layer: int, neuron: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([settings.seed, layer, neuron]))
 
 
-def _sample(ctx: _Context, layer: int, neuron: int) -> tuple[np.ndarray, np.ndarray]:
+def _sample(ctx: _Context, layer: int, neuron: int, stats: dict) -> tuple[np.ndarray, np.ndarray]:
     s = ctx.settings
     rng = _rng(s, layer, neuron)
     if layer == 1:
@@ -130,9 +132,10 @@ def _sample(ctx: _Context, layer: int, neuron: int) -> tuple[np.ndarray, np.ndar
         s.population, p.receptive_field, contrib, source, conv.jump_in,
         pool.jump_in if pool else conv.jump_in, pool.size if pool else 1, rng, s.islands)
     xs, vs = [], []
+    stats["islands"] = len(islands)
     for seeds in islands:
         x, v = genetic.optimise(p, neuron, seeds, rng, shift_max=conv.jump_in, max_generations=s.max_generations,
-                                patience=s.patience)
+                                patience=s.patience, stats=stats)
         xs.append(x)
         vs.append(v)
     return genetic.unique(np.concatenate(xs), np.concatenate(vs))
@@ -145,7 +148,8 @@ def _interpret(ctx: _Context, layer: int, neuron: int) -> NeuronResult:
     s = ctx.settings
     t0 = time.perf_counter()
     p = ctx.probe(layer)
-    x, v = _sample(ctx, layer, neuron)
+    stats = {"generations": 0, "islands": 0}
+    x, v = _sample(ctx, layer, neuron, stats)
     x, v = genetic.subsample_by_bin(x, v, s.max_sequences, _rng(s, layer, neuron))
     if len(x) == 0:
         res = NeuronResult(layer, neuron, p.substructure, 0, 0.0, 0, [], np.full((p.receptive_field, 4), 0.25),
@@ -162,7 +166,8 @@ def _interpret(ctx: _Context, layer: int, neuron: int) -> NeuronResult:
     for i, m in enumerate(crms):
         m.index = i
     res = NeuronResult(layer, neuron, p.substructure, len(x), float(v.max()), groups, crms,
-                       laplace(binned_ppm(x, v, s.n_bins), len(x), s.pseudocount), time.perf_counter() - t0)
+                       laplace(binned_ppm(x, v, s.n_bins), len(x), s.pseudocount), time.perf_counter() - t0,
+                       generations=stats["generations"], islands=stats["islands"])
     ctx.done[key] = res
     return res
 

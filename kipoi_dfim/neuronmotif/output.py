@@ -73,7 +73,7 @@ def _section(r: NeuronResult, q_max: float) -> str:
     e = html.escape
     parts = [f"<h2 id='cn{r.neuron}'>Layer {r.layer}, CN {r.neuron}</h2>",
              f"<p>{r.n_sequences} sequences, max value {r.max_value:.3g}, P = {r.groups}, "
-             f"{len(r.crms)} CRMs, {r.seconds:.1f} s</p>",
+             f"{len(r.crms)} CRMs, {r.generations} GA generations over {r.islands} islands, {r.seconds:.1f} s</p>",
              f"<p>stacked (no demixing):<br><img src='data:image/png;base64,{logo_png(r.stacked_ppm)}'></p>",
              "<table><tr><th>CRM</th><th>n</th><th>quality</th><th>logo</th><th>segments (JASPAR, q)</th></tr>"]
     for m in r.crms:
