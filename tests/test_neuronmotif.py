@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -135,8 +133,8 @@ def test_demixing_recovers_both_planted_motifs_where_stacking_does_not(jaspar):
 
 
 def test_same_seed_same_crms_whatever_the_batch_size():
-    a = interpret_neurons(_two_motif_cnn(), 2, [0], progress=False, population=200, batch_size=7)[0]
-    b = interpret_neurons(_two_motif_cnn(), 2, [0], progress=False, population=200, batch_size=256)[0]
+    a = interpret_neurons(_two_motif_cnn(), 2, [0], progress=False, population=100, batch_size=7)[0]
+    b = interpret_neurons(_two_motif_cnn(), 2, [0], progress=False, population=100, batch_size=256)[0]
     assert len(a.crms) == len(b.crms)
     for x, y in zip(a.crms, b.crms, strict=True):
         np.testing.assert_allclose(x.ppm, y.ppm, atol=1e-6)
@@ -181,8 +179,6 @@ def test_cli_writes_meme_tsv_and_html(tmp_path):
     assert main(["neuron-motifs", SIM_TORCH, "--layer", "1", "--neurons", "16", "-o", str(out)]) == 2
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("KIPOI_DFIM_SLOW"), reason="about 1 min: set KIPOI_DFIM_SLOW=1")
 def test_sim_keras_layer2_cn_learned_the_gata_ebox_pair():
     """The grammar conv of sim_keras ANDs GATA and the E-box: its CRMs show both motifs, 7-14 bp apart."""
     res = interpret_neurons(SIM_KERAS, 2, [3], progress=False, population=160, max_generations=15)[0]
