@@ -13,9 +13,12 @@ from kipoi_dfim.backend.introspect import probe
 from kipoi_dfim.cli import main
 from kipoi_dfim.errors import InputError, UnsupportedModelError
 from kipoi_dfim.motifs import MotifSet, load_motifs, read_meme, tomtom
-from kipoi_dfim.neuronmotif import interpret_neurons
+from kipoi_dfim.neuronmotif import CRM, interpret_neurons, layer1
+from kipoi_dfim.neuronmotif.interpret import NeuronResult
+from kipoi_dfim.neuronmotif.match import match_segments, motif_dictionary
 from kipoi_dfim.neuronmotif.ppm import binned_ppm, information_content, onehot
-from kipoi_dfim.neuronmotif.segment import segment
+from kipoi_dfim.neuronmotif.segment import Segment, segment
+from kipoi_dfim.neuronmotif.syntax import syntax_tree, tree_lines
 from kipoi_dfim.simulation import motif_pwm
 
 SIM_TORCH = "model_specs/sim_torch"
@@ -190,3 +193,47 @@ def test_sim_keras_layer2_cn_learned_the_gata_ebox_pair():
         if g >= 0 and e >= 0:
             pairs.append(abs(e - g))
     assert len(pairs) >= len(res.crms) // 2 and all(4 <= d <= 16 for d in pairs)
+
+
+def test_tilted_layer1_sampling_gives_the_enumerated_ppm():
+    """Exponential tilting leaves each activation bin's PPM as uniform sampling (here: enumeration) gives it."""
+    p = probe(kipoi_dfim.load_model(SIM_TORCH), 1)
+    w, b = layer1.affine_weights(p, [0, 8, 11])
+    for c in range(3):
+        xe, ve = layer1.sample_layer1(w[c], b[c], 0, np.random.default_rng(0), enumerate_max=4**7)
+        xt, vt = layer1.sample_layer1(w[c], b[c], 20000, np.random.default_rng(0), enumerate_max=1)
+        assert len(xe) < len(xt) and ve.max() == pytest.approx(vt.max())  # the tilt reaches the best sequence
+        np.testing.assert_allclose(binned_ppm(xt, vt), binned_ppm(xe, ve), atol=0.05)
+    # the weights read through gradients are the conv's
+    np.testing.assert_allclose(w[0], kipoi_dfim.load_model(SIM_TORCH).raw_model.module[0].weight[0].numpy().T,
+                               rtol=1e-5)
+
+
+def _crm(i, segs):
+    ppm = np.full((30, 4), 0.25)
+    return CRM(i, 10, ppm, 1.0, 1.0, 1.0, [Segment(s, e, ppm[s:e], 1.5) for s, e in segs],
+               [[{"label": lab, "q": 0.001, "p": 1e-5, "id": lab, "name": lab, "orientation": "+"}]
+                for lab in ("GATA", "EBOX", "GATA")[:len(segs)]])
+
+
+def test_syntax_tree_merges_shared_prefixes_with_gap_ranges():
+    res = NeuronResult(2, 0, None, 30, 1.0, 1, [_crm(0, [(2, 8), (11, 17)]), _crm(1, [(4, 10), (15, 21)]),
+                                                 _crm(2, [(2, 8)])], np.full((30, 4), 0.25))
+    tree = syntax_tree(res)
+    (gata,) = tree["children"]
+    assert (gata["motif"], gata["start"], gata["crms"]) == ("GATA", [2, 4], [0, 1, 2])
+    (ebox,) = gata["children"]
+    assert (ebox["motif"], ebox["gap"], ebox["crms"]) == ("EBOX", [3, 5], [0, 1])
+    assert tree_lines(tree)[1] == "    -[gap 3-5 bp]- EBOX @11-15 (CRMs 0,1)"
+    assert motif_dictionary([res]) == {"GATA": [(0, 0, 0), (0, 1, 0), (0, 2, 0)], "EBOX": [(0, 0, 1), (0, 1, 1)]}
+
+
+def test_segments_are_named_by_their_jaspar_motif(jaspar):
+    i = jaspar.names.index("GATA1")
+    ppm = np.full((24, 4), 0.25)
+    w = len(jaspar.ppms[i])
+    ppm[6:6 + w] = jaspar.ppms[i]
+    crm = CRM(0, 100, ppm, 1.0, 1.0, 1.0, [Segment(6, 6 + w, jaspar.ppms[i], 1.5)])
+    match_segments([NeuronResult(1, 0, None, 100, 1.0, 1, [crm], ppm)], jaspar)
+    top = crm.matches[0][0]
+    assert top["id"] == jaspar.ids[i] and top["q"] < 0.01

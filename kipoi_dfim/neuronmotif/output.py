@@ -22,7 +22,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 
-from kipoi_dfim.io import atomic_path  # noqa: E402
+try:  # the writers move from kipoi_dfim.io to kipoi_dfim.output (issue 9); work with either layout
+    from kipoi_dfim.output.base import atomic_path
+except ImportError:  # pragma: no cover - the layout before issue 9
+    from kipoi_dfim.io import atomic_path
 from kipoi_dfim.motifs import MotifSet, write_meme  # noqa: E402
 from kipoi_dfim.neuronmotif.interpret import NeuronResult  # noqa: E402
 from kipoi_dfim.neuronmotif.match import motif_dictionary, segment_label  # noqa: E402
