@@ -133,6 +133,14 @@ def test_demixing_recovers_both_planted_motifs_where_stacking_does_not(jaspar):
     # stacking everything into one PPM recovers neither
     assert best["A"][n] > 0.01 and best["B"][n] > 0.01
     assert all(c.quality == pytest.approx(1.0) for c in res.crms)
+    # segments are the whole 8-bp motifs; unmatched in JASPAR, the two copies of each motif share one label, and
+    # the syntax tree is the CN's grammar: A or B, each at pooled shifts 0-1
+    match_segments([res], jaspar)
+    assert sorted(s.end - s.start for c in res.crms for s in c.segments) == [8, 8, 8, 8]
+    branches = {b["motif"]: (sorted(b["crms"]), b["start"]) for b in syntax_tree(res)["children"]}
+    assert sorted(branches) == [f"novel:{MOTIF_B}", f"novel:{MOTIF_A}"]
+    assert sorted(v[0] for v in branches.values()) == [[0, 1], [2, 3]]
+    assert all(v[1] == [0, 1] for v in branches.values())
 
 
 def test_same_seed_same_crms_whatever_the_batch_size():

@@ -2,7 +2,8 @@
 
 A CN CRM is usually one or several short motifs separated by uninformative gaps. As in NeuronMotif, the IC of
 the (Laplace-smoothed) PPM is averaged over a 3 bp window and positions above ``ic_min`` (1 bit) are motif
-positions; runs shorter than ``min_len`` are dropped. The gaps between segments are what the syntax trees record.
+positions; a run is extended over adjacent bases whose own IC exceeds ``ic_min`` (smoothing blurs the edges),
+and runs shorter than ``min_len`` are dropped. The gaps between segments are what the syntax trees record.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class Segment:
     end: int
     ppm: np.ndarray
     mean_ic: float
+    label: str | None = None  # dictionary label, set by kipoi_dfim.neuronmotif.match.match_segments
 
     @property
     def consensus(self) -> str:
@@ -50,7 +52,14 @@ def segment(ppm: np.ndarray, ic_min: float = 1.0, window: int = 3, min_len: int 
         j = i
         while j < n and on[j]:
             j += 1
-        if j - i >= min_len:
-            out.append(Segment(i, j, ppm[i:j].copy(), float(ic[i:j].mean())))
-        i = j
+        a, b = i, j
+        # smoothing pulls an informative edge base below the threshold (its outer neighbour has ~0 bits):
+        # take back adjacent bases whose own IC exceeds it
+        while a > 0 and ic[a - 1] > ic_min and (not out or a - 1 >= out[-1].end):
+            a -= 1
+        while b < n and ic[b] > ic_min and not on[b]:
+            b += 1
+        if b - a >= min_len:
+            out.append(Segment(a, b, ppm[a:b].copy(), float(ic[a:b].mean())))
+        i = max(j, b)
     return out
