@@ -39,6 +39,7 @@ def basset(seed: int) -> nn.Module:
 
 
 def main() -> None:
+    """Run the benchmark and print its numbers."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--neuron", type=int, default=0)
     ap.add_argument("--population", type=int, default=1000)

@@ -56,6 +56,7 @@ class Substructure:
 
     @property
     def convs(self) -> list[ChainLayer]:
+        """Conv layers of the chain, shallowest first (the last is layer K)."""
         return [c for c in self.chain if c.kind == "conv"]
 
     @property
@@ -112,10 +113,12 @@ class NeuronProbe:
 
     @property
     def receptive_field(self) -> int:
+        """Input length (bp) for which layer K has exactly one output position."""
         return self.substructure.receptive_field
 
     @property
     def n_neurons(self) -> int:
+        """Number of CNs (output channels) of layer K."""
         return self.substructure.n_neurons
 
     def _check(self, x: np.ndarray) -> np.ndarray:

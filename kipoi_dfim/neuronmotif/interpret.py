@@ -60,6 +60,7 @@ class CRM:
 
     @property
     def consensus(self) -> str:
+        """Most probable sequence of the CRM."""
         return consensus(self.ppm)
 
 
@@ -92,11 +93,13 @@ class _Context:
         self.affine: tuple[np.ndarray, np.ndarray] | None = None
 
     def probe(self, layer: int):
+        """The (cached) NeuronProbe of conv layer ``layer``."""
         if layer not in self.probes:
             self.probes[layer] = probe(self.model, layer, self.settings.batch_size)
         return self.probes[layer]
 
     def layer1_affine(self):
+        """(weights, biases) of all layer-1 CNs, read once per run."""
         if self.affine is None:
             p = self.probe(1)
             self.affine = layer1.affine_weights(p, list(range(p.n_neurons)), self.settings.seed)

@@ -27,6 +27,7 @@ class Segment:
 
     @property
     def consensus(self) -> str:
+        """Most probable sequence of the segment."""
         return consensus(self.ppm)
 
 
