@@ -87,6 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--example-fasta", default=None, help="FASTA of the example VCF")
     add_options(p, "kipoi-spec")
     p.set_defaults(module="kipoi_spec")
+
+    # NeuronMotif (issue 17): options only here; the work is in kipoi_dfim/neuronmotif/cli.py
+    p = sub.add_parser("neuron-motifs", help="NeuronMotif: demix the CNs of a conv layer into motifs and grammars")
+    p.add_argument("model", help="Kipoi model directory, or a .h5/.keras/.pt model file")
+    p.add_argument("--layer", type=int, required=True, help="conv layer to interpret (1 = first convolution)")
+    p.add_argument("--neurons", default=None, help="CN indices, e.g. 0,3,5 or 0-7 (default: all CNs of the layer)")
+    p.add_argument("-o", "--out", required=True, help="output directory (MEME files, TSV, HTML)")
+    p.add_argument("--motifs", default=None, help="MEME/JASPAR file to match segments against (default: JASPAR "
+                   "CORE vertebrates bundled with pyjaspar; 'none' skips matching)")
+    p.add_argument("--population", type=int, default=1000, help="GA population per CN (default 1000)")
+    p.add_argument("--max-generations", type=int, default=200, help="GA generations at most (default 200)")
+    p.add_argument("--layer1-samples", type=int, default=20000, help="sampled sequences per layer-1 CN")
+    p.add_argument("--bins", type=int, default=10, help="activation bins per PPM (default 10)")
+    p.add_argument("--max-groups", type=int, default=4, help="largest motif-group count P (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same output)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(module="neuronmotif.cli")
     return parser
 
 
