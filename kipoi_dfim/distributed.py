@@ -31,6 +31,7 @@ shared filesystem, as on a cluster); relative paths are made absolute before the
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import uuid
@@ -81,7 +82,7 @@ def model_ref(model: Any, source: str | None, settings: Settings) -> ModelRef:
     """A :class:`ModelRef` for a model given by path or Kipoi name (a model object cannot be shipped)."""
     if not isinstance(model, str | os.PathLike):
         raise InputError("with --dask / client=, give the model as a directory, file or Kipoi name (each worker "
-                         f"loads it), not a {type(model).__name__} object")
+                         f"loads it), not a model object ({type(model).__name__})")
     path = os.fspath(model)
     if source is None and os.path.exists(path):
         path = os.path.abspath(path)
@@ -211,6 +212,12 @@ def score_file(client: Client, ref: ModelRef, fasta: str, chunks: Iterable[tuple
                     bar.update(len(batch) * k)
 
 
+def _quiet_dask() -> None:
+    """Dask's INFO messages (scheduler and worker start/stop) only with ``--verbose``: a run shows its bar."""
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
 @contextlib.contextmanager
 def connect(spec: Any) -> Iterator[Client]:
     """A Dask client from ``--dask``: ``local:N`` starts a LocalCluster of N single-threaded worker processes
@@ -224,10 +231,12 @@ def connect(spec: Any) -> Iterator[Client]:
         n = spec[len("local:"):]
         if not n.isdigit() or int(n) < 1:
             raise InputError(f"--dask local:N needs a number of workers N >= 1, got {spec!r}")
-        with LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+        _quiet_dask()
+        with LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
                 Client(cluster) as client:
             yield client
     elif "://" in spec:
+        _quiet_dask()
         try:
             client = Client(spec, timeout="30s")
         except OSError as e:
