@@ -52,7 +52,8 @@ from kipoi_dfim.variants import Fasta
 
 # how often a task is rerun after an error raised in it (a dead worker's tasks are rerun by the scheduler)
 RETRIES = 2
-# tasks in flight per worker: enough to keep every worker busy while the client writes, few enough to bound memory
+# tasks in flight per worker thread: enough to keep every worker busy while the client writes, few enough to
+# bound memory
 IN_FLIGHT_PER_WORKER = 3
 
 # per worker process: loaded models and opened FASTAs (a task runs on a worker, which keeps them between tasks)
@@ -146,19 +147,23 @@ def _groups(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield group
 
 
-def in_order(client: Client, tasks: Iterable[tuple[Any, tuple]], limit: int, what: str) -> Iterator[tuple]:
-    """Submit ``(context, (function, *args))`` tasks with at most ``limit`` in flight; yield (context, result)
+def in_order(client: Client, tasks: Iterable[tuple[Any, tuple]], what: str) -> Iterator[tuple]:
+    """Submit ``(context, (function, *args))`` tasks with a bounded number in flight; yield (context, result)
     in submission order.
 
-    Why submission order with a bounded window: the writers need input order, and a window of ``limit``
-    tasks bounds both the chunks held by the client and the results waiting for an earlier one. On any error
-    the tasks still in flight are cancelled, so a failed run does not leave work on the cluster.
+    Why submission order with a bounded window: the writers need input order, and a window of a few tasks per
+    worker thread (:data:`IN_FLIGHT_PER_WORKER`, counted again when the window is full, so workers that join
+    during the run are used) bounds both the chunks held by the client and the results waiting for an
+    earlier one. On any error the tasks still in flight are cancelled, so a failed run leaves no work behind.
     """
     token = uuid.uuid4().hex[:8]
     pending: deque[tuple[Any, Future]] = deque()
+    limit = _limit(client)
     try:
         for seq, (ctx, (fn, *args)) in enumerate(tasks):
             pending.append((ctx, client.submit(fn, *args, key=f"kipoi-dfim-{what}-{token}-{seq}", retries=RETRIES)))
+            if len(pending) >= limit:
+                limit = _limit(client)
             if len(pending) >= limit:
                 yield _result(*pending.popleft(), what)
         while pending:
@@ -182,7 +187,7 @@ def _result(ctx: Any, fut: Future, what: str) -> tuple[Any, Any]:
 
 
 def _limit(client: Client) -> int:
-    return IN_FLIGHT_PER_WORKER * max(1, len(client.scheduler_info().get("workers", {})))
+    return IN_FLIGHT_PER_WORKER * max(1, sum(client.nthreads().values()))
 
 
 def score_file(client: Client, ref: ModelRef, fasta: str, chunks: Iterable[tuple[list, list]], fp: Any,
@@ -196,7 +201,7 @@ def score_file(client: Client, ref: ModelRef, fasta: str, chunks: Iterable[tuple
     fasta = os.path.abspath(fasta)
     tasks = ((group, (score_task, ref, fasta, [v for _, v in group], targets, tnames, settings))
              for group in _groups(chunks, chunks_per_task))
-    for group, results in in_order(client, tasks, _limit(client), "chunks"):
+    for group, results in in_order(client, tasks, "chunks"):
         for (records, variants), res in zip(group, results, strict=True):
             fp.take(records, variants, *res)
     if fp.sampler is not None:
@@ -206,7 +211,7 @@ def score_file(client: Client, ref: ModelRef, fasta: str, chunks: Iterable[tuple
         total = sum(len(b) * k for k, b in batches)
         with tqdm(total=total, unit="background", desc="pooled null", disable=fp.bar.disable,
                   file=sys.stderr) as bar:
-            for group, records in in_order(client, tasks, _limit(client), "pooled null"):
+            for group, records in in_order(client, tasks, "pooled null"):
                 for (k, batch), rec in zip(group, records, strict=True):
                     rec.replay(fp.acc)
                     bar.update(len(batch) * k)

@@ -100,6 +100,25 @@ def test_data_error_fails_run_naming_records(client):
     assert fp.n_rows == 0  # nothing was written before the failing first chunk
 
 
+def test_bad_vcf_line_mid_file_fails_naming_it(client, tmp_path):
+    """A malformed record after several chunks are in flight: the run stops with the reader's one-line error
+    naming the line, the tasks in flight are cancelled and no output file is left."""
+    lines = Path(VCF).read_text().splitlines(keepends=True)
+    n_header = sum(ln.startswith("#") for ln in lines)
+    bad_line = n_header + 30  # the 30th record
+    lines[bad_line - 1] = "chr1 100 broken\n"
+    vcf = tmp_path / "bad.vcf"
+    vcf.write_text("".join(lines))
+    with pytest.raises(InputError, match=f"bad.vcf, line {bad_line}"):
+        scoring.score_variants(MODEL, vcf, FASTA, out=str(tmp_path / "o.vcf"), tsv=str(tmp_path / "o.tsv"),
+                               quiet=True, return_table=False, client=client, **PER_VARIANT)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.vcf"]
+    deadline = time.monotonic() + 30
+    while client.processing() and any(client.processing().values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(client.processing().values())  # nothing left running on the cluster
+
+
 def test_bad_dask_spec_and_command_line():
     for bad in ("local:0", "local:x", "myhost:8786"):
         with pytest.raises(InputError, match="--dask"):
