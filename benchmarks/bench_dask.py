@@ -8,8 +8,8 @@ Usage::
 Writes a random FASTA contig and a VCF of N SNVs in a temporary directory and scores it with the shipped
 sim_torch Kipoi model (200 bp input, DeepLIFT with 10 shuffled references per window by default):
 
-- **single**: ``score_variants(...)`` in this process (the bare baseline: no Dask at all; PyTorch uses its
-  default number of threads).
+- **single**: ``score_variants(...)`` in this process (the bare baseline: no Dask at all), with PyTorch's
+  default number of threads and with one thread (what each Dask worker gets).
 - **dask N**: a ``LocalCluster`` of N single-threaded worker processes (as ``--dask local:N`` starts). Its fixed
   costs are timed apart: starting the cluster, and loading the model once on every worker. Then
   ``score_variants(..., client=...)`` is timed with warm workers (the per-chunk cost).
@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from dask.distributed import Client, LocalCluster
 
 from kipoi_dfim import distributed as D
@@ -88,6 +89,8 @@ def main() -> None:
     ap.add_argument("--chunk-size", type=int, default=16)
     ap.add_argument("--chunks-per-task", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--one-thread-only", action="store_true",
+                    help="skip the single-process run with PyTorch's default threads (slow on a loaded machine)")
     args = ap.parse_args()
     opts = dict(method=args.method, chunk_size=args.chunk_size)
     n = args.records
@@ -96,17 +99,25 @@ def main() -> None:
         print(f"{n} records, sim_torch, method {args.method}, chunk size {args.chunk_size}, "
               f"{args.chunks_per_task} chunk(s) per task; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
         run_single(vcf, fa, f"{d}/warm.tsv", {**opts, "variant_ids": ["v0"]})  # imports, first model load
-        one = min((run_single(vcf, fa, f"{d}/single.tsv", opts) for _ in range(args.repeats)),
-                  key=lambda r: r["score"])
-        single = one["score"]
-        print(f"{'run':>10} {'seconds':>8} {'records/s':>10} {'speed-up':>9} {'CPU s':>7} {'cluster start s':>16} "
+        threads, singles = torch.get_num_threads(), []
+        if not args.one_thread_only:
+            singles.append((f"single {threads} thr", min((run_single(vcf, fa, f"{d}/single.tsv", opts)
+                                                          for _ in range(args.repeats)), key=lambda r: r["score"])))
+        torch.set_num_threads(1)  # as in a Dask worker (LocalCluster sets OMP_NUM_THREADS=1 in each)
+        singles.append(("single 1 thr", min((run_single(vcf, fa, f"{d}/single.tsv", opts) for _ in range(args.repeats)),
+                                            key=lambda r: r["score"])))
+        torch.set_num_threads(threads)
+        single = singles[0][1]["score"]
+        print(f"{'run':>16} {'seconds':>8} {'records/s':>10} {'speed-up':>9} {'CPU s':>7} {'cluster start s':>16} "
               f"{'model load s':>13}")
-        print(f"{'single':>10} {single:>8.1f} {n / single:>10.2f} {1.0:>9.2f} {one['cpu']:>7.1f} {'-':>16} {'-':>13}")
+        for name, r in singles:
+            print(f"{name:>16} {r['score']:>8.1f} {n / r['score']:>10.2f} {single / r['score']:>9.2f} "
+                  f"{r['cpu']:>7.1f} {'-':>16} {'-':>13}")
         for w in args.workers:
             res = min((run_dask(w, vcf, fa, f"{d}/dask{w}.tsv", opts, args.chunks_per_task)
                        for _ in range(args.repeats)), key=lambda r: r["score"])
             same = Path(f"{d}/dask{w}.tsv").read_bytes() == Path(f"{d}/single.tsv").read_bytes()
-            print(f"{'dask ' + str(w):>10} {res['score']:>8.1f} {n / res['score']:>10.2f} "
+            print(f"{'dask ' + str(w) + ' worker(s)':>16} {res['score']:>8.1f} {n / res['score']:>10.2f} "
                   f"{single / res['score']:>9.2f} {res['cpu']:>7.1f} {res['start']:>16.1f} {res['load']:>13.1f}"
                   f"   TSV {'identical' if same else 'DIFFERS'}")
         print(f"load average at the end {os.getloadavg()[0]:.1f}")

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from kipoi_dfim import null as N
 from kipoi_dfim.backend import load_model
 from kipoi_dfim.errors import InputError
-from kipoi_dfim.scoring import score_chunk
+from kipoi_dfim.scoring import load_options, score_chunk
 from kipoi_dfim.settings import Settings
 from kipoi_dfim.variants import Fasta
 
@@ -63,19 +63,18 @@ _FASTAS: dict[str, Fasta] = {}
 
 @dataclass(frozen=True)
 class ModelRef:
-    """How a worker loads the model: everything :func:`kipoi_dfim.backend.load_model` is given (hashable)."""
+    """How a worker loads the model: the model, its Kipoi source and the keywords of
+    :func:`kipoi_dfim.backend.load_model` (``scoring.load_options``), hashable so that it keys the cache."""
 
     model: str
     source: str | None
-    output: str
-    batch_size: int
+    options: tuple[tuple[str, Any], ...]
 
     def load(self) -> Any:
         """The model, loaded once per worker process (later tasks reuse it)."""
         m = _MODELS.get(self)
         if m is None:
-            m = _MODELS[self] = load_model(self.model, source=self.source, output=self.output,
-                                           batch_size=self.batch_size)
+            m = _MODELS[self] = load_model(self.model, source=self.source, **dict(self.options))
         return m
 
 
@@ -87,7 +86,7 @@ def model_ref(model: Any, source: str | None, settings: Settings) -> ModelRef:
     path = os.fspath(model)
     if source is None and os.path.exists(path):
         path = os.path.abspath(path)
-    return ModelRef(path, source, settings.output, settings.batch_size)
+    return ModelRef(path, source, tuple(sorted(load_options(settings).items())))
 
 
 def _fasta(path: str) -> Fasta:
@@ -198,6 +197,8 @@ def score_file(client: Client, ref: ModelRef, fasta: str, chunks: Iterable[tuple
     ``chunks_per_task`` reader chunks go into one task (fewer, larger tasks amortise Dask's per-task overhead,
     about a millisecond, and the transfer of the settings; more tasks balance the workers better).
     """
+    if chunks_per_task < 1:
+        raise InputError(f"chunks_per_task must be >= 1, got {chunks_per_task}")
     fasta = os.path.abspath(fasta)
     tasks = ((group, (score_task, ref, fasta, [v for _, v in group], targets, tnames, settings))
              for group in _groups(chunks, chunks_per_task))

@@ -58,6 +58,12 @@ def make_settings(settings: Settings | None = None, **options: Any) -> Settings:
     return settings.replace(**opts) if opts else settings
 
 
+def load_options(settings: Settings) -> dict[str, Any]:
+    """The keywords of :func:`kipoi_dfim.backend.load_model` that come from the settings (one place, so that a
+    Dask worker loads the model exactly as the client does)."""
+    return {"output": settings.output, "batch_size": settings.batch_size}
+
+
 def maps_flank(window: int, seq_len: int) -> int:
     """Half-width of the tracks stored in the maps file: at least 50 bp (for figures), at most the window."""
     return min(max(window, 50), (seq_len - 1) // 2)
@@ -409,7 +415,7 @@ def score_variants(
     fa = Fasta(fasta)  # cheap input checks first, so a typo in a path fails before a model is loaded
     header, _ = read_records(vcf)
     check_paths(inputs={"--vcf": vcf, "--fasta": fasta}, outputs={"-o": out, "--tsv": tsv, "--maps": maps})
-    m = load_model(model, source=source, output=settings.output, batch_size=settings.batch_size)
+    m = load_model(model, source=source, **load_options(settings))
     if m.seq_len < 2 * settings.window + 1:
         raise InputError(f"the model input ({m.seq_len} bp) is shorter than the +-{settings.window} bp window")
     tidx, tnames = _resolve_targets(m, settings)

@@ -92,7 +92,7 @@ def test_data_error_fails_run_naming_records(client):
     chunks = scoring.file_chunks(VCF, fa, 200, settings, None)
     first = next(scoring.iter_chunks(VCF, fa, 200, chunk_size=4))[0]
     fp = scoring.FilePass([], 1, settings, tqdm(disable=True), 0)
-    ref = D.ModelRef(str(ROOT / "no_such_model"), None, settings.output, settings.batch_size)
+    ref = D.ModelRef(str(ROOT / "no_such_model"), None, tuple(scoring.load_options(settings).items()))
     t0 = time.monotonic()
     with pytest.raises(InputError, match=f"no_such_model.*VCF lines {first[0].line}-{first[-1].line}"):
         D.score_file(client, ref, FASTA, chunks, fp, [0], ["t"], settings)
