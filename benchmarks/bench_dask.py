@@ -10,7 +10,8 @@ sim_torch Kipoi model (200 bp input, DeepLIFT with 10 shuffled references per wi
 
 - **single**: ``score_variants(...)`` in this process (the bare baseline: no Dask at all), with PyTorch's
   default number of threads and with one thread (what each Dask worker gets).
-- **dask N**: a ``LocalCluster`` of N single-threaded worker processes (as ``--dask local:N`` starts). Its fixed
+- **dask N**: a ``LocalCluster`` of N single-threaded worker processes (``distributed.connect("local:N")``, what
+  ``--dask local:N`` starts). Its fixed
   costs are timed apart: starting the cluster, and loading the model once on every worker. Then
   ``score_variants(..., client=...)`` is timed with warm workers (the per-chunk cost).
 
@@ -31,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from dask.distributed import Client, LocalCluster
 
 from kipoi_dfim import distributed as D
 from kipoi_dfim.scoring import make_settings, score_variants
@@ -65,8 +65,7 @@ def run_single(vcf: str, fa: str, tsv: str, opts: dict) -> dict[str, float]:
 def run_dask(n: int, vcf: str, fa: str, tsv: str, opts: dict, per_task: int) -> dict[str, float]:
     """Start a LocalCluster of ``n`` workers, load the model on each, then time the scoring alone."""
     t = time.perf_counter()
-    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0") as cl, \
-            Client(cl) as c:
+    with D.connect(f"local:{n}") as c:  # exactly what --dask local:N starts
         c.wait_for_workers(n)
         start = time.perf_counter() - t
         ref = D.model_ref(MODEL, None, make_settings(**opts))
