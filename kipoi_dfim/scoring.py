@@ -468,7 +468,7 @@ def run(args: Any) -> None:
         args.model, args.vcf, args.fasta, out=args.out, tsv=args.tsv, maps=args.maps,
         settings=Settings.from_args(args), source=args.source, quiet=args.quiet, return_table=False,
         command="kipoi-dfim " + " ".join(shlex.quote(a) for a in _without_dask(sys.argv[1:])),
-        client=args.dask,
+        client=getattr(args, "dask", None),
     )
 
 
