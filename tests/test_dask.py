@@ -79,9 +79,12 @@ def test_per_variant_null_same_bytes(client, baseline, tmp_path):
 
 
 def test_pooled_null_same_bytes_any_task_size(client, tmp_path):
+    """Pooled null on the cluster, with a Client and with the scheduler's address (``--dask tcp://...``)."""
     single = _run(tmp_path / "single", **POOLED)
     _assert_same(single, _run(tmp_path / "dask1", client=client, **POOLED))
-    _assert_same(single, _run(tmp_path / "dask3", client=client, chunks_per_task=3, **POOLED))
+    address = client.scheduler.address
+    assert address.startswith("tcp://")
+    _assert_same(single, _run(tmp_path / "dask3", client=address, chunks_per_task=3, **POOLED))
 
 
 def test_data_error_fails_run_naming_records(client):
