@@ -49,7 +49,7 @@ from kipoi_dfim import null as N
 from kipoi_dfim.backend import load_model
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.scoring import load_options, score_chunk
-from kipoi_dfim.settings import Settings
+from kipoi_dfim.settings import REFERENCE_KINDS, Settings
 from kipoi_dfim.variants import Fasta
 
 # how often a task is rerun after an error raised in it (a dead worker's tasks are rerun by the scheduler)
@@ -226,6 +226,9 @@ def score_file(client: Client, ref: ModelRef, fasta: str, chunks: Iterable[tuple
     if chunks_per_task < 1:
         raise InputError(f"chunks_per_task must be >= 1, got {chunks_per_task}")
     fasta = os.path.abspath(fasta)
+    refs = settings.references
+    if isinstance(refs, str) and refs not in REFERENCE_KINDS and os.path.isfile(refs):
+        settings = settings.replace(references=os.path.abspath(refs))  # a worker may have another cwd
     tasks = ((group, (score_task, ref, fasta, [v for _, v in group], targets, tnames, settings))
              for group in _groups(chunks, chunks_per_task))
     for group, results in in_order(client, tasks, "chunks"):
