@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="annotated VCF (.vcf or .vcf.gz, bgzipped + tabix)")
     p.add_argument("--tsv", default=None, help="also write one row per (variant, ALT, target)")
     p.add_argument("--maps", default=None, help="also write the FIS tracks to this HDF5 file")
+    p.add_argument("--dask", default=None, metavar="local:N|tcp://HOST:PORT",
+                   help="score on Dask: a LocalCluster of N worker processes, or a running scheduler (same output)")
     add_options(p, "score-variants")
     p.set_defaults(module="scoring")
 

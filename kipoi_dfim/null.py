@@ -39,8 +39,8 @@ from kipoi_dfim.variants import windows
 PVALUE_KINDS = ("tail", "empirical", "gaussian")
 
 __all__ = ["pvalues", "tail_pvalues", "gaussian_pvalues", "empirical_pvalues", "bh_qvalues", "pooled_pvalues",
-           "pooled_qvalues", "map_null", "variant_null", "PooledNullSampler", "pooled_null", "NullAccumulator",
-           "FileStats", "file_stats", "per_base_pvalues"]
+           "pooled_qvalues", "map_null", "variant_null", "PooledNullSampler", "pooled_batches", "background_null",
+           "pooled_null", "NullRecord", "NullAccumulator", "FileStats", "file_stats", "per_base_pvalues"]
 
 
 def gaussian_pvalues(scores: np.ndarray, null: np.ndarray, two_sided: bool = True, *, pool: str | int = "global",
@@ -410,23 +410,58 @@ class PooledNullSampler:
         return [(v, k) for _, (v, k) in sorted(out.items())]
 
 
+def pooled_batches(sampler: PooledNullSampler, step: int) -> list[tuple[int, list]]:
+    """The pooled null's work as (backgrounds per variant ``k``, variants) batches, in the order they are added.
+
+    Why a list of batches: the single-process run scores them in turn and a distributed run scores them as
+    separate tasks; both add the results to the accumulator in this order, so the null is the same.
+    """
+    by_k: dict[int, list] = {}
+    for v, k in sampler.draws():
+        by_k.setdefault(k, []).append(v)
+    step = max(1, int(step))
+    return [(k, vs[a : a + step]) for k, vs in sorted(by_k.items()) for a in range(0, len(vs), step)]
+
+
+def background_null(model: Any, fasta: Any, batch: Sequence, k: int, targets: Sequence[int], settings: Any,
+                    acc: Any) -> None:
+    """Score ``k`` shuffled backgrounds of each variant of ``batch`` and add them to ``acc`` (anything with
+    :meth:`NullAccumulator.add`)."""
+    X, Xalt = windows(list(batch), fasta, model.seq_len)
+    max_abs, per_base = variant_null(model, X, Xalt, batch, targets, settings, K=k)
+    for slot in range(len(targets)):
+        acc.add(slot, max_abs[slot], per_base[slot])
+
+
 def pooled_null(model: Any, fasta: Any, sampler: PooledNullSampler, targets: Sequence[int], settings: Any,
                 acc: NullAccumulator, progress: Callable[[int], None] | None = None) -> None:
     """Score the pooled null's backgrounds (batched across variants) and add them to ``acc``."""
-    draws = sampler.draws()
-    by_k: dict[int, list] = {}
-    for v, k in draws:
-        by_k.setdefault(k, []).append(v)
-    step = max(64, settings.chunk_size)
-    for k, vs in sorted(by_k.items()):
-        for a in range(0, len(vs), step):
-            batch = vs[a : a + step]
-            X, Xalt = windows(batch, fasta, model.seq_len)
-            max_abs, per_base = variant_null(model, X, Xalt, batch, targets, settings, K=k)
-            for slot in range(len(targets)):
-                acc.add(slot, max_abs[slot], per_base[slot])
-            if progress is not None:
-                progress(len(batch) * k)
+    for k, batch in pooled_batches(sampler, max(64, settings.chunk_size)):
+        background_null(model, fasta, batch, k, targets, settings, acc)
+        if progress is not None:
+            progress(len(batch) * k)
+
+
+class NullRecord:
+    """Null values recorded where they are computed, to be added to the file's accumulator later, in order.
+
+    Why: the accumulator's running sums are floating point, so the order of additions decides the last bits of
+    the per-base moments. A chunk scored elsewhere (a Dask worker) records its additions here; the client
+    replays them in input order, giving the same numbers as one process. Small and picklable.
+    """
+
+    def __init__(self) -> None:
+        self.items: list[tuple[int, np.ndarray, np.ndarray]] = []
+
+    def add(self, t: int, max_abs: np.ndarray, per_base: np.ndarray) -> None:
+        """Record what :meth:`NullAccumulator.add` would be given (per-base values kept only where finite)."""
+        per_base = np.asarray(per_base, np.float64)
+        self.items.append((t, np.asarray(max_abs, np.float32), per_base[np.isfinite(per_base)]))
+
+    def replay(self, acc: NullAccumulator) -> None:
+        """Add the recorded values to ``acc`` in the order they were recorded."""
+        for t, max_abs, per_base in self.items:
+            acc.add(t, max_abs, per_base)
 
 
 class NullAccumulator:

@@ -60,6 +60,12 @@ def make_settings(settings: Settings | None = None, **options: Any) -> Settings:
     return settings.replace(**opts) if opts else settings
 
 
+def load_options(settings: Settings) -> dict[str, Any]:
+    """The keywords of :func:`kipoi_dfim.backend.load_model` that come from the settings (one place, so that a
+    Dask worker loads the model exactly as the client does)."""
+    return {"output": settings.output, "batch_size": settings.batch_size}
+
+
 def maps_flank(window: int, seq_len: int) -> int:
     """Half-width of the tracks stored in the maps file: at least 50 bp (for figures), at most the window."""
     return min(max(window, 50), (seq_len - 1) // 2)
@@ -244,6 +250,21 @@ def annotate_rows(rows: list[dict], maps_rows: list[dict | None], motifs: MotifS
         r.update(rec)
 
 
+def score_chunk(model: Any, variants: Sequence[Variant], fasta: Fasta, targets: Sequence[int],
+                tnames: Sequence[str], settings: Settings) -> tuple[list[dict], list[dict | None], N.NullRecord | None]:
+    """Score one chunk of a VCF's variants: (TSV rows, maps rows, the chunk's per-variant null values or None).
+
+    Why one function: the single-process run and every Dask worker (:mod:`kipoi_dfim.distributed`) score a
+    chunk with this same code, and the null values come back as a :class:`~kipoi_dfim.null.NullRecord` that
+    the caller adds to the file's accumulator in input order, so both runs give the same numbers.
+    """
+    ok = [v for v in variants if v.ok]
+    X, Xalt = windows(ok, fasta, model.seq_len)
+    part = N.NullRecord() if settings.null == "per-variant" else None
+    rows, maps_rows = score_windows(model, variants, X, Xalt, targets, tnames, settings, part)
+    return rows, maps_rows, part
+
+
 # ------------------------------------------------------------------------------------------------ the run
 def _resolve_targets(model: Any, settings: Settings) -> tuple[list[int], list[str]]:
     idx = list(range(len(model.targets))) if settings.targets is None else [
@@ -310,30 +331,53 @@ def _advance(bar: tqdm, records: list, file_bytes: int) -> None:
     bar.update(len(records))
 
 
-def _score_file(model, vcf, fa, writers, tidx, tnames, settings, wanted, bar) -> tuple[_RowStats, Any]:
-    acc = N.NullAccumulator(len(tidx)) if settings.with_null else None
-    sampler = N.PooledNullSampler(settings.null_size, settings.seed) if settings.null == "pooled" else None
-    rowstats, n_rows, seen = _RowStats(), 0, False
-    header_bytes = read_records(vcf)[0].file_bytes
-    for records, variants in iter_chunks(vcf, fa, model.seq_len, chunk_size=settings.chunk_size):
-        records, variants = _selected(variants, records, wanted)
-        seen = seen or bool(records)
-        ok = [v for v in variants if v.ok]
-        X, Xalt = windows(ok, fa, model.seq_len)
-        rows, maps_rows = score_windows(model, variants, X, Xalt, tidx, tnames, settings, acc)
-        if sampler is not None:
-            sampler.offer(ok)
-        chunk = ScoredChunk(records, variants, rows, maps_rows, n_rows, len(tidx))
-        for w in writers:
+class FilePass:
+    """The client's side of one pass over a VCF: takes scored chunks in input order and feeds the writers.
+
+    It keeps what the file-wide statistics need (row maxAbsFIS, the null accumulator, the pooled-null sampler)
+    and moves the progress bar. Why a class: the single-process loop and the Dask client
+    (:mod:`kipoi_dfim.distributed`) hand it the same chunks in the same order, so the outputs are the same.
+    """
+
+    def __init__(self, writers: list[Writer], n_targets: int, settings: Settings, bar: tqdm, file_bytes: int):
+        self.writers, self.n_targets, self.bar, self.file_bytes = writers, n_targets, bar, file_bytes
+        self.settings = settings
+        self.acc = N.NullAccumulator(n_targets) if settings.with_null else None
+        self.sampler = N.PooledNullSampler(settings.null_size, settings.seed) if settings.null == "pooled" else None
+        self.rowstats, self.n_rows, self.seen = _RowStats(), 0, False
+
+    def take(self, records: list, variants: list[Variant], rows: list[dict], maps_rows: list[dict | None],
+             part: N.NullRecord | None) -> None:
+        """Write the next chunk (in input order) and add its null values."""
+        self.seen = self.seen or bool(records)
+        if part is not None and self.acc is not None:
+            part.replay(self.acc)
+        if self.sampler is not None:
+            self.sampler.offer([v for v in variants if v.ok])
+        chunk = ScoredChunk(records, variants, rows, maps_rows, self.n_rows, self.n_targets)
+        for w in self.writers:
             w.write_chunk(chunk)
-        rowstats.add(rows, len(tidx))
-        n_rows += len(rows)
-        _advance(bar, records, header_bytes)
-    if wanted is not None and not seen:
-        raise InputError(f"none of the variant IDs {sorted(wanted)[:5]} is in the VCF", path=str(vcf))
-    if sampler is not None:
-        _pooled_null(model, fa, sampler, tidx, settings, acc, bar.disable)
-    return rowstats, acc
+        self.rowstats.add(rows, self.n_targets)
+        self.n_rows += len(rows)
+        _advance(self.bar, records, self.file_bytes)
+
+    def stats(self) -> N.FileStats:
+        """The file-wide statistics (null, p, q), computed once after the last chunk."""
+        return self.rowstats.stats(self.acc, self.n_targets, self.settings.pvalue)
+
+
+def file_chunks(vcf, fa: Fasta, seq_len: int, settings: Settings,
+                wanted: set[str] | None) -> Iterator[tuple[list, list[Variant]]]:
+    """The VCF streamed in chunks of ``settings.chunk_size`` records (only the wanted records, if selected)."""
+    for records, variants in iter_chunks(vcf, fa, seq_len, chunk_size=settings.chunk_size):
+        yield _selected(variants, records, wanted)
+
+
+def _score_file(model, vcf, fa, fp: FilePass, tidx, tnames, settings, wanted) -> None:
+    for records, variants in file_chunks(vcf, fa, model.seq_len, settings, wanted):
+        fp.take(records, variants, *score_chunk(model, variants, fa, tidx, tnames, settings))
+    if fp.sampler is not None:
+        _pooled_null(model, fa, fp.sampler, tidx, settings, fp.acc, fp.bar.disable)
 
 
 def _pooled_null(model, fa, sampler: N.PooledNullSampler, tidx, settings, acc, quiet: bool) -> None:
@@ -356,6 +400,8 @@ def score_variants(
     quiet: bool = False,
     return_table: bool = True,
     command: str | None = None,
+    client: Any = None,
+    chunks_per_task: int = 1,
     **options: Any,
 ) -> pd.DataFrame | None:
     """Score the interactions of every VCF variant with the bases around it, plus ISM effect scores.
@@ -377,6 +423,12 @@ def score_variants(
         Kipoi source of a model given by name.
     quiet
         No progress bar.
+    client
+        Score on a Dask cluster (:mod:`kipoi_dfim.distributed`): a ``dask.distributed.Client``, ``"local:N"``
+        (a LocalCluster of N worker processes) or a scheduler address ``"tcp://HOST:PORT"``. The output is the
+        same as without it, byte for byte. The model must then be given by path or Kipoi name.
+    chunks_per_task
+        With ``client``: VCF chunks (of ``chunk_size`` records) scored per Dask task.
 
     Returns
     -------
@@ -387,20 +439,27 @@ def score_variants(
     fa = Fasta(fasta)  # cheap input checks first, so a typo in a path fails before a model is loaded
     header, _ = read_records(vcf)
     check_paths(inputs={"--vcf": vcf, "--fasta": fasta}, outputs={"-o": out, "--tsv": tsv, "--maps": maps})
-    m = load_model(model, source=source, output=settings.output, batch_size=settings.batch_size)
+    m = load_model(model, source=source, **load_options(settings))
     if getattr(m, "output", settings.output) != settings.output and getattr(m, "activation", None):
         raise InputError(f"the model object was loaded with output={m.output!r} but the settings ask for "
                          f"{settings.output!r}; load it with load_model(..., output={settings.output!r})")
     if m.seq_len < 2 * settings.window + 1:
         raise InputError(f"the model input ({m.seq_len} bp) is shorter than the +-{settings.window} bp window")
     tidx, tnames = _resolve_targets(m, settings)
+    wanted = set(variant_ids) if variant_ids is not None else None
     with _table_path(tsv, return_table) as tsv_path:
         writers = open_writers(out, tsv_path, maps, header, tnames, settings, str(model), m.seq_len, command)
         try:
             with tqdm(total=None, unit="record", desc="score-variants", disable=quiet, file=sys.stderr) as bar:
-                rowstats, acc = _score_file(m, vcf, fa, writers, tidx, tnames, settings,
-                                            set(variant_ids) if variant_ids is not None else None, bar)
-            stats = rowstats.stats(acc, len(tidx), settings.pvalue)
+                fp = FilePass(writers, len(tidx), settings, bar, header.file_bytes)
+                if client is None:
+                    _score_file(m, vcf, fa, fp, tidx, tnames, settings, wanted)
+                else:
+                    _score_file_dask(client, model, source, m, vcf, fa, fp, tidx, tnames, settings, wanted,
+                                     chunks_per_task)
+            if wanted is not None and not fp.seen:
+                raise InputError(f"none of the variant IDs {sorted(wanted)[:5]} is in the VCF", path=str(vcf))
+            stats = fp.stats()
             for w in writers:
                 w.finish(stats)
         except BaseException:
@@ -408,6 +467,16 @@ def score_variants(
                 w.abort()
             raise
         return read_table(tsv_path) if return_table else None
+
+
+def _score_file_dask(client, model, source, m, vcf, fa, fp, tidx, tnames, settings, wanted, per_task) -> None:
+    """The same pass on a Dask cluster. Dask is imported here only, so a run without a client never loads it."""
+    from kipoi_dfim import distributed
+
+    ref = distributed.model_ref(model, source, settings)
+    with distributed.connect(client) as c:
+        distributed.score_file(c, ref, fa.path, file_chunks(vcf, fa, m.seq_len, settings, wanted), fp, tidx, tnames,
+                               settings, per_task)
 
 
 @contextlib.contextmanager
@@ -425,8 +494,22 @@ def run(args: Any) -> None:
     score_variants(
         args.model, args.vcf, args.fasta, out=args.out, tsv=args.tsv, maps=args.maps,
         settings=Settings.from_args(args), source=args.source, quiet=args.quiet, return_table=False,
-        command="kipoi-dfim " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        command="kipoi-dfim " + " ".join(shlex.quote(a) for a in _without_dask(sys.argv[1:])),
+        client=getattr(args, "dask", None),
     )
 
 
-__all__ = ["score_variants", "score_windows", "make_settings", "run"]
+def _without_dask(argv: list[str]) -> list[str]:
+    """The command line without ``--dask``: where a run was computed is not part of its result (same bytes)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--dask":
+            skip = True
+        elif not a.startswith("--dask="):
+            out.append(a)
+    return out
+
+
+__all__ = ["score_variants", "score_windows", "score_chunk", "FilePass", "file_chunks", "make_settings", "run"]
