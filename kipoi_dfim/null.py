@@ -31,6 +31,7 @@ from scipy.stats import norm
 from statsmodels.stats.multitest import multipletests
 
 from kipoi_dfim import fis as F
+from kipoi_dfim import indels
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.shuffle import dinucleotide_shuffle, variant_seeds
 
@@ -329,14 +330,16 @@ def variant_null(
     K = settings.null_shuffles
     spans = [slice(v.offset, v.offset + len(v.ref)) for v in variants]
     nref, nalt = variant_backgrounds(X, Xalt, spans, K, variant_seeds(settings.seed, variants, 1))
+    nalt = indels.null_alternates(nref, nalt, Xalt, variants, K)  # indels: the event applied to each background
     rep = [v for v in variants for _ in range(K)]
     nseeds = np.array([variant_seeds(settings.seed, [v], 2 + k)[0] for v in variants for k in range(K)],
                       dtype=np.uint64)
     refs = F.window_references(nref, settings, nseeds)
     C = F.windows_importance(model, np.stack([nref, nalt]), refs, targets, settings)
+    C, _, aligned = indels.align_to_reference(C, nalt, rep)  # indels: aligned pairs, as the scores
     fis = F.fis_tracks(C)[:, 0]  # (T, N*K, L)
     offsets = np.array([v.offset for v in rep])
-    mask = F.target_mask(nref.shape[1], offsets, np.array([len(v.ref) for v in rep]), settings.window)
+    mask = F.target_mask(nref.shape[1], offsets, np.array([len(v.ref) for v in rep]), settings.window) & aligned
     max_abs = np.stack([F.max_abs_summary(f, nref, mask, offsets)["max_abs_fis"] for f in fis])
     per_base = [f[mask] for f in fis]
     return max_abs, per_base
