@@ -110,8 +110,19 @@ def test_kipoi_predict_gives_the_closed_form_fis_of_a_bilinear_model(tmp_path):
     got = _predict(spec, tmp_path / "in.vcf", tmp_path / "ref.fa", tmp_path / "out.tsv", tmp_path, 2)
 
     assert list(got["variant_id"]) == [r[2] for r in sorted(recs, key=lambda r: r[1])]
-    assert got.set_index("variant_id").loc["ins", "status"] == "indel"
-    assert np.isnan(got.set_index("variant_id").loc["ins", "max_abs_fis"])
+    # the insertion after A moves B one base right, onto other weights: aligned FIS C_X[t] - C_X'[align(t)]
+    ins = got.set_index("variant_id").loc["ins"]
+    assert ins["status"] == "ok"
+
+    def gi(x):  # gradient x input summed over bases, closed form
+        a, b = (x * wa.T).sum(), (x * wb.T).sum()
+        return (x * wa.T).sum(-1) * b + (x * wb.T).sum(-1) * a
+
+    cr, ca = gi(one_hot(seq)), gi(one_hot((seq[:30] + "A" + seq[30:])[:LB]))
+    fis_ins = {t: cr[t] - ca[t if t < 29 else t + 1] for t in range(29 - 15, 29 + 16) if t != 29 and t + 1 < LB}
+    t_ins = max(fis_ins, key=lambda t: abs(fis_ins[t]))
+    np.testing.assert_allclose(ins["fis_at_max"], fis_ins[t_ins], rtol=1e-5)
+    assert ins["max_fis_offset"] == t_ins - 29 and abs(fis_ins[t_ins]) > 0.1
     for _c, pos, vid, r, g in recs[:3]:
         p0 = pos - 1
         delta = wa[ALPHABET.index(g), p0] - wa[ALPHABET.index(r), p0]
