@@ -14,7 +14,6 @@ importance, which makes the two known answers of the issue exact:
 """
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from tangermeme.variant_effect import deletion_effect, insertion_effect
@@ -26,6 +25,9 @@ from kipoi_dfim.attribution import importance
 from kipoi_dfim.output.maps import MapsFile
 from kipoi_dfim.sequence import ALPHABET, decode, one_hot
 from kipoi_dfim.variants import Fasta, iter_variants, windows
+
+# the model's outputs are not probabilities: kipoi-veff's logit scores are NaN, as they should be
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 
 L = 80
 MOTIF_A, MOTIF_B = "TGACGT", "GGCCAA"
@@ -193,3 +195,126 @@ def test_ism_equals_tangermeme_deletion_and_insertion_effect(scored, genome):
     res = insertion_effect(torch_model, X, torch.tensor(ins), device="cpu")
     assert df.loc["insAB", "diff"] == pytest.approx(float(res.y_after[0, 0] - res.y_before[0, 0]), abs=1e-6)
     assert df.loc["insAB", "alt_pred"] == pytest.approx(float(res.y_after[0, 0]), abs=1e-6)
+
+
+# -- VCF conventions --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("ref, alt, exp", [
+    ("GT", "G", (1, 1, 0, 1, "deletion")),  # VCF 4.2 anchored deletion
+    ("A", "ATC", (1, 0, 2, 1, "insertion")),
+    ("GTT", "GT", (1, 1, 0, 2, "deletion")),  # not parsimonious: two shared bases
+    ("ACG", "TT", (0, 3, 2, 0, "complex")),
+    ("AC", "GT", (0, 2, 2, 0, "mnv")),
+    ("ACT", "AGT", (1, 1, 1, 2, "snv")),
+    ("TC", "C", (0, 1, 0, 1, "deletion")),  # anchored on the right (an event at POS 1)
+])
+def test_allele_event(ref, alt, exp):
+    ev = indels.allele_event(ref, alt)
+    assert (ev.start, ev.ref_len, ev.alt_len, ev.trimmed, ev.kind) == exp
+
+
+def test_statuses_and_flags_of_indels_mnvs_and_symbolic_alleles(tmp_path):
+    rng = np.random.default_rng(3)
+    bg = _background(rng, 300)
+    # 0-based: G at 100, an A run at 101-104; a CA repeat at 151-156 after a T at 150
+    c = bg[:100] + "GAAAAT" + bg[106:150] + "TCACACAG" + bg[158:]
+    (tmp_path / "r.fa").write_text(f">c\n{c}\n")
+    rows = [
+        ("c", 101, "del_left", "GA", "G"),  # deletes the first A of the run: left-aligned
+        ("c", 104, "del_right", "AA", "A"),  # the same deletion written three bases to the right
+        ("c", 101, "del_fat", "GAA", "GA"),  # the left-aligned deletion, not parsimonious
+        ("c", 105, "ins_right", "A", "AA"),  # inserting an A at the end of the run
+        ("c", 101, "ins_left", "G", "GA"),
+        ("c", 151, "ins_rep", "T", "TCA"),  # before the CA repeat: left-aligned
+        ("c", 153, "ins_rep_right", "A", "ACA"),  # inside it: could move left
+        ("c", 230, "complex", c[229:232], "TT" if c[229:232] != "TT" else "GG"),
+        ("c", 240, "mnv", c[239:241], "".join("A" if b != "A" else "C" for b in c[39:41])),
+        ("c", 60, "sym", c[59], "<DEL>"),
+        ("c", 61, "bnd", c[60], f"{c[60]}[c:200["),
+        ("c", 62, "star", c[61], "*"),
+        ("c", 70, "too_long", c[69], c[69] + "A" * 30),
+        ("c", 2, "n_alt", c[1], c[1] + "N"),
+    ]
+    vcf = _vcf(tmp_path / "v.vcf", rows)
+    fa = Fasta(str(tmp_path / "r.fa"))
+    vs = {v.variant_id: v for ch in iter_variants(vcf, fa, L) for v in ch}
+    got = {k: (v.status, v.flags) for k, v in vs.items()}
+    assert got == {
+        "del_left": ("ok", []), "del_right": ("ok", ["not_normalized"]), "del_fat": ("ok", ["not_normalized"]),
+        "ins_right": ("ok", ["not_normalized"]), "ins_left": ("ok", []), "ins_rep": ("ok", []),
+        "ins_rep_right": ("ok", ["not_normalized"]), "complex": ("ok", ["complex"]), "mnv": ("ok", []),
+        "sym": ("symbolic_allele", []), "bnd": ("symbolic_allele", []), "star": ("star_allele", []),
+        "too_long": ("too_long", []), "n_alt": ("n_at_variant", []),
+    }
+    ok = [v for v in vs.values() if v.ok]
+    X, Xa = windows(ok, fa, L)
+    for v, x, xa in zip(ok, decode(X), decode(Xa), strict=True):
+        ws = v.window_start
+        hap = c[: v.pos - 1] + v.alt + c[v.pos - 1 + len(v.ref) :]  # the alternate haplotype
+        assert x == c[ws : ws + L] and xa == hap[ws : ws + L], v.variant_id  # same start, filled on the right
+    # scored as written: the deletion written right-shifted is the same haplotype as the left-aligned one,
+    # so its windows are the same sequence (their windows, centred on POS, start 3 bases apart)
+    d_l, d_r = ok.index(vs["del_left"]), ok.index(vs["del_right"])
+    assert decode(Xa[d_l])[3:] == decode(Xa[d_r])[:-3]
+
+
+def test_alignment_and_null_alternates_keep_the_event(genome):
+    """The null applies the indel to each shuffled background: left of the event the background, then the ALT
+    bases, then the background shifted by the length difference (the right-hand fill from the genome)."""
+    from kipoi_dfim.null import variant_backgrounds
+
+    fa = Fasta(genome["fa"])
+    rows = [("c1", A0 + 9, "ins", genome["c1"][A0 + 8], genome["c1"][A0 + 8] + "TTC"),
+            ("c1", A0 + 3, "del", genome["c1"][A0 + 2 : A0 + 5], genome["c1"][A0 + 2])]
+    vcf = _vcf(genome["dir"] / "null.vcf", rows)
+    ok = [v for ch in iter_variants(vcf, fa, L) for v in ch]
+    X, Xa = windows(ok, fa, L)
+    K = 3
+    spans = [slice(v.offset, v.offset + len(v.ref)) for v in ok]
+    nref, nalt = variant_backgrounds(X, Xa, spans, K, np.array([5, 6], dtype=np.uint64))
+    nalt = indels.null_alternates(nref, nalt, Xa, ok, K)
+    for i, v in enumerate(ok):
+        e0 = v.offset + 1
+        for k in range(K):
+            r, a = decode(nref[i * K + k]), decode(nalt[i * K + k])
+            assert r != decode(X[i])  # shuffled
+            if v.variant_id == "ins":
+                assert a == (r[:e0] + "TTC" + r[e0:])[:L]
+            else:  # two bases deleted; the last two come from the genome (the fill), as in the real window
+                assert a == r[:e0] + r[e0 + 2 :] + decode(Xa[i])[-2:]
+            # the alignment pairs each reference base with the same base of the alternate background
+            j = indels.alignment(v, L)
+            have = j >= 0
+            assert np.array(list(r))[have].tolist() == np.array(list(a))[j[have]].tolist()
+
+
+def test_all_alts_stays_snv_only_and_the_null_runs(scored, genome):
+    _, m, vcf = scored
+    df = kipoi_dfim.score_variants(m, vcf, genome["fa"], method="grad_input", all_alts=True, null_shuffles=2,
+                                   maps=str(genome["dir"] / "aa.h5"), quiet=True).set_index("variant_id")
+    assert df.loc[["delA", "insAB", "del_end"], "max_abs_maxfis"].isna().all()
+    assert np.isfinite(df.loc["snv_bg", "max_abs_maxfis"])
+    with MapsFile(genome["dir"] / "aa.h5") as mf:
+        assert np.isnan(mf.row(mf.find("insAB"))["fis_all_alts"]).all()
+        assert not np.isnan(mf.row(mf.find("snv_bg"))["fis_all_alts"]).all()
+    # the same numbers as without --all-alts and a null
+    ref = scored[0]
+    np.testing.assert_allclose(df.loc[ref.index, "max_abs_fis"], ref["max_abs_fis"], atol=1e-7)
+
+
+def test_plot_draws_the_aligned_tracks_and_marks_the_indel(scored, genome):
+    from kipoi_dfim.plot import plot_variant
+
+    h5 = genome["dir"] / "m.h5"
+    fig = plot_variant(str(h5), "insAB")
+    ax_alt = fig.axes[1]
+    marks = [a for a in ax_alt.get_children() if a.get_gid() == "indel"]
+    labels = [t.get_text() for t in ax_alt.texts if t.get_gid() == "indel_label"]
+    assert len(marks) == 1 and labels == ["+TTC"]
+    assert marks[0].get_xdata()[0] == pytest.approx(0.5)  # between the anchor (0) and the next base (1)
+    # the alternate letters are drawn at reference offsets: B's letters at B's reference offsets on both tracks
+    with MapsFile(h5) as mf:
+        row = mf.row(mf.find("insAB"))
+    np.testing.assert_allclose(row["imp_alt"], row["imp_ref"], atol=1e-6)  # aligned: nothing changed
+    fig = plot_variant(str(h5), "delA")
+    assert [a.get_gid() for a in fig.axes[1].patches if a.get_gid() == "indel"] == ["indel"]
+    assert not [a for a in fig.axes[0].get_children() if a.get_gid() == "indel"]  # only on the alternate track
