@@ -5,7 +5,7 @@ An indel moves every base on one side of it, so the reference and the alternate 
 for base; this module owns everything that follows from that (numpy only; see docs/indels.md):
 
 * the event of a REF/ALT pair (:func:`allele_event`: shared bases trimmed, VCF 4.2 anchor bases included);
-* whether a record is left-normalised, checked against the FASTA (:func:`check_indel`, flag ``not_normalized``);
+* whether a record is normalised, checked against the FASTA (:func:`normalize`, flag ``not_normalized``);
 * the alternate window (:func:`alt_window`): the model's length, the bases left of the variant at the same
   positions as in the reference window, the bases right of it shifted by the length difference, the window
   filled (deletion) or trimmed (insertion) on the right from the genome -- tangermeme's
@@ -100,8 +100,8 @@ def check_indel(v: Any, fasta: Any, seq_len: int) -> None:
 
     Sets status ``too_long`` when REF or ALT is longer than a quarter of the model input (the event would not
     fit in the window next to its context); flags ``complex`` (REF and ALT differ in length and content),
-    ``not_normalized`` (a pure insertion/deletion that is not parsimonious or could move left in the genome:
-    scored as written, since another caller's normalisation is not ours to redo silently) and
+    ``not_normalized`` (:func:`normalize` would write the record differently: scored as written, since the
+    haplotype is the same and another caller's representation is not ours to change silently) and
     ``alt_filled_left=<k>`` (the contig ends before the filled alternate window would).
     """
     if max(len(v.ref), len(v.alt)) > seq_len // 4:
@@ -110,7 +110,7 @@ def check_indel(v: Any, fasta: Any, seq_len: int) -> None:
     ev = allele_event(v.ref, v.alt)
     if ev.kind == "complex":
         v.flags.append("complex")
-    elif ev.kind in ("insertion", "deletion") and not _normalized(v, ev, fasta):
+    if normalize(fasta, v.fasta_contig, v.pos - 1, v.ref, v.alt) != (v.pos - 1, v.ref.upper(), v.alt.upper()):
         v.flags.append("not_normalized")
     n = fasta.lengths[v.fasta_contig]
     over = v.window_start + seq_len - (n + ev.delta)
@@ -118,16 +118,32 @@ def check_indel(v: Any, fasta: Any, seq_len: int) -> None:
         v.flags.append(f"{FILL_FLAG}={over}")
 
 
-def _normalized(v: Any, ev: Event, fasta: Any) -> bool:
-    """Parsimonious (one anchor base at most) and left-aligned: the base before the event differs from the
-    last base of the inserted/deleted sequence (Tan et al., Bioinformatics 2015)."""
-    if ev.trimmed > 1:
-        return False
-    seq = (v.ref if ev.kind == "deletion" else v.alt)[ev.start : ev.start + max(ev.ref_len, ev.alt_len)].upper()
-    g = v.pos - 1 + ev.start  # 0-based genome position of the event
-    if g == 0:
-        return True
-    return fasta.fetch(v.fasta_contig, g - 1, g) != seq[-1]
+def normalize(fasta: Any, contig: str, pos0: int, ref: str, alt: str, max_steps: int = 100_000) -> tuple[int, str, str]:
+    """The normalised (left-aligned, parsimonious) form of a variant: (0-based POS, REF, ALT), upper case.
+
+    Tan, Abecasis and Kang (Bioinformatics 2015), the algorithm of ``vt normalize`` and ``bcftools norm``:
+    while both alleles end with the same base, drop it; when an allele becomes empty, extend both by the
+    genome base on their left; finally drop shared leading bases while both alleles keep at least one. At the
+    contig start, where no base is left to extend with, the alleles keep the base on their right (VCF's rule
+    for events at POS 1).
+    """
+    r, a = ref.upper(), alt.upper()
+    for _ in range(max_steps):
+        if r and a and r[-1] == a[-1]:
+            r, a = r[:-1], a[:-1]
+        elif not r or not a:
+            if pos0 == 0:
+                b = fasta.fetch(contig, len(r), len(r) + 1)
+                r, a = r + b, a + b
+                break
+            pos0 -= 1
+            b = fasta.fetch(contig, pos0, pos0 + 1)
+            r, a = b + r, b + a
+        else:
+            break
+    while len(r) > 1 and len(a) > 1 and r[0] == a[0]:
+        r, a, pos0 = r[1:], a[1:], pos0 + 1
+    return pos0, r, a
 
 
 def _geometry(v: Any, L: int) -> tuple[Event, int, int]:

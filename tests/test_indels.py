@@ -30,6 +30,7 @@ from kipoi_dfim.variants import Fasta, iter_variants, windows
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 
 L = 80
+NEXT = {"A": "C", "C": "G", "G": "T", "T": "A"}
 MOTIF_A, MOTIF_B = "TGACGT", "GGCCAA"
 A0, B0 = 90, 104  # 0-based starts of the planted sites on contig c1 (A before B, 8 bp apart)
 CONTIG = 200
@@ -216,7 +217,8 @@ def test_statuses_and_flags_of_indels_mnvs_and_symbolic_alleles(tmp_path):
     rng = np.random.default_rng(3)
     bg = _background(rng, 300)
     # 0-based: G at 100, an A run at 101-104; a CA repeat at 151-156 after a T at 150
-    c = bg[:100] + "GAAAAT" + bg[106:150] + "TCACACAG" + bg[158:]
+    # and a run of two T at 201-202 after a C at 200
+    c = bg[:100] + "GAAAAT" + bg[106:150] + "TCACACAG" + bg[158:200] + "CTTG" + bg[204:]
     (tmp_path / "r.fa").write_text(f">c\n{c}\n")
     rows = [
         ("c", 101, "del_left", "GA", "G"),  # deletes the first A of the run: left-aligned
@@ -226,7 +228,11 @@ def test_statuses_and_flags_of_indels_mnvs_and_symbolic_alleles(tmp_path):
         ("c", 101, "ins_left", "G", "GA"),
         ("c", 151, "ins_rep", "T", "TCA"),  # before the CA repeat: left-aligned
         ("c", 153, "ins_rep_right", "A", "ACA"),  # inside it: could move left
-        ("c", 230, "complex", c[229:232], "TT" if c[229:232] != "TT" else "GG"),
+        ("c", 201, "del_tt", "CT", "C"),
+        ("c", 202, "del_tt_right", "TT", "T"),  # no shared anchor on the left: bcftools would write del_tt
+        ("c", 230, "complex", c[229:232], "".join(NEXT[b] for b in c[229] + c[231])),
+        ("c", 235, "complex_fat", c[234:237], next(b for b in "ACGT" if b not in c[234:236]) + c[236]),  # shares
+        # its last base with REF: not parsimonious
         ("c", 240, "mnv", c[239:241], "".join("A" if b != "A" else "C" for b in c[39:41])),
         ("c", 60, "sym", c[59], "<DEL>"),
         ("c", 61, "bnd", c[60], f"{c[60]}[c:200["),
@@ -242,6 +248,8 @@ def test_statuses_and_flags_of_indels_mnvs_and_symbolic_alleles(tmp_path):
         "del_left": ("ok", []), "del_right": ("ok", ["not_normalized"]), "del_fat": ("ok", ["not_normalized"]),
         "ins_right": ("ok", ["not_normalized"]), "ins_left": ("ok", []), "ins_rep": ("ok", []),
         "ins_rep_right": ("ok", ["not_normalized"]), "complex": ("ok", ["complex"]), "mnv": ("ok", []),
+        "del_tt": ("ok", []), "del_tt_right": ("ok", ["not_normalized"]),
+        "complex_fat": ("ok", ["complex", "not_normalized"]),
         "sym": ("symbolic_allele", []), "bnd": ("symbolic_allele", []), "star": ("star_allele", []),
         "too_long": ("too_long", []), "n_alt": ("n_at_variant", []),
     }
@@ -251,6 +259,13 @@ def test_statuses_and_flags_of_indels_mnvs_and_symbolic_alleles(tmp_path):
         ws = v.window_start
         hap = c[: v.pos - 1] + v.alt + c[v.pos - 1 + len(v.ref) :]  # the alternate haplotype
         assert x == c[ws : ws + L] and xa == hap[ws : ws + L], v.variant_id  # same start, filled on the right
+    # normalize() writes each record as bcftools norm would
+    assert indels.normalize(fa, "c", 103, "AA", "A") == (100, "GA", "G")
+    assert indels.normalize(fa, "c", 104, "A", "AA") == (100, "G", "GA")
+    assert indels.normalize(fa, "c", 152, "A", "ACA") == (150, "T", "TCA")
+    assert indels.normalize(fa, "c", 201, "TT", "T") == (200, "CT", "C")
+    assert indels.normalize(fa, "c", 100, "GAA", "GA") == (100, "GA", "G")
+    assert indels.normalize(fa, "c", 0, c[:2], c[1]) == (0, c[:2], c[1])  # at POS 1 the anchor is on the right
     # scored as written: the deletion written right-shifted is the same haplotype as the left-aligned one,
     # so its windows are the same sequence (their windows, centred on POS, start 3 bases apart)
     d_l, d_r = ok.index(vs["del_left"]), ok.index(vs["del_right"])
