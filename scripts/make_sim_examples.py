@@ -171,10 +171,11 @@ def _no_new_motif(seq: str, mutated: str, pos: int, delta: int, flank: int = 20)
 
 
 def _motif_deletion(seq: str, site: MotifSite, rng: np.random.Generator) -> tuple[int, str, str]:
-    """0-based anchor position, REF, ALT of a left-aligned deletion of one core base of ``site`` that breaks
-    it; the anchor is inside the site too (so the variant lies in the motif, as the SNVs do)."""
+    """0-based anchor position, REF, ALT of a left-aligned deletion of one inner core base of ``site`` that
+    breaks it; the anchor is inside the site too (so the variant lies in the motif, as the SNVs do). Inner:
+    deleting an end base leaves 5 of 6 bases in place next to a genome base, which a CNN may still half-read."""
     width = site.end - site.start
-    core = CORE.get(site.name, tuple(range(width)))
+    core = [i for i in CORE.get(site.name, tuple(range(width))) if 0 < i < width - 1]
     offsets = [i if site.strand == "+" else width - 1 - i for i in core]
     for _ in range(200):
         p = site.start + int(rng.choice(offsets))
