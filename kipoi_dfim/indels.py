@@ -146,7 +146,7 @@ def normalize(fasta: Any, contig: str, pos0: int, ref: str, alt: str, max_steps:
     return pos0, r, a
 
 
-def _geometry(v: Any, L: int) -> tuple[Event, int, int]:
+def _geometry(v: Any) -> tuple[Event, int, int]:
     """The event, its start in reference-window coordinates, and the alternate window's start in the same."""
     ev = allele_event(v.ref, v.alt)
     return ev, v.offset + ev.start, -_left_shift(v)
@@ -159,7 +159,7 @@ def alt_window(v: Any, fasta: Any, seq_len: int) -> str:
     the ALT bases of the event follow, then the bases after the REF event shifted by ``delta``. The window
     starts where the reference window starts (``alt_filled_left``: ``k`` bases earlier).
     """
-    ev, e0, a0 = _geometry(v, seq_len)
+    ev, e0, a0 = _geometry(v)
     j = a0 + np.arange(seq_len)  # alternate-haplotype coordinates of the window
     src = np.where(j < e0, j, j - ev.delta)  # reference-window coordinate of each genome base
     lo, hi = int(src.min()), int(src.max()) + 1
@@ -172,14 +172,14 @@ def alt_window(v: Any, fasta: Any, seq_len: int) -> str:
 def alignment(v: Any, L: int) -> np.ndarray:
     """(L,) int: the alternate-window position aligned with each reference-window position; -1 for none.
 
-    Left of the event a base keeps its position (minus the left fill), right of it it moves by ``delta``; the
-    REF allele's bases (the changed ones and the anchors) are not targets and get -1, as do bases whose
-    partner fell off the alternate window. Identity for substitutions.
+    Left of the event a base keeps its position (``+k`` with ``alt_filled_left=k``), right of it it moves by
+    ``delta`` (and ``k``); the REF allele's bases (the changed ones and the anchors) are not targets and get
+    -1, as do bases whose partner fell off the alternate window. Identity for substitutions.
     """
     t = np.arange(L)
     if not is_indel(v):
         return t
-    ev, e0, a0 = _geometry(v, L)
+    ev, e0, a0 = _geometry(v)
     j = np.where(t < e0, t, t + ev.delta) - a0
     j[(t >= v.offset) & (t < v.offset + len(v.ref))] = -1
     j[(j < 0) | (j >= L)] = -1
@@ -189,7 +189,7 @@ def alignment(v: Any, L: int) -> np.ndarray:
 def alt_sources(v: Any, L: int) -> np.ndarray:
     """(L,) int: for each alternate-window position, the reference-window position its base came from;
     -1 for an ALT base of the event, -2 for a genome base outside the reference window (the fill)."""
-    ev, e0, a0 = _geometry(v, L)
+    ev, e0, a0 = _geometry(v)
     j = a0 + np.arange(L)
     src = np.where(j < e0, j, j - ev.delta)
     src[(j >= e0) & (j < e0 + ev.alt_len)] = -1
