@@ -90,6 +90,8 @@ def _records(g):
         ("c1", ins_at + 1, "insAB", c1[ins_at], c1[ins_at] + "TTC"),
         ("c1", 30, "snv_bg", c1[29], "A" if c1[29] != "A" else "C"),
         ("c2", q + 1, "del_end", c2[q : q + 2], c2[q]),
+        # a complex substitution: one base of A replaced by two others (A broken, B moved one base right)
+        ("c1", A0 + 4, "cplxA", c1[A0 + 3], "".join(b for b in "ACGT" if b != c1[A0 + 3])[:2]),
     ]
 
 
@@ -132,6 +134,24 @@ def test_deletion_in_a_removes_partner_importance_at_b_reference_coordinates(sco
     # and the maps' invariant: fis = sum over bases of imp_ref - imp_alt (alternate in reference coordinates)
     np.testing.assert_allclose(np.nansum(row["imp_ref"] - row["imp_alt"], -1)[win & ~inside], fis[win & ~inside],
                                atol=1e-6)
+
+
+def test_complex_substitution_breaking_a_is_aligned_like_a_deletion(scored, genome):
+    df, _, _ = scored
+    r = df.loc["cplxA"]
+    assert r.status == "ok" and r["flags"] == "complex"
+    v0 = A0 + 3
+    assert r.max_abs_fis == pytest.approx(2.0, abs=1e-6)
+    assert (r.max_fis_offset, r.max_fis_base) == (B0 - v0, MOTIF_B[0])
+    with MapsFile(genome["dir"] / "m.h5") as mf:
+        row = mf.row(mf.find("cplxA"))
+    t = v0 + row["offsets"]
+    exp = np.where((t >= B0) & (t < B0 + 6), 2.0, np.where((t >= A0) & (t < A0 + 6), 1.0, 0.0))
+    exp[t == v0] = np.nan
+    win = np.abs(row["offsets"]) <= 15
+    np.testing.assert_allclose(row["fis"][win], exp[win], atol=1e-6)
+    right = (row["offsets"] > 0) & (row["alt_offset"] != indels.NO_ALT)
+    assert (row["alt_offset"][right] == row["offsets"][right] + 1).all()
 
 
 def test_insertion_that_shifts_b_is_zero_aligned_and_large_misaligned(scored, genome):
