@@ -25,9 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # variants imports this module
+    from kipoi_dfim.variants import Fasta, Variant
 
 #: ``alt_offset`` of the maps file where a reference position has no aligned alternate base
 NO_ALT = int(np.iinfo(np.int32).min)
@@ -82,12 +85,12 @@ def allele_event(ref: str, alt: str) -> Event:
     return Event(p, rl, al, p + s, kind)
 
 
-def is_indel(v: Any) -> bool:
+def is_indel(v: Variant) -> bool:
     """Whether the variant changes the length of the sequence (insertion, deletion, complex)."""
     return len(v.ref) != len(v.alt)
 
 
-def _left_shift(v: Any) -> int:
+def _left_shift(v: Variant) -> int:
     """How far the alternate window starts left of the reference window (``alt_filled_left=<k>``, else 0)."""
     for f in v.flags:
         if f.startswith(FILL_FLAG + "="):
@@ -95,7 +98,7 @@ def _left_shift(v: Any) -> int:
     return 0
 
 
-def check_indel(v: Any, fasta: Any, seq_len: int) -> None:
+def check_indel(v: Variant, fasta: Fasta, seq_len: int) -> None:
     """Status and flags of an indel whose REF matched the FASTA and whose window is placed.
 
     Sets status ``too_long`` when REF or ALT is longer than a quarter of the model input (the event would not
@@ -118,7 +121,9 @@ def check_indel(v: Any, fasta: Any, seq_len: int) -> None:
         v.flags.append(f"{FILL_FLAG}={over}")
 
 
-def normalize(fasta: Any, contig: str, pos0: int, ref: str, alt: str, max_steps: int = 100_000) -> tuple[int, str, str]:
+def normalize(
+    fasta: Fasta, contig: str, pos0: int, ref: str, alt: str, max_steps: int = 100_000
+) -> tuple[int, str, str]:
     """The normalised (left-aligned, parsimonious) form of a variant: (0-based POS, REF, ALT), upper case.
 
     Tan, Abecasis and Kang (Bioinformatics 2015), the algorithm of ``vt normalize`` and ``bcftools norm``:
@@ -146,13 +151,13 @@ def normalize(fasta: Any, contig: str, pos0: int, ref: str, alt: str, max_steps:
     return pos0, r, a
 
 
-def _geometry(v: Any) -> tuple[Event, int, int]:
+def _geometry(v: Variant) -> tuple[Event, int, int]:
     """The event, its start in reference-window coordinates, and the alternate window's start in the same."""
     ev = allele_event(v.ref, v.alt)
     return ev, v.offset + ev.start, -_left_shift(v)
 
 
-def alt_window(v: Any, fasta: Any, seq_len: int) -> str:
+def alt_window(v: Variant, fasta: Fasta, seq_len: int) -> str:
     """The alternate window of an indel (``seq_len`` letters; N beyond the contig).
 
     Alternate-haplotype coordinates (reference-window based): bases before the event keep their coordinate,
@@ -169,7 +174,7 @@ def alt_window(v: Any, fasta: Any, seq_len: int) -> str:
     return "".join(out)
 
 
-def alignment(v: Any, L: int) -> np.ndarray:
+def alignment(v: Variant, L: int) -> np.ndarray:
     """(L,) int: the alternate-window position aligned with each reference-window position; -1 for none.
 
     Left of the event a base keeps its position (``+k`` with ``alt_filled_left=k``), right of it it moves by
@@ -186,7 +191,7 @@ def alignment(v: Any, L: int) -> np.ndarray:
     return j
 
 
-def alt_sources(v: Any, L: int) -> np.ndarray:
+def alt_sources(v: Variant, L: int) -> np.ndarray:
     """(L,) int: for each alternate-window position, the reference-window position its base came from;
     -1 for an ALT base of the event, -2 for a genome base outside the reference window (the fill)."""
     ev, e0, a0 = _geometry(v)
@@ -199,7 +204,7 @@ def alt_sources(v: Any, L: int) -> np.ndarray:
 
 
 def align_to_reference(
-    C: np.ndarray, Xalt: np.ndarray, variants: Sequence[Any]
+    C: np.ndarray, Xalt: np.ndarray, variants: Sequence[Variant]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Alternate importance and windows in reference coordinates, and which positions have a partner.
 
@@ -234,7 +239,7 @@ def align_to_reference(
     return C, Xalt, valid
 
 
-def null_alternates(nref: np.ndarray, nalt: np.ndarray, Xalt: np.ndarray, variants: Sequence[Any],
+def null_alternates(nref: np.ndarray, nalt: np.ndarray, Xalt: np.ndarray, variants: Sequence[Variant],
                     K: int) -> np.ndarray:
     """The null's alternate windows of indels: the indel applied to each shuffled background.
 
@@ -256,7 +261,7 @@ def null_alternates(nref: np.ndarray, nalt: np.ndarray, Xalt: np.ndarray, varian
     return nalt
 
 
-def display_alt_offsets(v: Any, flank: int, L: int) -> np.ndarray:
+def display_alt_offsets(v: Variant, flank: int, L: int) -> np.ndarray:
     """(2 flank + 1,) int64 for the maps file: at each reference offset -flank..flank from the variant, the
     offset (from the variant's reference position) of the aligned alternate base, :data:`NO_ALT` for none."""
     o = np.arange(-flank, flank + 1)
