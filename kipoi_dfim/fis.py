@@ -223,6 +223,17 @@ def target_mask(L: int, offsets: np.ndarray, ref_lens: np.ndarray, window: int) 
     return (pos >= a - window) & (pos <= b - 1 + window) & ((pos < a) | (pos >= b))
 
 
+def read_positions(mask: np.ndarray, variants: Sequence) -> np.ndarray:
+    """Where importance is read, in either window: the target mask widened to the right by each variant's
+    length change (an indel's alternate window holds the right-hand targets that many bases further)."""
+    out = mask.copy()
+    for i, v in enumerate(variants):
+        d = abs(len(v.alt) - len(v.ref))
+        for k in range(1, d + 1):
+            out[i, k:] |= mask[i, :-k]
+    return out
+
+
 def max_abs_summary(fis: np.ndarray, X: np.ndarray, mask: np.ndarray, offsets: np.ndarray) -> dict[str, np.ndarray]:
     """maxAbsFIS of each variant over its target bases, and where it is reached.
 

@@ -365,7 +365,8 @@ def make_example(out_dir: Path, seq_len: int, seed: int = 0) -> None:
     """A tiny random VCF + FASTA at the model's input length, covering every kind of record.
 
     chr1 (1.5 L + 40 bp) carries: an SNV in the middle, a two-ALT SNV, an SNV 3 bp from the contig start
-    (window shifted), an indel and a REF mismatch (reported, not scored); chr2 (shorter than the model
+    (window shifted), an insertion (scored on aligned coordinates) and a REF mismatch (reported, not scored);
+    chr2 (shorter than the model
     input) an SNV in a padded window; chrZ is not in the FASTA (unknown_contig). So ``kipoi test`` exercises
     every path through the dataloader and the model.
     """
@@ -411,8 +412,8 @@ def _input_schema(seq_len: int) -> dict:
         "chrom": "VCF CHROM",
         "ref": "VCF REF",
         "alt": "this ALT allele",
-        "status": "ok, or why the variant is not scored (indel, ref_mismatch, unknown_contig, ...)",
-        "flags": "';'-separated notes (window_shifted, padded, ...)",
+        "status": "ok, or why the variant is not scored (ref_mismatch, unknown_contig, too_long, ...)",
+        "flags": "';'-separated notes (window_shifted, padded, not_normalized, ...)",
     }
     for k in _INT_INPUTS + _STR_INPUTS:
         schema[k] = {"shape": "()", "doc": docs[k]}

@@ -32,6 +32,7 @@ from scipy.stats import genextreme, genpareto, gumbel_r, norm
 from statsmodels.stats.multitest import multipletests
 
 from kipoi_dfim import fis as F
+from kipoi_dfim import indels
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.shuffle import dinucleotide_shuffle, variant_seeds
 from kipoi_dfim.variants import windows
@@ -320,14 +321,18 @@ def variant_null(
     K = settings.null_shuffles if K is None else int(K)
     spans = [slice(v.offset, v.offset + len(v.ref)) for v in variants]
     nref, nalt = variant_backgrounds(X, Xalt, spans, K, variant_seeds(settings.seed, variants, 1))
+    nalt = indels.null_alternates(nref, nalt, Xalt, variants, K)  # indels: the event applied to each background
     rep = [v for v in variants for _ in range(K)]
     nseeds = np.array([variant_seeds(settings.seed, [v], 2 + k)[0] for v in variants for k in range(K)],
                       dtype=np.uint64)
     refs = F.window_references(nref, settings, nseeds)
     offsets = np.array([v.offset for v in rep])
     mask = F.target_mask(nref.shape[1], offsets, np.array([len(v.ref) for v in rep]), settings.window)
-    C = F.windows_importance(model, np.stack([nref, nalt]), refs, targets, settings, positions=mask)
+    C = F.windows_importance(model, np.stack([nref, nalt]), refs, targets, settings,
+                             positions=F.read_positions(mask, rep))
+    C, _, aligned = indels.align_to_reference(C, nalt, rep)  # indels: aligned pairs, as the scores
     fis = F.fis_tracks(C)[:, 0]  # (T, N*K, L)
+    mask &= aligned
     max_abs = np.stack([F.max_abs_summary(f, nref, mask, offsets)["max_abs_fis"] for f in fis])
     per_base = [f[mask] for f in fis]
     return max_abs, per_base

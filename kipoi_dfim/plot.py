@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from kipoi_dfim.errors import InputError
+from kipoi_dfim.indels import allele_event
 from kipoi_dfim.motifs import annotate_maps_rows, resolve_motifs
 from kipoi_dfim.output.base import atomic_path
 from kipoi_dfim.output.maps import MapsFile
@@ -99,6 +100,26 @@ def mark_variant(ax: Axes, variant_offset: float = 0, label: str | None = None, 
     if label:
         ax.text(variant_offset + (width - 1) / 2, 1.02, label, transform=ax.get_xaxis_transform(), ha="center",
                 va="bottom", fontsize=9, fontweight="bold", color="#8a5a00", gid="variant_label")  # fmt: skip
+
+
+def mark_indel(ax: Axes, ref: str, alt: str) -> None:
+    """On the alternate track (drawn in reference coordinates), mark what an indel changed (gid ``indel``).
+
+    Deleted bases have no alternate base and are hatched; an insertion (the ALT bases of the event, which have
+    no reference position) is a vertical bar between the two reference bases it went between, labelled with
+    the inserted sequence.
+    """
+    ev = allele_event(ref, alt)
+    if ev.ref_len:
+        ax.axvspan(ev.start - 0.5, ev.start + ev.ref_len - 0.5, facecolor="none", edgecolor="0.35", hatch="///",
+                   lw=0, zorder=-4, gid="indel")  # fmt: skip
+    if ev.alt_len:
+        ins = alt.upper()[ev.start : ev.start + ev.alt_len]
+        x = ev.start - 0.5 + ev.ref_len
+        ax.axvline(x, color="#b2182b", lw=1.6, zorder=3, gid="indel")
+        label = ("+" if not ev.ref_len else "->") + (ins if len(ins) <= 12 else f"{ins[:10]}..({len(ins)} bp)")
+        ax.text(x, 0.98, label, transform=ax.get_xaxis_transform(), ha="left", va="top", fontsize=8,
+                color="#b2182b", gid="indel_label")  # fmt: skip
 
 
 def _symmetric_ylim(axes: Sequence[Axes], tracks: Sequence[np.ndarray]) -> None:
@@ -465,7 +486,7 @@ def _crop(r: dict[str, Any], flank: int | None) -> dict[str, Any]:
         return r
     keep = np.abs(r["offsets"]) <= int(flank)
     r = dict(r, offsets=r["offsets"][keep])
-    for k in ("seq_ref", "seq_alt", "imp_ref", "imp_alt", "fis", "fis_pval"):
+    for k in ("seq_ref", "seq_alt", "imp_ref", "imp_alt", "fis", "fis_pval", "alt_offset"):
         if k in r:
             r[k] = r[k][keep]
     if "fis_all_alts" in r:
@@ -544,8 +565,8 @@ def plot_maps_row(
         r["imp_ref"], r["imp_alt"], fis=r["fis"], offsets=offsets, pvalues=r["fis_pval"], ref=r["ref"],
         alt=r["alt"], seq=r["seq_ref"], axes=axes[:4], variant_width=max(len(str(r["ref"])), 1),
     )  # fmt: skip
-    if motifs is not None:
-        label_motifs(axes[:4], motifs)
+    if len(str(r["ref"])) != len(str(r["alt"])):  # indel: the alternate track is aligned (maps' alt_offset)
+        mark_indel(axes[1], str(r["ref"]), str(r["alt"]))
     if has_dfim:
         ax = axes[4]
         bases = r.get("all_alts_bases") or [b for b in ALPHABET if b != r["ref"]][:3]

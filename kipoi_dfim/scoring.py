@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from kipoi_dfim import __version__
+from kipoi_dfim import __version__, indels
 from kipoi_dfim import fis as F
 from kipoi_dfim import null as N
 from kipoi_dfim.backend import load_model
@@ -77,8 +77,8 @@ class ChunkScores:
     """The numbers of one chunk's scorable variants, per target slot (arrays over the ok variants)."""
 
     X: np.ndarray
-    Xalt: np.ndarray
-    C: np.ndarray  # (T, 2, n, L, 4) importance of the reference and alternate windows
+    Xalt: np.ndarray  # alternate windows in reference coordinates (indels aligned: kipoi_dfim.indels)
+    C: np.ndarray  # (T, 2, n, L, 4) importance of the reference and alternate windows (the same alignment)
     fis: np.ndarray  # (T, n, L)
     summary: list[dict[str, np.ndarray]]  # per target: max_abs_summary arrays
     ism: dict[str, np.ndarray]  # (n, n_outputs) each
@@ -99,7 +99,7 @@ def _snv_mutants(X: np.ndarray, variants: Sequence[Variant]) -> tuple[np.ndarray
     """For SNVs: the three alternative bases at the variant, (3n, L, 4) in variant-major order."""
     muts, bases = [], []
     for i, v in enumerate(variants):
-        alts = [b for b in ALPHABET if b != v.ref.upper()] if len(v.ref) == 1 else []
+        alts = [b for b in ALPHABET if b != v.ref.upper()] if len(v.ref) == len(v.alt) == 1 else []  # SNVs only
         bases.append(alts)
         for b in alts:
             m = X[i].copy()
@@ -136,11 +136,14 @@ def score_ok(model: Any, X: np.ndarray, Xalt: np.ndarray, ok: Sequence[Variant],
     refs = F.window_references(X, settings, variant_seeds(settings.seed, ok, 0))  # once, for every target
     offsets = np.array([v.offset for v in ok])
     mask = F.target_mask(X.shape[1], offsets, np.array([len(v.ref) for v in ok]), settings.window)
-    C = F.windows_importance(model, np.stack([X, Xalt]), refs, targets, settings, positions=mask)
+    C = F.windows_importance(model, np.stack([X, Xalt]), refs, targets, settings,
+                             positions=F.read_positions(mask, ok))
+    C, Xal, aligned = indels.align_to_reference(C, Xalt, ok)  # indels: C_X[t] - C_X'[align(t)]
     fis = F.fis_tracks(C)[:, 0]
+    mask &= aligned
     summary = [F.max_abs_summary(f, X, mask, offsets) for f in fis]
     alts = _all_alts(model, X, C[:, 0], refs, ok, targets, settings, mask) if settings.all_alts else None
-    return ChunkScores(X, Xalt, C, fis, summary, _ism(model, X, Xalt, settings.rc), alts)
+    return ChunkScores(X, Xal, C, fis, summary, _ism(model, X, Xalt, settings.rc), alts)
 
 
 # ------------------------------------------------------------------------------------------------ rows
@@ -180,10 +183,12 @@ def _scored_row(r: dict, s: ChunkScores, i: int, slot: int, col: int) -> None:
 def _maps_row(r: dict, s: ChunkScores, i: int, slot: int, v: Variant, flank: int) -> dict[str, Any]:
     fis = _display(s.fis[slot, i], v, flank)
     fis[flank : flank + len(v.ref)] = np.nan
+    alt_offset = indels.display_alt_offsets(v, flank, len(s.X[i]))  # identity for substitutions
+    fis[alt_offset == indels.NO_ALT] = np.nan
     mr = {k: r[k] for k in ("variant_id", "chrom", "ref", "alt", "target", "pos")}
     mr.update(tsv_row=-1, seq_ref=_display(s.X[i], v, flank), seq_alt=_display(s.Xalt[i], v, flank),
               imp_ref=_display(s.C[slot, 0, i], v, flank), imp_alt=_display(s.C[slot, 1, i], v, flank),
-              fis=fis, max_abs_fis=r["max_abs_fis"])
+              fis=fis, max_abs_fis=r["max_abs_fis"], alt_offset=alt_offset)
     if s.all_alts is not None:
         res = s.all_alts[slot]
         fa3 = np.full((3, 2 * flank + 1), np.nan, np.float32)

@@ -62,7 +62,8 @@ class Settings:
     batch_size, chunk_size : int
         Sequences per model call; VCF records per chunk. Neither changes the numbers.
     rc, all_alts : bool
-        Average ISM scores with the reverse complement; add maxFIS over the three alternative bases.
+        Average ISM scores with the reverse complement; add maxFIS over the three alternative bases (SNVs only:
+        indels and MNVs have no three alternative bases and get NaN).
     output : str
         ``logit`` (scores the pre-sigmoid/softmax value, as the paper prescribes) or ``raw``.
     fill : str
@@ -206,7 +207,8 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "batch_size": (("--batch-size",), {"type": int, "help": "sequences per model call"}),
     "chunk_size": (("--chunk-size",), {"type": int, "help": "VCF records read and scored per chunk"}),
     "rc": (("--rc",), {"action": "store_true", "help": "average ISM scores with the reverse complement"}),
-    "all_alts": (("--all-alts",), {"action": "store_true", "help": "add maxFIS over all three alternative bases"}),
+    "all_alts": (("--all-alts",), {"action": "store_true",
+                                   "help": "add maxFIS over all three alternative bases (SNVs only)"}),
     "output": (("--output",), {"choices": OUTPUTS, "help": "score the pre-sigmoid/softmax logit (the paper's "
                                "choice) or the raw output"}),
     "fill": (("--fill",), {"choices": FILLS, "help": "how a source feature is mutated"}),

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyfaidx
 
+from kipoi_dfim import indels
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.sequence import one_hot
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 # statuses of (record, ALT) pairs that are reported but not scored
 STATUS_OK = "ok"
 NOT_SCORED = {
-    "indel": "REF and ALT differ in length (indels are not scored)",
+    "too_long": "REF or ALT longer than a quarter of the model input (indels: kipoi_dfim.indels)",
     "symbolic_allele": "symbolic ALT allele (<...>, breakends)",
     "star_allele": "ALT '*' (overlapping deletion)",
     "missing_alt": "ALT is missing ('.')",
@@ -256,6 +257,8 @@ def record_variants(rec: Record, fasta: Fasta, seq_len: int) -> list[Variant]:
         v.status = "bad_pos" if rec.pos is None else _status_of_alleles(rec.ref, alt)
         if v.status == STATUS_OK:
             place_window(v, fasta, seq_len)
+        if v.status == STATUS_OK and indels.is_indel(v):  # indels: normalisation, alternate window fill
+            indels.check_indel(v, fasta, seq_len)
         out.append(v)
     return out
 
@@ -269,8 +272,6 @@ def _status_of_alleles(ref: str, alt: str | None) -> str:
         return "symbolic_allele"
     if not _ACGTN.match(ref) or not _ACGTN.match(alt):
         return "not_acgt"
-    if len(ref) != len(alt):
-        return "indel"
     if "N" in ref.upper() or "N" in alt.upper():
         return "n_at_variant"
     return STATUS_OK
@@ -316,7 +317,10 @@ def windows(variants: list[Variant], fasta: Fasta, seq_len: int) -> tuple[np.nda
     refs, alts = [], []
     for v in variants:
         s = fasta.fetch(v.fasta_contig, v.window_start, v.window_start + seq_len)
-        a = s[: v.offset] + v.alt.upper() + s[v.offset + len(v.ref) :]
+        if indels.is_indel(v):  # the same length, filled/trimmed from the genome on the right
+            a = indels.alt_window(v, fasta, seq_len)
+        else:
+            a = s[: v.offset] + v.alt.upper() + s[v.offset + len(v.ref) :]
         refs.append(s)
         alts.append(a)
     if not refs:

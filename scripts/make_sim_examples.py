@@ -12,7 +12,15 @@ Files:
   ``lone_*``  SNVs in a GATA or TAL1 site without partner (a negative-class contig).
   ``distractor_ctcf_*`` / ``distractor_ap1_*``  SNVs in distractor motifs, >= 30 bp from the pair.
   ``bg_*``  SNVs in plain background, >= 20 bp from any motif and >= 30 bp from the pair.
-  ``indel_*``, ``multiallelic_*``, ``refmismatch_*``  records a scorer must report but not score.
+  ``indel_*``  a background deletion and insertion (class ``indel``; scored since indels are, neutral).
+  ``multiallelic_*``, ``refmismatch_*``  a record with two ALTs; a REF that disagrees with the FASTA.
+  Appended later (drawn after every record above, so those are unchanged):
+  ``int_del_*``  VCF 4.2 anchored deletions of one core base of a pair motif (class ``interacting_indel``);
+  the partner loses its importance; partner offsets are in reference coordinates, from the anchor (POS).
+  ``bg_indel_*``  1-3 bp insertions/deletions in plain background (class ``background_indel``); the last one
+  is written right-shifted in a homopolymer on purpose (flagged ``not_normalized``).
+  ``spacer_ins_*``  a 2 bp insertion between the two motifs of the pair (class ``spacer_indel``): the partner
+  moves by 2 bp but the spacing stays in the trained range, so aligned FIS stays small.
 - ``sim_truth.tsv``: one row per record: id, chrom, pos, ref, alt, class, motif, motif_start, motif_end
   (1-based, inclusive), partner, partner_start_offset, partner_end_offset (offsets of the partner's first and
   last base relative to the variant, as in the maps H5 ``offsets``; empty when there is no partner).
@@ -26,6 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,6 +162,89 @@ def _background_snv(seq: str, candidates: np.ndarray, used: set[int], rng: np.ra
     raise RuntimeError("no background position left")  # pragma: no cover
 
 
+def _no_new_motif(seq: str, mutated: str, pos: int, delta: int, flank: int = 20) -> bool:
+    """Whether an indel at ``pos`` (length change ``delta``) creates no motif hit that was not there."""
+    lo, hi = max(0, pos - flank), pos + flank
+    before = Counter(n for n, _ in consensus_hits(seq[lo:hi]))
+    after = Counter(n for n, _ in consensus_hits(mutated[lo : hi + delta]))
+    return not (after - before)
+
+
+def _motif_deletion(seq: str, site: MotifSite, rng: np.random.Generator) -> tuple[int, str, str]:
+    """0-based anchor position, REF, ALT of a left-aligned deletion of one inner core base of ``site`` that
+    breaks it; the anchor is inside the site too (so the variant lies in the motif, as the SNVs do). Inner:
+    deleting an end base leaves 5 of 6 bases in place next to a genome base, which a CNN may still half-read."""
+    width = site.end - site.start
+    core = [i for i in CORE.get(site.name, tuple(range(width))) if 0 < i < width - 1]
+    offsets = [i if site.strand == "+" else width - 1 - i for i in core]
+    for _ in range(200):
+        p = site.start + int(rng.choice(offsets))
+        if p - 1 < site.start or seq[p - 1] == seq[p]:
+            continue
+        mutated = seq[:p] + seq[p + 1:]
+        lo = max(0, site.start - 8)
+        if consensus_hits(mutated[lo : site.end + 7], (site.name,)):
+            continue
+        if _no_new_motif(seq, mutated, p, -1):
+            return p - 1, seq[p - 1 : p + 1], seq[p - 1]
+    raise RuntimeError(f"no breaking deletion found in {site}")  # pragma: no cover
+
+
+def _background_indel(seq: str, candidates: np.ndarray, used: set[int], rng: np.random.Generator,
+                      insertion: bool, size: int, right_shifted: bool = False) -> tuple[int, str, str]:
+    """A background indel (anchor position, REF, ALT), left-aligned unless ``right_shifted`` (then a 1 bp
+    deletion written at the right end of a run of equal bases, which normalisation would move left)."""
+    for _ in range(2000):
+        a = int(rng.choice(candidates))
+        if any(abs(a - u) < 5 for u in used):
+            continue
+        if right_shifted:
+            if seq[a] != seq[a + 1] or seq[a + 1] == seq[a + 2]:
+                continue
+            ref, alt = seq[a : a + 2], seq[a]
+        elif insertion:
+            ins = "".join(rng.choice(list("ACGT"), size))
+            if ins[-1] == seq[a]:
+                continue
+            ref, alt = seq[a], seq[a] + ins
+        else:
+            if seq[a] == seq[a + size]:
+                continue
+            ref, alt = seq[a : a + size + 1], seq[a]
+        mutated = seq[:a] + alt + seq[a + len(ref):]
+        if _no_new_motif(seq, mutated, a + 1, len(alt) - len(ref)):
+            used.add(a)
+            return a, ref, alt
+    raise RuntimeError("no background indel position left")  # pragma: no cover
+
+
+def _spacer_insertion(seq: str, pair: list[MotifSite], rng: np.random.Generator) -> tuple[int, str, str]:
+    """A left-aligned 2 bp insertion between the two motifs of the pair (both stay intact)."""
+    first, second = sorted(pair, key=lambda s: s.start)
+    for _ in range(200):
+        a = int(rng.integers(first.end - 1, second.start))  # insert after a, before a + 1 <= second.start
+        ins = "".join(rng.choice(list("ACGT"), 2))
+        mutated = seq[: a + 1] + ins + seq[a + 1:]
+        if ins[-1] != seq[a] and _no_new_motif(seq, mutated, a + 1, 2):
+            return a, seq[a], seq[a] + ins
+    raise RuntimeError("no spacer insertion found")  # pragma: no cover
+
+
+def _add_indels(k: int, chrom: str, seq: str, pair: list[MotifSite], bg: np.ndarray, used: set[int],
+                rng: np.random.Generator, add) -> None:
+    """The indel records appended to the example (their draws come after every earlier draw of the contig)."""
+    if k < 4:  # a deletion in GATA (even k) or TAL1 (odd k)
+        s = next(p for p in pair if p.name == ("gata", "tal1")[k % 2])
+        a, ref, alt = _motif_deletion(seq, s, rng)
+        add("int_del", chrom, a, ref, alt, "interacting_indel", s, next(p for p in pair if p != s))
+    elif k < 8:
+        a, ref, alt = _background_indel(seq, bg, used, rng, insertion=k % 2 == 1, size=1 + (k - 4) % 3,
+                                        right_shifted=k == 7)
+        add("bg_indel", chrom, a, ref, alt, "background_indel")
+    elif k < N_PAIR_CONTIGS:
+        add("spacer_ins", chrom, *_spacer_insertion(seq, pair, rng), "spacer_indel")
+
+
 def build(seed: int) -> tuple[list[tuple[str, str]], list[Record], list[tuple[str, MotifSite]]]:
     """Contigs, records and planted sites of the example set."""
     contigs, records, planted = [], [], []
@@ -203,6 +295,8 @@ def build(seed: int) -> tuple[list[tuple[str, str]], list[Record], list[tuple[st
                 wrong = COMPLEMENT[ref]
                 alt = next(b for b in "ACGT" if b not in (ref, wrong))
                 add("refmismatch", chrom, pos, wrong, alt, "ref_mismatch")
+        if len(pair) == 2:
+            _add_indels(k, chrom, seq, pair, bg, used, rng, add)
     records.sort(key=lambda r: (r.chrom, r.pos))
     return contigs, records, planted
 
@@ -214,7 +308,8 @@ def write_vcf(path: str, contigs: list[tuple[str, str]], records: list[Record], 
               f"##reference={fasta_name}"]
     header += [f"##contig=<ID={name},length={len(seq)}>" for name, seq in contigs]
     header += ['##INFO=<ID=CLASS,Number=1,Type=String,Description="Simulated truth class: interacting, lone, '
-               'distractor, background, indel, multiallelic, ref_mismatch">',
+               'distractor, background, indel, multiallelic, ref_mismatch, interacting_indel, background_indel, '
+               'spacer_indel">',
                "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO"]
     lines = [f"{r.chrom}\t{r.pos}\t{r.id}\t{r.ref}\t{r.alt}\t.\t.\tCLASS={r.cls}" for r in records]
     with open(path, "w") as fh:

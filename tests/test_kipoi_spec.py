@@ -110,8 +110,19 @@ def test_kipoi_predict_gives_the_closed_form_fis_of_a_bilinear_model(tmp_path):
     got = _predict(spec, tmp_path / "in.vcf", tmp_path / "ref.fa", tmp_path / "out.tsv", tmp_path, 2)
 
     assert list(got["variant_id"]) == [r[2] for r in sorted(recs, key=lambda r: r[1])]
-    assert got.set_index("variant_id").loc["ins", "status"] == "indel"
-    assert np.isnan(got.set_index("variant_id").loc["ins", "max_abs_fis"])
+    # the insertion after A moves B one base right, onto other weights: aligned FIS C_X[t] - C_X'[align(t)]
+    ins = got.set_index("variant_id").loc["ins"]
+    assert ins["status"] == "ok"
+
+    def gi(x):  # gradient x input summed over bases, closed form
+        a, b = (x * wa.T).sum(), (x * wb.T).sum()
+        return (x * wa.T).sum(-1) * b + (x * wb.T).sum(-1) * a
+
+    cr, ca = gi(one_hot(seq)), gi(one_hot((seq[:30] + "A" + seq[30:])[:LB]))
+    fis_ins = {t: cr[t] - ca[t if t < 29 else t + 1] for t in range(29 - 15, 29 + 16) if t != 29 and t + 1 < LB}
+    t_ins = max(fis_ins, key=lambda t: abs(fis_ins[t]))
+    np.testing.assert_allclose(ins["fis_at_max"], fis_ins[t_ins], rtol=1e-5)
+    assert ins["max_fis_offset"] == t_ins - 29 and abs(fis_ins[t_ins]) > 0.1
     for _c, pos, vid, r, g in recs[:3]:
         p0 = pos - 1
         delta = wa[ALPHABET.index(g), p0] - wa[ALPHABET.index(r), p0]
@@ -189,7 +200,7 @@ def test_kipoi_predict_equals_score_variants_and_kipoi_test_passes(keras_dir, tm
         assert list(got[c]) == list(want[c].astype(str)), c
     assert list(got["pos"]) == list(want["pos"])
     ok = (got["status"] == "ok").to_numpy()
-    assert ok.sum() == 2 * 5
+    assert ok.sum() == 2 * 6  # the deletion is scored too (aligned; kipoi_dfim.indels)
     assert got.loc[ok, "max_abs_fis"].gt(0).all()
     assert got.loc[~ok, list(c for c in SCORE_COLUMNS if c != "max_fis_base")].isna().all().all()
     for c in SCORE_COLUMNS:
@@ -200,11 +211,12 @@ def test_kipoi_predict_equals_score_variants_and_kipoi_test_passes(keras_dir, tm
         np.testing.assert_allclose(got[c], want[c].astype(float), rtol=2e-5, atol=1e-6 if c != "deepsea_effect"
                                    else 1e-9, err_msg=c)
 
-    # ISM against the Keras model called directly on windows cut by hand (SNV at index L // 2 of its window)
+    # ISM against the Keras model called directly on windows cut by hand
     for _, row in got[ok & (got["target"] == "up").to_numpy()].iterrows():
         p0 = int(row["pos"]) - 1
-        win = seq[p0 - LK // 2: p0 + LK // 2]
-        alt = win[: LK // 2] + row["alt"] + win[LK // 2 + 1:]
+        ws = p0 - (LK - len(row["ref"]) + 1) // 2  # the REF allele centred (an SNV at index LK // 2)
+        win = seq[ws: ws + LK]
+        alt = (seq[ws:p0] + row["alt"] + seq[p0 + len(row["ref"]):])[:LK]  # same left end, filled from the genome
         pr, pa = np.asarray(kmodel(np.stack([one_hot(win), one_hot(alt)])))[:, 0]
         np.testing.assert_allclose([row["ref_pred"], row["alt_pred"]], [pr, pa], rtol=1e-5)
         np.testing.assert_allclose(row["logit"], np.log(pa / (1 - pa)) - np.log(pr / (1 - pr)), atol=1e-5)

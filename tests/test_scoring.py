@@ -91,8 +91,9 @@ def test_fis_matches_closed_form_and_no_record_is_dropped(case):
     df = _score(case, out=str(d / "out.vcf.gz"), tsv=str(d / "out.tsv"), maps=str(d / "out.h5"))
     assert list(df.columns[: len(TSV_COLUMNS)]) == list(TSV_COLUMNS)
     assert list(df.variant_id) == ["v2", "v0", "multi", "multi", "multi", "v1", "indel1", "v3"]
-    assert list(df.status) == ["ok"] * 6 + ["indel", "ok"]
-    for _, row in df[df.status == "ok"].iterrows():
+    assert list(df.status) == ["ok"] * 8
+    snv = (df.status == "ok") & (df.alt.str.len() == 1)
+    for _, row in df[snv].iterrows():
         pos0 = int(row.pos) - 1
         exp_abs, exp_off, exp_base, exp_fis = _expected(case, pos0, row.alt)
         assert row.max_abs_fis == pytest.approx(exp_abs, rel=1e-4, abs=1e-6)
@@ -104,10 +105,13 @@ def test_fis_matches_closed_form_and_no_record_is_dropped(case):
     # ISM diff = f(alt) - f(ref) from the model itself
     x = one_hot(case["seq"])[None]
     f = kipoi_dfim.load_model(case["model"], seq_len=L).predict
-    for _, row in df[df.status == "ok"].iterrows():
+    for _, row in df[snv].iterrows():
         xa = x.copy()
         xa[0, int(row.pos) - 1] = one_hot(row.alt)[0]
         assert row["diff"] == pytest.approx(float(f(xa)[0, 0] - f(x)[0, 0]), rel=1e-4, abs=1e-6)
+    # the insertion right of A and B moves only bases with zero weights: aligned FIS and ISM diff are exactly 0
+    ins = df.set_index("variant_id").loc["indel1"]
+    assert ins.max_abs_fis == pytest.approx(0, abs=1e-7) and ins["diff"] == pytest.approx(0, abs=1e-7)
     # without a null there are no p-values
     assert df.pval.isna().all() and df.qval.isna().all()
 
@@ -127,7 +131,7 @@ def test_vcf_output_keeps_records_and_bcftools_reads_it(case):
         assert b[7].startswith(a[7] + ";DFIM_STATUS=")
     indel = out[4][7]
     assert out[4][2] == "indel1"
-    assert "DFIM_STATUS=indel" in indel and "DFIM_T0_MAXABS" not in indel
+    assert "DFIM_STATUS=ok" in indel and "DFIM_T0_MAXABS=0;" in indel  # indels are scored (aligned)
     assert out[2][2] == "multi"
     multi = dict(kv.split("=") for kv in out[2][7].split(";"))
     assert multi["DFIM_STATUS"] == "ok,ok,ok" and len(multi["DFIM_T0_MAXABS"].split(",")) == 3
@@ -149,7 +153,7 @@ def test_same_seed_same_output_whatever_batch_and_chunk_size(case):
     a = _score(case, null_shuffles=3, batch_size=1, chunk_size=1, all_alts=True)
     b = _score(case, null_shuffles=3, batch_size=64, chunk_size=100, all_alts=True)
     pd.testing.assert_frame_equal(a, b, rtol=1e-5)
-    assert a.pval.notna().sum() == 7 and a.qval.notna().sum() == 7
+    assert a.pval.notna().sum() == 8 and a.qval.notna().sum() == 8
     c = _score(case, null_shuffles=3, seed=1, all_alts=True)
     assert not np.allclose(a.pval.dropna(), c.pval.dropna())  # the seed matters
 

@@ -3,6 +3,8 @@
 Interacting SNVs break a GATA or TAL1 site whose partner site lies within +-15 bp; the model's AND of the two
 motifs means mutating one removes the importance of the other: the summed FIS over the partner span (the
 paper's motif-level FIS, eq. 2) is large and positive. Background and distractor SNVs interact with nothing.
+Indels (kipoi_dfim.indels): deleting a core base of one motif removes the partner's importance, measured at the
+partner's reference coordinates; background indels interact with nothing.
 """
 
 import subprocess
@@ -24,7 +26,7 @@ TRUTH = pd.read_csv(SIM / "sim_truth.tsv", sep="\t").set_index("id")
 def _check(df: pd.DataFrame, maps: Path, deeplift: bool = True) -> None:
     cls = TRUTH["class"].reindex(df.variant_id).values
     ok = df.status == "ok"
-    assert set(df.status[~ok]) == {"indel", "ref_mismatch"}
+    assert set(df.status[~ok]) == {"ref_mismatch"}
     assert set(df.variant_id) == set(TRUTH.index)  # every record reported
     inter = ok & (cls == "interacting")
     null_like = ok & np.isin(cls, ["background", "distractor"])
@@ -35,6 +37,7 @@ def _check(df: pd.DataFrame, maps: Path, deeplift: bool = True) -> None:
     if deeplift:  # every interacting variant passes 5% FDR (with 5 shuffles per variant the null has ~170
         # values: the calibrated tail p-values cannot honestly go much below 1/171; the old Gaussian fit did)
         assert (df.qval[inter] < 0.05).all()
+    _check_indels(df, cls, ok, deeplift)
     with h5py.File(maps) as h:
         ids = [s.decode() if isinstance(s, bytes) else s for s in h["variant_id"][:]]
         fis, off = h["fis"][:], h["offsets"][:]
@@ -42,12 +45,27 @@ def _check(df: pd.DataFrame, maps: Path, deeplift: bool = True) -> None:
     far = (np.abs(off) > 6) & (np.abs(off) <= 15)
     bg_far = np.nanmax(np.abs(fis[np.isin(classes, ["background", "distractor"])][:, far]))
     for i, vid in enumerate(ids):
-        if classes[i] != "interacting":
+        if classes[i] not in ("interacting", "interacting_indel"):  # indels: partner at reference coordinates
             continue
         span = (off >= TRUTH.loc[vid, "partner_start_offset"]) & (off <= TRUTH.loc[vid, "partner_end_offset"])
         if deeplift:  # the partner motif loses importance, far above anything seen for background variants
             assert np.nansum(fis[i, span]) > 0.5, vid
             assert np.nanmax(np.abs(fis[i, span])) > 3 * bg_far, vid
+
+
+def _check_indels(df: pd.DataFrame, cls: np.ndarray, ok: pd.Series, deeplift: bool) -> None:
+    inter = ok & (cls == "interacting_indel")
+    bg = ok & np.isin(cls, ["background_indel", "indel"])
+    assert inter.sum() == 4 and bg.sum() == 6
+    assert df.max_abs_fis[inter].min() > 5 * df.max_abs_fis[bg].max()
+    assert df.pval[inter].max() < df.pval[bg].min()
+    assert "not_normalized" in df["flags"][df.variant_id == "bg_indel_4"].iloc[0]  # scored as written, flagged
+    if deeplift:
+        assert (df.qval[inter] < 0.01).all() and (df.qval[bg] > 0.05).all()
+        # a 2 bp insertion between the motifs moves the partner within the trained spacing: once aligned, its
+        # FIS stays below that of every deletion that breaks a motif
+        spacer = ok & (cls == "spacer_indel")
+        assert spacer.sum() == 2 and df.max_abs_fis[spacer].max() < df.max_abs_fis[inter].min()
 
 
 def test_cli_recovers_known_interactions_keras(tmp_path):

@@ -236,7 +236,7 @@ def examples():
 def test_vcf_header_records_and_truth_are_consistent(examples):
     fasta, header_contigs, records, truth = examples
     assert header_contigs == {k: len(fasta[k]) for k in fasta.keys()}
-    assert 35 <= len(records) <= 45
+    assert 45 <= len(records) <= 55
     order = {c: i for i, c in enumerate(header_contigs)}
     keys = [(order[c], p) for c, p, *_ in records]
     assert keys == sorted(keys)
@@ -245,13 +245,13 @@ def test_vcf_header_records_and_truth_are_consistent(examples):
     for (chrom, pos, vid, ref, alts), row in zip(records, truth.itertuples(), strict=True):
         assert (chrom, pos, ref, ",".join(alts)) == (row.chrom, row.pos, row.ref, row.alt)
         assert vid.rsplit("_", 1)[0].split("_")[0] in {"int", "lone", "distractor", "bg", "indel",
-                                                         "multiallelic", "refmismatch"}
+                                                         "multiallelic", "refmismatch", "spacer"}
         genome = str(fasta[chrom][pos - 1:pos - 1 + len(ref)])
         assert (genome == ref) == (row.cls != "ref_mismatch"), vid
         assert 100 <= pos - 1 <= len(fasta[chrom]) - 100  # a centred 200 bp window fits
     classes = truth["cls"].value_counts().to_dict()
     assert classes["interacting"] >= 10 and classes["background"] >= 5 and classes["distractor"] >= 4
-    assert {"indel", "multiallelic", "ref_mismatch"} <= set(classes)
+    assert {"indel", "multiallelic", "ref_mismatch", "interacting_indel", "background_indel"} <= set(classes)
 
 
 def test_truth_motifs_and_partners_match_the_fasta(examples):
@@ -263,9 +263,9 @@ def test_truth_motifs_and_partners_match_the_fasta(examples):
         if row.motif:
             s, e = int(row.motif_start) - 1, int(row.motif_end)
             assert s <= v0 < e and (row.motif, s) in hits
-            alt = seq[:v0] + row.alt + seq[v0 + 1:]
+            alt = seq[:v0] + row.alt + seq[v0 + len(row.ref):]
             assert (row.motif, s) not in scan(alt)  # the ALT breaks the motif
-        if row.cls == "interacting":
+        if row.cls in ("interacting", "interacting_indel"):
             lo, hi = int(row.partner_start_offset), int(row.partner_end_offset)
             assert -15 <= lo <= hi <= 15
             assert (row.partner, v0 + lo) in hits and {row.motif, row.partner} == set(sim.INTERACTING_PAIR)

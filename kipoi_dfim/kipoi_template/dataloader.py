@@ -1,6 +1,6 @@
 """Kipoi dataloader written by ``kipoi-dfim kipoi-spec``: streams a VCF as one sample per (record, ALT).
 
-Unscorable records (indels, REF mismatches, unknown contigs, ...) come through with their status and get NaN
+Unscorable records (REF mismatches, unknown contigs, symbolic alleles, ...) come through with their status and get NaN
 scores; none is dropped. The work is done by kipoi_dfim.kipoi_spec.iter_samples.
 """
 

@@ -100,6 +100,8 @@ class MapsFile:
         for k in ("seq_ref", "seq_alt", "imp_ref", "imp_alt", "fis", "fis_pval", "fis_all_alts"):
             if k in self._data:
                 out[k] = np.asarray(self._data[k][int(i)], dtype=np.float64)
+        if "alt_offset" in self._data:  # files of earlier versions have none: identity (SNVs)
+            out["alt_offset"] = np.asarray(self._data["alt_offset"][int(i)], dtype=np.int64)
         if "all_alts_bases" in self._data:
             out["all_alts_bases"] = [str(b) for b in _decode(self._data["all_alts_bases"][int(i)])]
         out["offsets"] = self.offsets
@@ -168,6 +170,7 @@ def _spec(D: int, all_alts: bool) -> dict[str, tuple[tuple, Any]]:
         "seq_ref": ((D, 4), np.float32), "seq_alt": ((D, 4), np.float32),
         "imp_ref": ((D, 4), np.float32), "imp_alt": ((D, 4), np.float32),
         "fis": ((D,), np.float32), "max_abs_fis": ((), np.float32),
+        "alt_offset": ((D,), np.int64),  # alignment of the alternate track (kipoi_dfim.indels)
     }
     if all_alts:
         spec["fis_all_alts"] = ((3, D), np.float32)
