@@ -99,8 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"kipoi_dfim.{args.module}")
         module.run(args)
     except InputError as e:
-        print(f"kipoi-dfim {args.command}: error: {e}", file=sys.stderr)
+        print(f"kipoi-dfim {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permission changed mid-run, ...: name the file, no traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"kipoi-dfim {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
