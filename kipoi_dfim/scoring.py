@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from kipoi_dfim import __version__
 from kipoi_dfim import fis as F
 from kipoi_dfim import null as N
+from kipoi_dfim.attribution import predict_fixed
 from kipoi_dfim.backend import load_model
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.ism import ISM_COLUMNS, ism_scores
@@ -79,11 +80,11 @@ class ChunkScores:
 
 def _ism(model: Any, X: np.ndarray, Xalt: np.ndarray, rc: bool) -> dict[str, np.ndarray]:
     """kipoi-veff's ISM scores from the raw outputs of the same windows (and their reverse complements)."""
-    n = len(X)
-    P = model.predict(np.concatenate([X, Xalt]), output="raw").astype(np.float64)
+    n, bs = len(X), getattr(model, "batch_size", 64)
+    P = predict_fixed(model, np.concatenate([X, Xalt]), bs, output="raw").astype(np.float64)
     if not rc:
         return ism_scores(P[:n], P[n:])
-    Prc = model.predict(reverse_complement(np.concatenate([X, Xalt])), output="raw").astype(np.float64)
+    Prc = predict_fixed(model, reverse_complement(np.concatenate([X, Xalt])), bs, output="raw").astype(np.float64)
     return ism_scores(P[:n], P[n:], Prc[:n], Prc[n:])
 
 
