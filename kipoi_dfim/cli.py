@@ -15,7 +15,7 @@ import sys
 
 from kipoi_dfim import __version__
 from kipoi_dfim.errors import InputError
-from kipoi_dfim.output.base import remove_live_temps
+from kipoi_dfim.output.base import COMMITTED, remove_live_temps
 from kipoi_dfim.settings import add_options
 
 
@@ -81,8 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _on_signal(signum: int, _frame: object) -> None:
     """SIGTERM/SIGINT: remove temporary files, leave earlier outputs untouched, exit 128 + signal."""
+    done = COMMITTED["done"]
     remove_live_temps()
-    print(f"kipoi-dfim: interrupted by signal {signum}; no output was written", file=sys.stderr)
+    what = "the outputs were complete and are kept" if done else "no output was written, earlier files are untouched"
+    print(f"kipoi-dfim: interrupted by signal {signum}; {what}", file=sys.stderr)
     os._exit(128 + signum)
 
 

@@ -35,7 +35,7 @@ from kipoi_dfim.attribution import predict_fixed
 from kipoi_dfim.backend import load_model
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.ism import ISM_COLUMNS, ism_scores
-from kipoi_dfim.output.base import ScoredChunk, Writer
+from kipoi_dfim.output.base import ScoredChunk, Writer, commit_together
 from kipoi_dfim.output.maps import MapsWriter
 from kipoi_dfim.output.tsv import TsvWriter, read_table
 from kipoi_dfim.output.vcf import VcfWriter
@@ -364,8 +364,9 @@ def score_variants(
                 rowstats, acc = _score_file(m, vcf, fa, writers, tidx, tnames, settings,
                                             set(variant_ids) if variant_ids is not None else None, bar)
             stats = rowstats.stats(acc, len(tidx))
-            for w in writers:
-                w.finish(stats)
+            with commit_together():  # all outputs appear at once, or none
+                for w in writers:
+                    w.finish(stats)
         except BaseException:
             for w in writers:
                 w.abort()

@@ -39,8 +39,9 @@ NOT_SCORED = {
     "n_at_variant": "N in REF, ALT or the FASTA at the variant",
     "not_acgt": "REF or ALT has letters other than ACGTN",
     "outside_contig": "the variant lies outside the contig",
-    "bad_pos": "POS is not a positive integer",
+    "bad_pos": "POS is not an integer in 1..2^62-1 (the range of htslib, bcftools)",
 }
+POS_MAX = 2**62 - 1  # htslib's largest POS: beyond it no VCF tool reads the record
 
 _ACGTN = re.compile(r"^[ACGTNacgtn]+$")
 
@@ -342,7 +343,7 @@ def _records(path: str, lines: Iterator[tuple[int, bytes, int]]) -> Iterator[Rec
             how = "is separated by spaces, not tabs" if len(text.split()) >= 8 else f"has {len(cols)}"
             raise InputError(f"a VCF record needs 8 tab-separated columns; this line {how}", path=path, line=n)
         value = _integer(cols[1])
-        pos = value if value is not None and value > 0 else None
+        pos = value if value is not None and 0 < value <= POS_MAX else None
         alts = [] if cols[4] in (".", "") else cols[4].split(",")
         yield Record(index, n, line, cols[0], pos, cols[2], cols[3], alts, nbytes, value)
         index += 1

@@ -93,8 +93,8 @@ def _n_alts(alt: str) -> int:
 def _bcftools_clean(path: str) -> bytes:
     """bcftools view of ``path`` (bytes: htslib splits lines on \\n only); fails on any warning or error."""
     dst = path + ".bcftools.vcf"
-    r = subprocess.run([sys.executable, "-c", "import sys, pysam.bcftools as b; b.view('-o', sys.argv[2], sys.argv[1], catch_stdout=False)",
-                        path, dst], capture_output=True, text=True, timeout=120)
+    code = "import sys, pysam.bcftools as b; b.view('-o', sys.argv[2], sys.argv[1], catch_stdout=False)"
+    r = subprocess.run([sys.executable, "-c", code, path, dst], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stderr.strip() == "", f"bcftools on {path}: rc {r.returncode}: {r.stderr[:800]}"
     with open(dst, "rb") as fh:
         return fh.read()

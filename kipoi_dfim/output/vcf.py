@@ -18,7 +18,16 @@ import numpy as np
 import pysam
 
 from kipoi_dfim.null import FileStats
-from kipoi_dfim.output.base import ScoredChunk, Spool, commit_temp, make_temp, remove_temp
+from kipoi_dfim.output.base import (
+    LIVE_TEMPS,
+    ScoredChunk,
+    Spool,
+    commit_temp,
+    commit_together,
+    make_temp,
+    remove_output,
+    remove_temp,
+)
 from kipoi_dfim.variants import NOT_SCORED
 
 log = logging.getLogger(__name__)
@@ -154,7 +163,9 @@ class VcfWriter:
     def _line(self, text: bytes, first: int, n_alt: int, values: dict, stats: FileStats) -> bytes:
         cols = text.split(b"\t")
         T = len(self.targets)
-        add = ["DFIM_STATUS=" + ",".join(values["status"])] + (["DFIM_ORIG=" + values["orig"]] if values["orig"] else [])
+        add = ["DFIM_STATUS=" + ",".join(values["status"])]
+        if values["orig"]:
+            add.append("DFIM_ORIG=" + values["orig"])
         for t, name in enumerate(self.targets):
             tid = info_id(name)
             for suffix, _typ, _d, col in INFO_FIELDS:
@@ -177,19 +188,32 @@ class VcfWriter:
             commit_temp(tmp, self.path)
             return
         gz = make_temp(self.path, ".vcf.gz")
+        # a .tbi holds positions below 2^29 only; beyond, a careful bcftools user indexes with CSI (tabix -C)
+        ext = ".csi" if self.fixer.max_pos >= 2**29 else ".tbi"
+        idx = gz + ext
+        LIVE_TEMPS.add(idx)
         try:
             pysam.tabix_compress(tmp, gz, force=True)
+            verbosity = pysam.set_verbosity(0)  # our one-line warning instead of htslib's [E::...] lines
             try:
-                pysam.tabix_index(gz, preset="vcf", force=True, keep_original=True)
-            except Exception as e:  # noqa: BLE001 - unsorted input cannot be indexed
-                log.warning("written bgzipped but not tabix-indexed (%s); sort the input VCF to get an index", e)
-            commit_temp(gz, self.path)
-            if os.path.exists(gz + ".tbi"):
-                os.replace(gz + ".tbi", self.path + ".tbi")
-            elif os.path.exists(self.path + ".tbi"):
-                os.remove(self.path + ".tbi")  # a stale index of an older file would be wrong
+                pysam.tabix_index(gz, preset="vcf", force=True, keep_original=True, csi=ext == ".csi")
+            except Exception as e:  # noqa: BLE001 - unsorted input, or positions no index can hold
+                why = "positions beyond what a .tbi/.csi index holds" if self.fixer.max_pos >= 2**32 else \
+                    "sort the input VCF to get an index"
+                log.warning("%s: written bgzipped but not indexed (%s: %s)", self.path, why, " ".join(str(e).split()))
+            finally:
+                pysam.set_verbosity(verbosity)
+            stale = [self.path + x for x in (".tbi", ".csi")]  # an index of an older file would be wrong
+            with commit_together():
+                commit_temp(gz, self.path)
+                if os.path.exists(idx):
+                    commit_temp(idx, self.path + ext)
+                    stale.remove(self.path + ext)
+                for old in stale:
+                    remove_output(old)
         finally:
             remove_temp(gz)
+            remove_temp(idx)
 
 
 # what htslib accepts without a warning: contig names (VCF 4.3), FILTER and INFO IDs, POS (62 bits)
@@ -233,6 +257,7 @@ class RecordFixer:
                 self.declared[m.group(1).decode()].add(m.group(2).decode("utf-8", "replace"))
         self.added: dict[str, dict[str, str]] = {"contig": {}, "FILTER": {}, "INFO": {}}
         self.used_orig = False
+        self.max_pos = 0  # largest POS written (decides .tbi or .csi)
 
     def _use(self, kind: str, name: str, typ: str = "") -> None:
         if name not in self.declared[kind] and (kind != "INFO" or self.added[kind].get(name) != "String"):
@@ -249,6 +274,7 @@ class RecordFixer:
         if not _POS.match(cols[1]) or int(cols[1]) > _HTS_POS_MAX:
             orig.append("POS:" + _pct(cols[1]))
             cols[1] = "0"
+        self.max_pos = max(self.max_pos, int(cols[1]))
         if cols[6] not in (".", "PASS"):
             names = cols[6].split(";")
             if all(_KEY.match(f) or _CONTIG.match(f) and "=" not in f for f in names) and cols[6]:
