@@ -355,7 +355,7 @@ def score_variants(
     check_paths(inputs={"--vcf": vcf, "--fasta": fasta}, outputs={"-o": out, "--tsv": tsv, "--maps": maps})
     m = load_model(model, source=source, output=settings.output, batch_size=settings.batch_size)
     if m.seq_len < 2 * settings.window + 1:
-        raise InputError(f"the model input ({m.seq_len} bp) is shorter than the +-{settings.window} bp window")
+        raise InputError(f"--window {settings.window}: the model input ({m.seq_len} bp) is shorter than the window")
     tidx, tnames = _resolve_targets(m, settings)
     with _table_path(tsv, return_table) as tsv_path:
         writers = open_writers(out, tsv_path, maps, header, tnames, settings, str(model), m.seq_len, command)
