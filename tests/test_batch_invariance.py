@@ -25,14 +25,13 @@ ISM = ["ref_pred", "alt_pred", "diff", "logit_ref", "logit_alt", "logit", "deeps
 ISM_ATOL, ISM_RTOL = 1e-5, 1e-4
 
 
-def _run(tmp_path, model: str, batch_size: int, chunk_size: int, **kw) -> str:
-    out = str(tmp_path / f"{model}_{batch_size}_{chunk_size}.tsv")
+def _run(tmp_path, model: str, batch_size: int, chunk_size: int, n_records: int, **kw) -> str:
+    out = str(tmp_path / f"{model}_{batch_size}_{chunk_size}_{n_records}.tsv")
     with open(VCF) as fh:
         lines = fh.read().splitlines(True)
-    vcf = tmp_path / "v.vcf"
-    if not vcf.exists():  # the first 12 records: interacting pairs, lone motifs, distractors, background
-        vcf.write_text("".join([ln for ln in lines if ln.startswith("#")] + [ln for ln in lines
-                                                                               if not ln.startswith("#")][:12]))
+    vcf = tmp_path / f"v{n_records}.vcf"  # interacting pairs, lone motifs, distractors, background, ...
+    vcf.write_text("".join([ln for ln in lines if ln.startswith("#")]
+                           + [ln for ln in lines if not ln.startswith("#")][:n_records]))
     score_variants(os.path.join(ROOT, "model_specs", model), str(vcf), FASTA, tsv=out, quiet=True,
                    batch_size=batch_size, chunk_size=chunk_size, return_table=False, **kw)
     return out
@@ -51,20 +50,28 @@ def _compare(base: str, other: str) -> None:
     ism = [head.index(c) for c in ISM]
     for ra, rb in zip(a, b, strict=True):
         assert [v for i, v in enumerate(ra) if i not in ism] == [v for i, v in enumerate(rb) if i not in ism]
+        assert ra[head.index("pval")] != "" or ra[head.index("status")] != "ok"  # p-values were computed
         x = np.array([float(ra[i]) if ra[i] else np.nan for i in ism])
         y = np.array([float(rb[i]) if rb[i] else np.nan for i in ism])
         np.testing.assert_allclose(y, x, rtol=ISM_RTOL, atol=ISM_ATOL, equal_nan=True)
 
 
-@pytest.mark.parametrize("model, small", [("sim_torch", 7), ("sim_keras", 7)])
-def test_batch_and_chunk_size_do_not_change_the_scores(tmp_path, model, small):
-    kw = {"method": "deeplift", "n_refs": 2, "null_shuffles": 2, "seed": 5}
-    base = _run(tmp_path, model, 64, 5, **kw)
-    with open(base) as fh:
+@pytest.mark.parametrize("model", ["sim_torch", "sim_keras"])
+def test_chunk_size_does_not_change_a_byte(tmp_path, model):
+    """At a given --batch-size every model call has the same shape, so no chunking changes a digit.
+
+    (Without the fixed-shape calls, --chunk-size 1 changed ref_pred/logit in the 6th digit for the torch model.)
+    """
+    kw = {"method": "deeplift", "n_refs": 2, "seed": 5}
+    with open(_run(tmp_path, model, 64, 16, 40, **kw)) as fh:
         text = fh.read()
-    assert "\tok\t" in text and "e-" in text  # scored rows with p-values, not an empty table
-    for chunk in (1, 256):  # fixed batch size: byte-identical whatever the chunk size
-        with open(_run(tmp_path, model, 64, chunk, **kw)) as fh:
+    assert text.count("\tok\t") > 20  # scored rows, not an empty table
+    for chunk in (1, 256):
+        with open(_run(tmp_path, model, 64, chunk, 40, **kw)) as fh:
             assert fh.read() == text, f"--chunk-size {chunk} changed the output"
-    # another batch size: FIS/null/p/q identical, ISM within the stated tolerance
-    _compare(base, _run(tmp_path, model, small, 4, **kw))
+
+
+@pytest.mark.parametrize("model", ["sim_torch", "sim_keras"])
+def test_batch_size_changes_ism_only_within_tolerance(tmp_path, model):
+    kw = {"method": "deeplift", "n_refs": 2, "null_shuffles": 2, "seed": 5}  # with the null and p/q-values
+    _compare(_run(tmp_path, model, 64, 5, 12, **kw), _run(tmp_path, model, 7, 4, 12, **kw))
