@@ -136,6 +136,7 @@ def test_lone_carriage_return_keeps_records_paired(capsys, tmp_path, fasta):
     body = vcf_body(tmp_path)
     assert [ln.split(b"\t")[2] for ln in body] == [c[2] for c in want]
     assert b"CLASS=x\rY=1" in body[1]
+    assert all(b"DFIM_STATUS=ok" in ln and b"DFIM_interaction_MAXABS=" in ln for ln in body)  # none left without
     # the scores are those of the same records scored without the \r
     rc, _ = score(capsys, tmp_path, write(tmp_path, "plain.vcf", HEADER + b"".join(RECORDS[:8])), fasta)
     assert rc == 0

@@ -126,14 +126,25 @@ def run_fuzz(tmp_path, n: int, seed: int) -> None:
         body = [ln.rstrip("\n") for ln in fh if not ln.startswith("#")]
     assert len(body) == n
     statuses = df.groupby("vcf_record", sort=True)["status"].apply(list)
+    with open(tsv) as fh:  # maxAbsFIS as the TSV prints it ('' when not scored)
+        cells = [ln.rstrip("\n").split("\t") for ln in fh]
+    k_rec, k_max = cells[0].index("vcf_record"), cells[0].index("max_abs_fis")
+    maxabs: dict[int, list[str]] = {}
+    for c in cells[1:]:
+        maxabs.setdefault(int(c[k_rec]), []).append(c[k_max])
     for i, (line, rec) in enumerate(zip(body, records, strict=True)):
         got, want = line.split("\t"), rec.split("\t")
-        info = dict(f.split("=", 1) for f in got[7].split(";") if f.startswith(("DFIM_STATUS=", "DFIM_ORIG=")))
+        info = dict(f.split("=", 1) for f in got[7].split(";") if f.startswith("DFIM_"))
         orig = dict(o.split(":", 1) for o in info.get("DFIM_ORIG", "").split(",") if o and not o.startswith("INFO"))
         for c, name in ((0, "CHROM"), (1, "POS"), (6, "FILTER")):  # replaced fields are kept in DFIM_ORIG
             assert (urllib.parse.unquote(orig[name]) if name in orig else got[c]) == want[c], (i, name, line, rec)
         assert got[2:6] == want[2:6], (i, line, rec)
         assert info["DFIM_STATUS"].split(",") == statuses[i], (i, line)
+        if "DFIM_interaction_MAXABS" in info:  # the scores too: one value per ALT, the TSV's
+            want_max = [m if m else "." for m in maxabs[i]]
+            assert info["DFIM_interaction_MAXABS"].split(",") == want_max, (i, line)
+        else:
+            assert not any(maxabs[i]), (i, line)
 
     # bcftools reads both outputs without a word (the TSV is not a VCF; the annotated VCF and its index are)
     text = _bcftools_clean(out)
