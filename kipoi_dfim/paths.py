@@ -26,6 +26,11 @@ def _same(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
+def _inside(path: str, folder: str) -> bool:
+    real, top = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([real, top]) == top
+
+
 def _companions(flag: str, path: str) -> list[tuple[str, str]]:
     """Files an output writes besides itself (the tabix/CSI index of a .vcf.gz)."""
     out = [(flag, path)]
@@ -48,10 +53,14 @@ def check_paths(inputs: Mapping[str, PathLike], outputs: Mapping[str, PathLike])
     """
     ins = [c for k, v in inputs.items() if v is not None for c in _input_files(k, os.fspath(v))]
     outs = [c for k, v in outputs.items() if v is not None for c in _companions(k, os.fspath(v))]
+    dirs = [(k, p) for k, p in ins if os.path.isdir(p)]  # a model directory: none of its files may be replaced
     for i, (ko, po) in enumerate(outs):
         for ki, pi in ins:
             if _same(po, pi):
                 raise InputError(f"the output {ko} {po} is the input {ki} {pi}; choose another output path")
+        for ki, pi in dirs:
+            if os.path.exists(po) and _inside(po, pi):
+                raise InputError(f"the output {ko} {po} is a file of the input {ki} {pi}; choose another output path")
         for kb, pb in outs[:i]:
             if _same(po, pb):
                 raise InputError(f"the outputs {kb} and {ko} are the same file {po}; give each its own path")

@@ -352,7 +352,9 @@ def score_variants(
     settings = make_settings(settings, **options)
     fa = Fasta(fasta)  # cheap input checks first, so a typo in a path fails before a model is loaded
     header, _ = read_records(vcf)
-    check_paths(inputs={"--vcf": vcf, "--fasta": fasta}, outputs={"-o": out, "--tsv": tsv, "--maps": maps})
+    model_path = model if isinstance(model, str | os.PathLike) else None
+    check_paths(inputs={"--vcf": vcf, "--fasta": fasta, "model": model_path},
+                outputs={"-o": out, "--tsv": tsv, "--maps": maps})
     m = load_model(model, source=source, output=settings.output, batch_size=settings.batch_size)
     if m.seq_len < 2 * settings.window + 1:
         raise InputError(f"--window {settings.window}: the model input ({m.seq_len} bp) is shorter than the window")

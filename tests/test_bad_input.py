@@ -437,18 +437,22 @@ def _inputs(tmp_path, fasta):
 
 
 @pytest.mark.parametrize("case", ["o=vcf", "tsv=vcf", "maps=vcf", "o=tsv", "maps=tsv", "maps=o", "tsv=o.tbi",
-                                  "tsv=fasta.fai", "o=fasta", "maps=fasta.fai", "o=symlink-to-vcf"])
+                                  "tsv=fasta.fai", "o=fasta", "maps=fasta.fai", "o=symlink-to-vcf",
+                                  "tsv=model-weights"])
 def test_output_equal_to_input_refused(capsys, tmp_path, fasta, case):
     vcf, before = _inputs(tmp_path, fasta)
+    model = _model(tmp_path)
+    before[os.path.join(model, "model.pt")] = open(os.path.join(model, "model.pt"), "rb").read()
     o, tsv, maps = str(tmp_path / "o.vcf.gz"), str(tmp_path / "o.tsv"), None
     if case == "o=symlink-to-vcf":
         os.symlink(vcf, tmp_path / "link.vcf")
     target = {"vcf": vcf, "tsv": tsv, "o": o, "o.tbi": o + ".tbi", "fasta.fai": fasta + ".fai", "fasta": fasta,
-              "symlink-to-vcf": str(tmp_path / "link.vcf")}[case.split("=")[1]]
+              "symlink-to-vcf": str(tmp_path / "link.vcf"), "model-weights": os.path.join(model, "model.pt"),
+              }[case.split("=")[1]]
     which = case.split("=")[0]
     o, tsv, maps = (target if which == "o" else o), (target if which == "tsv" else tsv), \
         (target if which == "maps" else maps)
-    args = [MODEL, "--vcf", vcf, "--fasta", fasta, "-o", o, "--tsv", tsv, *FAST, "--quiet"]
+    args = [model, "--vcf", vcf, "--fasta", fasta, "-o", o, "--tsv", tsv, *FAST, "--quiet"]
     rc, err = cli(capsys, *args, *(["--maps", maps] if maps else []))
     assert_one_line_error(rc, err, target)
     assert {p: open(p, "rb").read() for p in before} == before  # no input touched
