@@ -16,11 +16,12 @@ import signal
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from kipoi_dfim.null import FileStats
+if TYPE_CHECKING:  # annotations only: kipoi_dfim.variants imports this module, and null imports variants
+    from kipoi_dfim.null import FileStats
 
 # every temporary file of a run, so that a signal handler can remove them (see kipoi_dfim.cli)
 LIVE_TEMPS: set[str] = set()
