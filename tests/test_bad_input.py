@@ -503,3 +503,27 @@ def test_interrupt_leaves_no_temps_and_old_outputs(tmp_path, fasta, sig):
     assert sorted(os.listdir(out)) == sorted(old)
     assert {n: (out / n).read_bytes() for n in old} == old
     assert os.listdir(tmpdir) == []
+
+
+def test_fault_while_finishing_keeps_every_earlier_output(capsys, tmp_path, fasta, monkeypatch):
+    """A fault after the TSV is finished but before the VCF is (disk full in bgzip): no output changes at all.
+
+    Outputs appear together (output.base.commit_together); one-by-one renames would leave a new TSV beside
+    the old VCF, a set of outputs from two different runs.
+    """
+    vcf, _ = _inputs(tmp_path, fasta)
+    out = tmp_path / "out"
+    out.mkdir()
+    old = {n: f"earlier {n}\n".encode() for n in ("o.vcf.gz", "o.vcf.gz.tbi", "o.tsv")}
+    for n, data in old.items():
+        (out / n).write_bytes(data)
+
+    def disk_full(*_a, **_k):
+        raise OSError(28, "No space left on device", str(out / "o.vcf.gz"))
+
+    monkeypatch.setattr(pysam, "tabix_compress", disk_full)
+    rc, err = cli(capsys, MODEL, "--vcf", vcf, "--fasta", fasta, "-o", str(out / "o.vcf.gz"), "--tsv",
+                  str(out / "o.tsv"), *FAST, "--quiet")
+    assert_one_line_error(rc, err, str(out / "o.vcf.gz"), "No space left", code=1)
+    assert sorted(os.listdir(out)) == sorted(old)
+    assert {n: (out / n).read_bytes() for n in old} == old
