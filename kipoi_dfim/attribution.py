@@ -226,11 +226,29 @@ def _gradient(model, x: np.ndarray, target, batch_size: int) -> np.ndarray:
     return np.concatenate([model.gradient(x[a:b], target) for a, b in _chunks(len(x), batch_size)])
 
 
+def predict_fixed(model, x: np.ndarray, batch_size: int, output: str | None = None) -> np.ndarray:
+    """model.predict over ``x`` in calls of exactly ``batch_size`` inputs (the last one padded with zeros).
+
+    Why: CPU kernels (oneDNN, Eigen) pick their blocking from the batch shape, so the same sequence can come
+    back with a different last digit in a call of 3 rows than in one of 64. With every call the same shape, a
+    variant's prediction does not depend on how many variants share its chunk (``--chunk-size``).
+    """
+    if len(x) == 0:
+        return np.zeros((0, len(model.targets)), dtype=np.float32)
+    out = []
+    for a, b in _chunks(len(x), batch_size):
+        xb = x[a:b]
+        if b - a < batch_size:
+            xb = np.concatenate([xb, np.zeros((batch_size - (b - a),) + x.shape[1:], x.dtype)])
+        out.append(np.asarray(model.predict(xb, output=output) if output else model.predict(xb))[: b - a])
+    return np.concatenate(out)
+
+
 def _predict(model, x: np.ndarray, col: int, batch_size: int) -> np.ndarray:
-    """Scored output ``col`` of model.predict over ``x`` in calls of at most ``batch_size`` inputs."""
+    """Scored output ``col`` of model.predict over ``x`` in fixed-shape calls of ``batch_size`` inputs."""
     if len(x) == 0:
         return np.zeros(0, dtype=np.float32)
-    return np.concatenate([model.predict(x[a:b])[:, col] for a, b in _chunks(len(x), batch_size)])
+    return predict_fixed(model, x, batch_size)[:, col]
 
 
 def _codes(x: np.ndarray) -> np.ndarray:

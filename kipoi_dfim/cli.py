@@ -16,7 +16,7 @@ import warnings
 
 from kipoi_dfim import __version__
 from kipoi_dfim.errors import InputError
-from kipoi_dfim.output.base import remove_live_temps
+from kipoi_dfim.output.base import COMMITTED, remove_live_temps
 from kipoi_dfim.settings import add_options
 
 
@@ -111,8 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _on_signal(signum: int, _frame: object) -> None:
     """SIGTERM/SIGINT: remove temporary files, leave earlier outputs untouched, exit 128 + signal."""
+    done = COMMITTED["done"]
     remove_live_temps()
-    print(f"kipoi-dfim: interrupted by signal {signum}; no output was written", file=sys.stderr)
+    what = "the outputs were complete and are kept" if done else "no output was written, earlier files are untouched"
+    print(f"kipoi-dfim: interrupted by signal {signum}; {what}", file=sys.stderr)
     os._exit(128 + signum)
 
 
@@ -131,8 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"kipoi_dfim.{args.module}")
         module.run(args)
     except InputError as e:
-        print(f"kipoi-dfim {args.command}: error: {e}", file=sys.stderr)
+        print(f"kipoi-dfim {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permission changed mid-run, ...: name the file, no traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"kipoi-dfim {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -113,13 +113,18 @@ def _samples(vcf_file, fa, seq_len: int, chunk_size: int) -> Iterator[dict]:
                 k += 1
             else:
                 x, xa = zero, zero
-            meta = {"variant_id": v.variant_id, "chrom": v.chrom, "pos": np.int64(v.pos), "ref": v.ref,
+            meta = {"variant_id": v.variant_id, "chrom": v.chrom, "pos": np.int64(_int64_pos(v.pos)), "ref": v.ref,
                     "alt": v.alt, "status": v.status}
             inputs = {"ref_seq": x, "alt_seq": xa, "flags": ";".join(v.flags),
                       "record_index": np.int64(v.record_index), "alt_index": np.int64(v.alt_index),
                       "vcf_line": np.int64(v.line), "offset": np.int64(v.offset)}
             inputs.update(meta)
             yield {"inputs": inputs, "metadata": meta}
+
+
+def _int64_pos(pos: int | None) -> int:
+    """POS for Kipoi's int64 arrays: -1 when it is not an integer or beyond int64 (status bad_pos)."""
+    return pos if pos is not None and -(2**63) <= pos < 2**63 else -1
 
 
 # -- the model side -----------------------------------------------------------------------------------------

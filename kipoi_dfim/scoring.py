@@ -32,11 +32,12 @@ from tqdm.auto import tqdm
 from kipoi_dfim import __version__, indels
 from kipoi_dfim import fis as F
 from kipoi_dfim import null as N
+from kipoi_dfim.attribution import predict_fixed
 from kipoi_dfim.backend import load_model
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.ism import ISM_COLUMNS, ism_scores
 from kipoi_dfim.motifs import MotifSet, annotate_variants, resolve_motifs
-from kipoi_dfim.output.base import ScoredChunk, Writer
+from kipoi_dfim.output.base import ScoredChunk, Writer, commit_together
 from kipoi_dfim.output.maps import MapsWriter
 from kipoi_dfim.output.tsv import ALL_COLUMNS, MOTIF_COLUMNS, TsvWriter, read_table
 from kipoi_dfim.output.vcf import VcfWriter
@@ -87,11 +88,11 @@ class ChunkScores:
 
 def _ism(model: Any, X: np.ndarray, Xalt: np.ndarray, rc: bool) -> dict[str, np.ndarray]:
     """kipoi-veff's ISM scores from the raw outputs of the same windows (and their reverse complements)."""
-    n = len(X)
-    P = model.predict(np.concatenate([X, Xalt]), output="raw").astype(np.float64)
+    n, bs = len(X), getattr(model, "batch_size", 64)
+    P = predict_fixed(model, np.concatenate([X, Xalt]), bs, output="raw").astype(np.float64)
     if not rc:
         return ism_scores(P[:n], P[n:])
-    Prc = model.predict(reverse_complement(np.concatenate([X, Xalt])), output="raw").astype(np.float64)
+    Prc = predict_fixed(model, reverse_complement(np.concatenate([X, Xalt])), bs, output="raw").astype(np.float64)
     return ism_scores(P[:n], P[n:], Prc[:n], Prc[n:])
 
 
@@ -443,13 +444,15 @@ def score_variants(
     settings = make_settings(settings, **options)
     fa = Fasta(fasta)  # cheap input checks first, so a typo in a path fails before a model is loaded
     header, _ = read_records(vcf)
-    check_paths(inputs={"--vcf": vcf, "--fasta": fasta}, outputs={"-o": out, "--tsv": tsv, "--maps": maps})
+    model_path = model if isinstance(model, str | os.PathLike) else None
+    check_paths(inputs={"--vcf": vcf, "--fasta": fasta, "model": model_path},
+                outputs={"-o": out, "--tsv": tsv, "--maps": maps})
     m = load_model(model, source=source, **load_options(settings))
     if getattr(m, "output", settings.output) != settings.output and getattr(m, "activation", None):
         raise InputError(f"the model object was loaded with output={m.output!r} but the settings ask for "
                          f"{settings.output!r}; load it with load_model(..., output={settings.output!r})")
     if m.seq_len < 2 * settings.window + 1:
-        raise InputError(f"the model input ({m.seq_len} bp) is shorter than the +-{settings.window} bp window")
+        raise InputError(f"--window {settings.window}: the model input ({m.seq_len} bp) is shorter than the window")
     tidx, tnames = _resolve_targets(m, settings)
     wanted = set(variant_ids) if variant_ids is not None else None
     with _table_path(tsv, return_table) as tsv_path:
@@ -465,8 +468,9 @@ def score_variants(
             if wanted is not None and not fp.seen:
                 raise InputError(f"none of the variant IDs {sorted(wanted)[:5]} is in the VCF", path=str(vcf))
             stats = fp.stats()
-            for w in writers:
-                w.finish(stats)
+            with commit_together():  # all outputs appear at once, or none
+                for w in writers:
+                    w.finish(stats)
         except BaseException:
             for w in writers:
                 w.abort()

@@ -8,10 +8,12 @@ input is padded with N (flag ``padded``).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import os
 import re
+import tempfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ import pyfaidx
 
 from kipoi_dfim import indels
 from kipoi_dfim.errors import InputError
+from kipoi_dfim.output.base import LIVE_TEMPS
 from kipoi_dfim.sequence import one_hot
 
 log = logging.getLogger(__name__)
@@ -37,8 +40,9 @@ NOT_SCORED = {
     "n_at_variant": "N in REF, ALT or the FASTA at the variant",
     "not_acgt": "REF or ALT has letters other than ACGTN",
     "outside_contig": "the variant lies outside the contig",
-    "bad_pos": "POS is not a positive integer",
+    "bad_pos": "POS is not an integer in 1..2^62-1 (the range of htslib, bcftools)",
 }
+POS_MAX = 2**62 - 1  # htslib's largest POS: beyond it no VCF tool reads the record
 
 _ACGTN = re.compile(r"^[ACGTNacgtn]+$")
 
@@ -51,7 +55,7 @@ class Variant:
     alt_index: int
     line: int
     chrom: str
-    pos: int  # 1-based VCF POS
+    pos: int | None  # 1-based VCF POS as written (any integer, for bad_pos too); None when it is not an integer
     ref: str
     alt: str
     vcf_id: str | None
@@ -67,7 +71,7 @@ class Variant:
         if self.vcf_id and self.vcf_id != ".":
             ids = self.vcf_id.split(";")
             return ids[0] if len(ids) == 1 else self.vcf_id
-        return f"{self.chrom}:{self.pos}:{self.ref}:{self.alt}"
+        return f"{self.chrom}:{self.pos if self.pos is not None else '.'}:{self.ref}:{self.alt}"
 
     @property
     def ok(self) -> bool:
@@ -80,18 +84,43 @@ class Variant:
 
 
 class Fasta:
-    """A reference FASTA (pyfaidx) with contig names matched with or without a 'chr' prefix."""
+    """A reference FASTA (pyfaidx) with contig names matched with or without a 'chr' prefix.
+
+    The ``.fai`` index is checked against the FASTA before it is trusted: a FASTA edited after it was indexed
+    would otherwise give sequence from the wrong offsets (wrong windows, wrong REF checks) without an error.
+    A missing or stale index is rebuilt: a missing one beside the FASTA when its folder is writable (as
+    ``samtools faidx`` would), a stale one -- or any when the folder is read-only -- in a temporary file that is
+    removed once read, so an input folder is never changed behind the user's back.
+    """
 
     def __init__(self, path: str | os.PathLike):
         path = str(path)
         if not os.path.exists(path):
             raise InputError("FASTA file not found", path=path)
-        try:
-            self.fa = pyfaidx.Fasta(path, as_raw=True, sequence_always_upper=True, rebuild=False)
-        except Exception as e:  # noqa: BLE001 - pyfaidx raises several kinds
-            raise InputError(f"cannot read FASTA ({type(e).__name__}: {e})", path=path) from e
+        if os.path.isdir(path):
+            raise InputError("is a directory, not a FASTA file", path=path)
         self.path = path
+        self.fa = self._open(path)
         self.lengths = {k: len(v) for k, v in self.fa.records.items()}
+
+    @staticmethod
+    def _open(path: str) -> pyfaidx.Fasta:
+        fai = path + ".fai"
+        compressed = _is_gzip(path)
+        problem = None if compressed or not os.path.exists(fai) else fai_problem(path, fai)
+        if problem:
+            log.warning("%s: %s; using a fresh index in a temporary file (run `samtools faidx %s` to fix it)",
+                        fai, problem, path)
+        try:
+            if compressed or (os.path.exists(fai) and not problem):
+                return pyfaidx.Fasta(path, as_raw=True, sequence_always_upper=True, rebuild=False)
+            if not problem and _folder_writable(path):
+                return _with_new_index(path, os.path.dirname(os.path.abspath(path)), keep_as=fai)
+            return _with_new_index(path, None, keep_as=None)
+        except InputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - pyfaidx raises several kinds
+            raise InputError(f"cannot read FASTA ({type(e).__name__}: {_one_line(e)})", path=path) from e
 
     def contig(self, chrom: str) -> str | None:
         """The FASTA's name for a VCF contig (tries chrom, chrom without 'chr', 'chr' + chrom, MT/chrM)."""
@@ -114,6 +143,78 @@ class Fasta:
         right = max(0, end - n)
         seq = self.fa[contig][max(start, 0) : min(end, n)] if min(end, n) > max(start, 0) else ""
         return "N" * left + str(seq) + "N" * right
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def _is_gzip(path: str) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def _folder_writable(path: str) -> bool:
+    """Whether a file can be created beside ``path`` (tried, not guessed: root ignores permission bits)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".kipoi-dfim-probe.", dir=os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return False
+    os.close(fd)
+    os.remove(tmp)
+    return True
+
+
+def _with_new_index(path: str, folder: str | None, keep_as: str | None) -> pyfaidx.Fasta:
+    """Index ``path`` into a temporary file (in ``folder``, or TMPDIR); keep it as ``keep_as`` or remove it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".fai", dir=folder)
+    os.close(fd)
+    os.remove(tmp)  # pyfaidx writes the index itself
+    LIVE_TEMPS.add(tmp)
+    try:
+        fa = pyfaidx.Fasta(path, indexname=tmp, as_raw=True, sequence_always_upper=True, rebuild=True)
+        if keep_as is not None:
+            os.replace(tmp, keep_as)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        LIVE_TEMPS.discard(tmp)
+    return fa
+
+
+def fai_problem(path: str, fai: str) -> str | None:
+    """Why ``fai`` does not index ``path`` (None when it does).
+
+    Each entry is checked where it points in the FASTA: its header line must name it, and its sequence must end
+    where the entry says (the next byte after the last line is ``>`` or the end of the file). An edit of the
+    FASTA after indexing moves these boundaries, so this catches it without reading the sequence itself.
+    """
+    entries = []
+    try:
+        with open(fai, encoding="utf-8") as fh:
+            for k, line in enumerate(fh, start=1):
+                cols = line.rstrip("\n").split("\t")
+                if len(cols) < 5 or not all(c.isdigit() for c in cols[1:5]) or int(cols[3]) < 1:
+                    return f"line {k} is not a .fai entry (name, length, offset, line bases, line bytes)"
+                entries.append((cols[0], *map(int, cols[1:5])))
+    except (OSError, UnicodeDecodeError) as e:
+        return f"cannot be read ({_one_line(e)})"
+    size = os.path.getsize(path)
+    with open(path, "rb") as fa:
+        for name, length, offset, lbases, lbytes in sorted(entries, key=lambda e: e[2]):
+            head = offset - min(offset, len(name) + 4096)
+            fa.seek(head)
+            before = fa.read(offset - head)
+            title = before.rstrip(b"\r\n").rsplit(b"\n", 1)
+            whole = len(title) == 2 or head == 0  # else the header is too long to check its name
+            if not before.endswith(b"\n") or whole and title[-1].split()[:1] != [b">" + name.encode()]:
+                return f"the entry of {name!r} does not point at its sequence (the FASTA changed after indexing)"
+            end = offset + (length // lbases) * lbytes + length % lbases
+            fa.seek(end)
+            after = fa.read(lbytes + 2).lstrip(b"\r\n")
+            if end > size or (after and not after.startswith(b">")):
+                return f"the length of {name!r} differs from the FASTA's (the FASTA changed after indexing)"
+    return None
 
 
 def open_text(path: str):
@@ -149,6 +250,7 @@ class Record:
     ref: str
     alts: list[str]
     read_bytes: int = 0  # bytes of the file read up to this record (for progress)
+    pos_value: int | None = None  # POS as written when it is an integer (also 0 or negative), else None
 
 
 @dataclass
@@ -239,13 +341,21 @@ def _records(path: str, lines: Iterator[tuple[int, bytes, int]]) -> Iterator[Rec
             continue
         cols = text.split("\t")
         if len(cols) < 8:
-            how = "separated by spaces, not tabs" if len(text.split()) >= 8 else f"has {len(cols)} tab-separated"
-            raise InputError(f"a VCF record needs 8 tab-separated columns; this line is {how}"
-                             + (" columns" if "tab-separated" in how else ""), path=path, line=n)
-        pos = int(cols[1]) if cols[1].isdigit() and int(cols[1]) > 0 else None
+            how = "is separated by spaces, not tabs" if len(text.split()) >= 8 else f"has {len(cols)}"
+            raise InputError(f"a VCF record needs 8 tab-separated columns; this line {how}", path=path, line=n)
+        value = _integer(cols[1])
+        pos = value if value is not None and 0 < value <= POS_MAX else None
         alts = [] if cols[4] in (".", "") else cols[4].split(",")
-        yield Record(index, n, line, cols[0], pos, cols[2], cols[3], alts, nbytes)
+        yield Record(index, n, line, cols[0], pos, cols[2], cols[3], alts, nbytes, value)
         index += 1
+
+
+_INTEGER = re.compile(r"^[+-]?[0-9]+$")
+
+
+def _integer(text: str) -> int | None:
+    """POS as a Python int (no 32/64-bit wrap), or None when it is not a decimal integer."""
+    return int(text) if _INTEGER.match(text) else None
 
 
 def record_variants(rec: Record, fasta: Fasta, seq_len: int) -> list[Variant]:
@@ -254,6 +364,8 @@ def record_variants(rec: Record, fasta: Fasta, seq_len: int) -> list[Variant]:
     for j, alt in enumerate(rec.alts or [None]):
         v = Variant(record_index=rec.index, alt_index=j, line=rec.line, chrom=rec.chrom, pos=rec.pos or 0,
                     ref=rec.ref, alt=alt if alt is not None else ".", vcf_id=rec.vcf_id)
+        if rec.pos is None:
+            v.pos = rec.pos_value
         v.status = "bad_pos" if rec.pos is None else _status_of_alleles(rec.ref, alt)
         if v.status == STATUS_OK:
             place_window(v, fasta, seq_len)

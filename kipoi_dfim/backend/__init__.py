@@ -73,7 +73,7 @@ def _load_dir(model_dir: Path, **kw) -> SequenceModel:
     try:
         descr = yaml.safe_load(yml.read_text())
     except yaml.YAMLError as e:
-        raise InputError(f"invalid YAML: {e}", path=str(yml)) from e
+        raise InputError(f"invalid YAML: {' '.join(str(e).split())}", path=str(yml)) from e
     mtype = descr.get("type")
     args = dict(descr.get("args") or {})
     in_shape, labels = _schema(descr, model_dir)
@@ -142,13 +142,19 @@ def _load_torch_module(model_dir: Path, args: dict, yml: Path):
     if module_file is None:
         raise InputError("pytorch model needs args.module_file", path=str(yml))
     mf = model_dir / module_file
+    if not mf.is_file():
+        raise InputError(f"args.module_file {module_file} not found", path=str(mf))
     spec = importlib.util.spec_from_file_location(f"kipoi_dfim_user_{abs(hash(str(mf)))}", mf)
     mod = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(model_dir))
     try:
         spec.loader.exec_module(mod)
+    except Exception as e:  # noqa: BLE001 - the user's module can raise anything
+        raise InputError(f"cannot import the model module ({_one_line(e)})", path=str(mf)) from e
     finally:
         sys.path.remove(str(model_dir))
+    if not hasattr(mod, name):
+        raise InputError(f"has no {name!r} (args.module_class/module_obj)", path=str(mf))
     obj = getattr(mod, name)
     if args.get("module_class"):
         kwargs = args.get("module_kwargs") or {}
@@ -157,8 +163,19 @@ def _load_torch_module(model_dir: Path, args: dict, yml: Path):
         obj = obj(**kwargs)
     weights = args.get("weights")
     if weights is not None:
-        obj.load_state_dict(torch.load(str(model_dir / weights), map_location="cpu"))
+        wf = model_dir / weights
+        if not wf.is_file():
+            raise InputError("weights file (args.weights) not found", path=str(wf))
+        try:
+            obj.load_state_dict(torch.load(str(wf), map_location="cpu"))
+        except Exception as e:  # noqa: BLE001 - torch raises several kinds for a corrupt or mismatched file
+            raise InputError(f"cannot load the weights ({type(e).__name__}: {_one_line(e)[:300]})", path=str(wf)) from e
     return obj
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line (the CLI prints one-line errors)."""
+    return " ".join(str(e).split())
 
 
 def _from_kipoi_object(model, **kw) -> SequenceModel:

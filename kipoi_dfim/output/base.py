@@ -12,14 +12,16 @@ import contextlib
 import math
 import os
 import pickle
+import signal
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from kipoi_dfim.null import FileStats
+if TYPE_CHECKING:  # annotations only: kipoi_dfim.variants imports this module, and null imports variants
+    from kipoi_dfim.null import FileStats
 
 # every temporary file of a run, so that a signal handler can remove them (see kipoi_dfim.cli)
 LIVE_TEMPS: set[str] = set()
@@ -38,21 +40,91 @@ def make_temp(path: str, suffix: str = ".tmp") -> str:
     return tmp
 
 
+# renames (tmp, path) -- or removals (None, path) -- waiting for the end of the outermost commit_together()
+_PENDING: list[tuple[str | None, str]] | None = None
+#: set once a run's outputs are all in place (a signal after that leaves them)
+COMMITTED = {"done": False}
+
+
 def remove_temp(tmp: str) -> None:
-    """Remove a temporary file made by :func:`make_temp` (no error when it is gone)."""
+    """Remove a temporary file made by :func:`make_temp` (no error when it is gone; kept while pending commit)."""
+    if _PENDING is not None and any(t == tmp for t, _ in _PENDING):
+        return
     with contextlib.suppress(FileNotFoundError):
         os.remove(tmp)
     LIVE_TEMPS.discard(tmp)
 
 
 def commit_temp(tmp: str, path: str) -> None:
-    """Move a finished temporary file to its final name (atomic on one filesystem)."""
+    """Move a finished temporary file to its final name (atomic on one filesystem; deferred in commit_together)."""
+    if _PENDING is not None:
+        _PENDING.append((tmp, path))
+        return
     os.replace(tmp, path)
     LIVE_TEMPS.discard(tmp)
 
 
+def remove_output(path: str) -> None:
+    """Remove an earlier output that would be wrong next to the new ones (a stale index); deferred like commits."""
+    if _PENDING is not None:
+        _PENDING.append((None, path))
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+@contextlib.contextmanager
+def commit_together() -> Iterator[None]:
+    """Every output finished inside appears at once, at the end, with SIGINT/SIGTERM held off meanwhile.
+
+    Why: a run writes several files (VCF, its index, TSV, maps). Finishing them one by one and being interrupted
+    between two would leave a new VCF with an old index or a new TSV beside an old VCF. Inside this block,
+    :func:`commit_temp` only records the rename; the renames are made in one go when the outermost block ends
+    without error (a signal arriving then is handled right after), and on error the finished temps are removed.
+    """
+    global _PENDING
+    if _PENDING is not None:  # nested: the outermost block commits
+        yield
+        return
+    _PENDING = []
+    try:
+        yield
+        pending, _PENDING = _PENDING, None
+        with _signals_held():
+            for tmp, path in pending:
+                if tmp is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(path)
+                else:
+                    os.replace(tmp, path)
+                    LIVE_TEMPS.discard(tmp)
+            COMMITTED["done"] = True
+    finally:
+        pending, _PENDING = _PENDING or [], None
+        for tmp, _path in pending:
+            if tmp is not None:
+                remove_temp(tmp)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Block SIGINT/SIGTERM (main thread) for the duration; a pending one is delivered afterwards."""
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    except (ValueError, OSError, AttributeError):  # not available here: no holding
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def remove_live_temps() -> None:
     """Remove every temporary file still open (called on SIGTERM/SIGINT)."""
+    global _PENDING
+    _PENDING = None
     for tmp in list(LIVE_TEMPS):
         remove_temp(tmp)
 

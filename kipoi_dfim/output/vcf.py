@@ -12,12 +12,22 @@ import logging
 import math
 import os
 import re
+import urllib.parse
 
 import numpy as np
 import pysam
 
 from kipoi_dfim.null import FileStats
-from kipoi_dfim.output.base import ScoredChunk, Spool, commit_temp, make_temp, remove_temp
+from kipoi_dfim.output.base import (
+    LIVE_TEMPS,
+    ScoredChunk,
+    Spool,
+    commit_temp,
+    commit_together,
+    make_temp,
+    remove_output,
+    remove_temp,
+)
 from kipoi_dfim.variants import NOT_SCORED
 
 log = logging.getLogger(__name__)
@@ -122,6 +132,7 @@ class VcfWriter:
         self.settings = settings
         self.command = command
         self.with_motifs = settings.motifs != "none"
+        self.fixer = RecordFixer(header.meta)
         self.spool = Spool(path)
 
     def write_chunk(self, chunk: ScoredChunk) -> None:
@@ -130,7 +141,10 @@ class VcfWriter:
         for rec in chunk.records:
             n_alt = max(1, len(rec.alts))
             rows = chunk.rows[k : k + n_alt * T]
-            recs.append((rec.text, chunk.first_row + k, n_alt, _info_values(rows, T, n_alt, self.with_motifs)))
+            text, orig = self.fixer.fix(rec.text)
+            values = _info_values(rows, T, n_alt, self.with_motifs)
+            values["orig"] = orig
+            recs.append((text, chunk.first_row + k, n_alt, values))
             k += n_alt * T
         self.spool.append(recs)
 
@@ -155,6 +169,8 @@ class VcfWriter:
         for line in self.header.meta:
             if not line.startswith((b"##INFO=<ID=DFIM_", b"##kipoi-dfim")):
                 out.write(line + b"\n")
+        for h in self.fixer.header_lines():
+            out.write(h.encode() + b"\n")
         s = self.settings
         for h in info_header_lines(self.targets, s.window, s.method, s.with_null, self.with_motifs):
             out.write(h.encode() + b"\n")
@@ -166,6 +182,8 @@ class VcfWriter:
         cols = text.split(b"\t")
         T = len(self.targets)
         add = ["DFIM_STATUS=" + ",".join(values["status"])]
+        if values["orig"]:
+            add.append("DFIM_ORIG=" + values["orig"])
         for t, name in enumerate(self.targets):
             tid = info_id(name)
             for suffix, _typ, _d, col in info_fields(self.with_motifs):
@@ -188,19 +206,129 @@ class VcfWriter:
             commit_temp(tmp, self.path)
             return
         gz = make_temp(self.path, ".vcf.gz")
+        # a .tbi holds positions below 2^29 only; beyond, a careful bcftools user indexes with CSI (tabix -C)
+        ext = ".csi" if self.fixer.max_pos >= 2**29 else ".tbi"
+        idx = gz + ext
+        LIVE_TEMPS.add(idx)
         try:
             pysam.tabix_compress(tmp, gz, force=True)
+            verbosity = pysam.set_verbosity(0)  # our one-line warning instead of htslib's [E::...] lines
             try:
-                pysam.tabix_index(gz, preset="vcf", force=True, keep_original=True)
-            except Exception as e:  # noqa: BLE001 - unsorted input cannot be indexed
-                log.warning("written bgzipped but not tabix-indexed (%s); sort the input VCF to get an index", e)
-            commit_temp(gz, self.path)
-            if os.path.exists(gz + ".tbi"):
-                os.replace(gz + ".tbi", self.path + ".tbi")
-            elif os.path.exists(self.path + ".tbi"):
-                os.remove(self.path + ".tbi")  # a stale index of an older file would be wrong
+                pysam.tabix_index(gz, preset="vcf", force=True, keep_original=True, csi=ext == ".csi")
+            except Exception as e:  # noqa: BLE001 - unsorted input, or positions no index can hold
+                why = "positions beyond what a .tbi/.csi index holds" if self.fixer.max_pos >= 2**32 else \
+                    "sort the input VCF to get an index"
+                log.warning("%s: written bgzipped but not indexed (%s: %s)", self.path, why, " ".join(str(e).split()))
+            finally:
+                pysam.set_verbosity(verbosity)
+            stale = [self.path + x for x in (".tbi", ".csi")]  # an index of an older file would be wrong
+            with commit_together():
+                commit_temp(gz, self.path)
+                if os.path.exists(idx):
+                    commit_temp(idx, self.path + ext)
+                    stale.remove(self.path + ext)
+                for old in stale:
+                    remove_output(old)
         finally:
             remove_temp(gz)
+            remove_temp(idx)
+
+
+# what htslib accepts without a warning: contig names (VCF 4.3), FILTER and INFO IDs, POS (62 bits)
+_CONTIG = re.compile(r"^[0-9A-Za-z!#$%&+./:;?@^_|~-][0-9A-Za-z!#$%&*+./:;=?@^_|~-]*$")
+_KEY = re.compile(r"^([A-Za-z_][0-9A-Za-z_.]*|1000G)$")
+_POS = re.compile(r"^[0-9]{1,19}$")
+_HTS_POS_MAX = 2**62 - 1
+# INFO keys reserved by the VCF specification: htslib warns when they are declared with another Number/Type
+_RESERVED_INFO = {
+    "AA": ("1", "String"), "AC": ("A", "Integer"), "AD": ("R", "Integer"), "ADF": ("R", "Integer"),
+    "ADR": ("R", "Integer"), "AF": ("A", "Float"), "AN": ("1", "Integer"), "BQ": ("1", "Float"),
+    "CIGAR": ("A", "String"), "DB": ("0", "Flag"), "DP": ("1", "Integer"), "END": ("1", "Integer"),
+    "H2": ("0", "Flag"), "H3": ("0", "Flag"), "MQ": ("1", "Float"), "MQ0": ("1", "Integer"), "NS": ("1", "Integer"),
+    "SB": ("4", "Integer"), "SOMATIC": ("0", "Flag"), "VALIDATED": ("0", "Flag"), "1000G": ("0", "Flag"),
+}
+_DECLARED = re.compile(rb"^##(contig|FILTER|INFO)=<ID=([^,>]*)")
+ORIG_HEADER = ('##INFO=<ID=DFIM_ORIG,Number=.,Type=String,Description="kipoi-dfim: fields of the input record that '
+               'are not valid VCF, as COLUMN:percent-encoded text; in the record they are replaced (POS by 0, CHROM '
+               'percent-encoded, FILTER by ., INFO fields removed)">')
+
+
+def _pct(text: str) -> str:
+    return urllib.parse.quote(text, safe="")
+
+
+class RecordFixer:
+    """Make each output record one that htslib (bcftools) reads without a warning; keep what it changes.
+
+    Why: the annotated VCF is for bcftools and friends. The input may declare too little (contigs, FILTERs,
+    INFO keys used but not in the header: declared here) or hold fields no VCF reader can parse (a POS that
+    is not a 62-bit integer, a contig name or INFO key with spaces or control characters): those are replaced
+    and their original text kept, percent-encoded, in ``DFIM_ORIG``. The record keeps its place and its
+    ``DFIM_STATUS``; everything else is written byte for byte.
+    """
+
+    def __init__(self, meta: list[bytes]):
+        self.declared: dict[str, set[str]] = {"contig": set(), "FILTER": {"PASS"}, "INFO": set()}
+        for line in meta:
+            m = _DECLARED.match(line)
+            if m:
+                self.declared[m.group(1).decode()].add(m.group(2).decode("utf-8", "replace"))
+        self.added: dict[str, dict[str, str]] = {"contig": {}, "FILTER": {}, "INFO": {}}
+        self.used_orig = False
+        self.max_pos = 0  # largest POS written (decides .tbi or .csi)
+
+    def _use(self, kind: str, name: str, typ: str = "") -> None:
+        if name not in self.declared[kind] and (kind != "INFO" or self.added[kind].get(name) != "String"):
+            self.added[kind][name] = typ or self.added[kind].get(name, "")
+
+    def fix(self, text: bytes) -> tuple[bytes, str]:
+        """(record bytes safe for htslib, DFIM_ORIG value or '')."""
+        cols = text.decode("utf-8").split("\t")
+        orig = []
+        if not _CONTIG.match(cols[0]):
+            orig.append("CHROM:" + _pct(cols[0]))
+            cols[0] = _pct(cols[0]) or "."
+        self._use("contig", cols[0])
+        if not _POS.match(cols[1]) or int(cols[1]) > _HTS_POS_MAX:
+            orig.append("POS:" + _pct(cols[1]))
+            cols[1] = "0"
+        self.max_pos = max(self.max_pos, int(cols[1]))
+        if cols[6] not in (".", "PASS"):
+            names = cols[6].split(";")
+            if all(_KEY.match(f) or _CONTIG.match(f) and "=" not in f for f in names) and cols[6]:
+                for f in names:
+                    self._use("FILTER", f)
+            else:
+                orig.append("FILTER:" + _pct(cols[6]))
+                cols[6] = "."
+        cols[7] = self._fix_info(cols[7], orig)
+        self.used_orig = self.used_orig or bool(orig)
+        return "\t".join(cols).encode("utf-8"), ",".join(orig)
+
+    def _fix_info(self, info: str, orig: list[str]) -> str:
+        if info in (".", ""):
+            return "."
+        kept, seen = [], set()
+        for field in info.split(";"):
+            key, eq, _value = field.partition("=")
+            if field == "" or key.startswith("DFIM_"):
+                continue
+            if not _KEY.match(key) or key in seen:
+                orig.append("INFO:" + _pct(field))
+                continue
+            seen.add(key)
+            self._use("INFO", key, "String" if eq else "Flag")
+            kept.append(field)
+        return ";".join(kept) if kept else "."
+
+    def header_lines(self) -> list[str]:
+        """Header lines for what the records use but the input did not declare (and DFIM_ORIG when used)."""
+        out = [f"##contig=<ID={c}>" for c in self.added["contig"]]
+        out += [f'##FILTER=<ID={f},Description="not declared in the input VCF">' for f in self.added["FILTER"]]
+        for k, t in self.added["INFO"].items():
+            number, typ = _RESERVED_INFO.get(k, ("0" if t == "Flag" else ".", t or "String"))
+            out.append(f'##INFO=<ID={k},Number={number},Type={typ},Description="not declared in the input VCF">')
+        return out + ([ORIG_HEADER] if self.used_orig else [])
 
 
 def _info_values(rows: list[dict], T: int, n_alt: int, with_motifs: bool) -> dict:
