@@ -204,7 +204,7 @@ def predictions_from_rows(rows: list[dict], variants: list, tnames: Sequence[str
     out: dict[str, Any] = {
         "variant_id": np.array([v.variant_id for v in variants], dtype=str),
         "chrom": np.array([v.chrom for v in variants], dtype=str),
-        "pos": np.array([v.pos for v in variants], dtype=np.int64),
+        "pos": np.array([_int64_pos(v.pos) for v in variants], dtype=np.int64),
         "ref": np.array([v.ref for v in variants], dtype=str),
         "alt": np.array([v.alt for v in variants], dtype=str),
         "status": np.array([v.status for v in variants], dtype=str),
