@@ -237,27 +237,13 @@ def plot_delta_tracks(
     matplotlib.figure.Figure
         Four axes sharing the x axis (bp relative to the variant).
     """
-    imp_ref = _as_track(imp_ref, "imp_ref")
-    imp_alt = _as_track(imp_alt, "imp_alt")
-    if imp_ref.shape != imp_alt.shape:
-        raise InputError(f"imp_ref {imp_ref.shape} and imp_alt {imp_alt.shape} must have the same shape")
+    imp_ref, imp_alt, offsets = _checked_tracks(imp_ref, imp_alt, offsets)
     d = imp_ref.shape[0]
-    offsets = _default_offsets(d) if offsets is None else np.asarray(offsets, dtype=int)
-    if offsets.shape != (d,):
-        raise InputError(f"offsets must have shape ({d},), got {offsets.shape}")
     letters = fis_letters(fis, imp_ref, imp_alt, seq=seq)
     letters[(offsets >= variant_offset) & (offsets < variant_offset + variant_width)] = 0.0
     mask = significant_mask(d, fis_significant, pvalues, alpha)
     sig = letters * mask[:, None] if mask is not None else np.zeros_like(letters)
-
-    if axes is None:
-        fig = fig if fig is not None else _new_figure((max(8.0, 0.32 * d + 2), 7.0))
-        axes = fig.subplots(4, 1, sharex=True, gridspec_kw={"hspace": 0.45})
-    axes = list(axes)
-    if len(axes) != 4:
-        raise InputError(f"plot_delta_tracks needs 4 axes, got {len(axes)}")
-    fig = axes[0].figure
-
+    axes = _four_axes(fig, axes, d)
     label = f"{ref}>{alt}" if ref is not None and alt is not None else None
     titles = [
         "importance, reference sequence (C_X)",
@@ -277,16 +263,43 @@ def plot_delta_tracks(
                      va="center", transform=axes[3].transAxes, fontsize=8, color="0.4", gid="no_null")  # fmt: skip
     _symmetric_ylim(axes[:2], [imp_ref, imp_alt])
     _symmetric_ylim(axes[2:], [letters, sig])
+    _offset_axis(axes, offsets)
+    if title:
+        axes[0].figure.suptitle(title, fontsize=10)
+    return axes[0].figure
+
+
+def _checked_tracks(imp_ref, imp_alt, offsets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    imp_ref = _as_track(imp_ref, "imp_ref")
+    imp_alt = _as_track(imp_alt, "imp_alt")
+    if imp_ref.shape != imp_alt.shape:
+        raise InputError(f"imp_ref {imp_ref.shape} and imp_alt {imp_alt.shape} must have the same shape")
+    d = imp_ref.shape[0]
+    offsets = _default_offsets(d) if offsets is None else np.asarray(offsets, dtype=int)
+    if offsets.shape != (d,):
+        raise InputError(f"offsets must have shape ({d},), got {offsets.shape}")
+    return imp_ref, imp_alt, offsets
+
+
+def _four_axes(fig: Figure | None, axes: Sequence[Axes] | None, d: int) -> list[Axes]:
+    """The 4 track axes: given, or made in ``fig`` (or a new figure sized for ``d`` positions)."""
+    if axes is None:
+        fig = fig if fig is not None else _new_figure((max(8.0, 0.32 * d + 2), 7.0))
+        axes = fig.subplots(4, 1, sharex=True, gridspec_kw={"hspace": 0.45})
+    axes = list(axes)
+    if len(axes) != 4:
+        raise InputError(f"plot_delta_tracks needs 4 axes, got {len(axes)}")
+    return axes
+
+
+def _offset_axis(axes: Sequence[Axes], offsets: np.ndarray) -> None:
+    """Shared x axis in bp relative to the variant, labelled on the last track only."""
     axes[0].set_xlim(offsets.min() - 0.5, offsets.max() + 0.5)
-    step = 5 if d > 25 else 1
-    ticks = [o for o in offsets if o % step == 0]
-    axes[-1].set_xticks(ticks)
+    step = 5 if len(offsets) > 25 else 1
+    axes[-1].set_xticks([o for o in offsets if o % step == 0])
     axes[-1].set_xlabel("bp relative to the variant", fontsize=8)
     for ax in axes:
         ax.tick_params(axis="x", labelbottom=ax is axes[-1])
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return fig
 
 
 # ----------------------------------------------------------------------------------------------- heatmaps

@@ -447,12 +447,7 @@ def score_variants(
     model_path = model if isinstance(model, str | os.PathLike) else None
     check_paths(inputs={"--vcf": vcf, "--fasta": fasta, "model": model_path},
                 outputs={"-o": out, "--tsv": tsv, "--maps": maps})
-    m = load_model(model, source=source, **load_options(settings))
-    if getattr(m, "output", settings.output) != settings.output and getattr(m, "activation", None):
-        raise InputError(f"the model object was loaded with output={m.output!r} but the settings ask for "
-                         f"{settings.output!r}; load it with load_model(..., output={settings.output!r})")
-    if m.seq_len < 2 * settings.window + 1:
-        raise InputError(f"--window {settings.window}: the model input ({m.seq_len} bp) is shorter than the window")
+    m = _load(model, source, settings)
     tidx, tnames = _resolve_targets(m, settings)
     wanted = set(variant_ids) if variant_ids is not None else None
     with _table_path(tsv, return_table) as tsv_path:
@@ -476,6 +471,17 @@ def score_variants(
                 w.abort()
             raise
         return read_table(tsv_path) if return_table else None
+
+
+def _load(model: Any, source: str | None, settings: Settings) -> Any:
+    """The model as the settings need it (a model object loaded otherwise is refused, not silently used)."""
+    m = load_model(model, source=source, **load_options(settings))
+    if getattr(m, "output", settings.output) != settings.output and getattr(m, "activation", None):
+        raise InputError(f"the model object was loaded with output={m.output!r} but the settings ask for "
+                         f"{settings.output!r}; load it with load_model(..., output={settings.output!r})")
+    if m.seq_len < 2 * settings.window + 1:
+        raise InputError(f"--window {settings.window}: the model input ({m.seq_len} bp) is shorter than the window")
+    return m
 
 
 def _score_file_dask(client, model, source, m, vcf, fa, fp, tidx, tnames, settings, wanted, per_task) -> None:
