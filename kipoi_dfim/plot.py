@@ -580,6 +580,8 @@ def plot_maps_row(
     )  # fmt: skip
     if len(str(r["ref"])) != len(str(r["alt"])):  # indel: the alternate track is aligned (maps' alt_offset)
         mark_indel(axes[1], str(r["ref"]), str(r["alt"]))
+    if motifs is not None:
+        label_motifs(axes[:4], motifs)
     if has_dfim:
         ax = axes[4]
         bases = r.get("all_alts_bases") or [b for b in ALPHABET if b != r["ref"]][:3]

@@ -74,7 +74,7 @@ def test_per_variant_null_same_bytes(client, baseline, tmp_path):
     d = _run(tmp_path / "dask", client=client, **PER_VARIANT)
     _assert_same(baseline, d)
     df = pd.read_csv(d / "o.tsv", sep="\t")  # every record once per (ALT, target): nothing lost or duplicated
-    assert sorted(set(df.vcf_record)) == list(range(40))
+    assert sorted(set(df.vcf_record)) == list(range(50))
     assert not df.duplicated(["vcf_record", "alt_index", "target"]).any()
 
 
@@ -188,4 +188,4 @@ def test_cli_local_cluster_same_bytes(tmp_path):
         assert r.returncode == 0, r.stderr
         runs[name] = r.stderr
     _assert_same(tmp_path / "single", tmp_path / "dask")
-    assert "score-variants: 100%" in runs["dask"] and "40/40" in runs["dask"]
+    assert "score-variants: 100%" in runs["dask"] and "50/50" in runs["dask"]
