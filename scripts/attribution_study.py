@@ -18,7 +18,7 @@ gradients on DeepG-style CNNs) with this project's methods, on CPU, seeded:
 Usage::
 
     python scripts/attribution_study.py --out /tmp/attr            # full: 10,000 sequences, 100 evaluated
-    python scripts/attribution_study.py --quick --out /tmp/attr_q  # 3,000 sequences, 20 evaluated, < 3 min
+    python scripts/attribution_study.py --quick --out /tmp/attr_q  # 2,000 sequences, 10 evaluated
 """
 
 from __future__ import annotations
@@ -210,18 +210,18 @@ def main(argv=None) -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="3,000 sequences, 20 evaluated")
+    ap.add_argument("--quick", action="store_true", help="2,000 sequences, 10 evaluated")
     a = ap.parse_args(argv)
     if a.quick:
-        a.n_seqs, a.n_eval = 3000, 20
+        a.n_seqs, a.n_eval = 2000, 10
     torch.set_num_threads(a.threads)
     torch.use_deterministic_algorithms(True)
     os.makedirs(a.out, exist_ok=True)
     rows = []
     for d, name in enumerate(a.datasets):
         rows += run_dataset(d, name, a)
-    df = pd.DataFrame(rows)
-    df.to_csv(os.path.join(a.out, "attribution_study.tsv"), sep="\t", index=False)
+        df = pd.DataFrame(rows)  # written after every data set, so a partial run leaves its results
+        df.to_csv(os.path.join(a.out, "attribution_study.tsv"), sep="\t", index=False)
     pd.set_option("display.width", 200)
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     for col in ("auroc", "avg_match_pct"):
