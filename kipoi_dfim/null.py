@@ -606,9 +606,12 @@ def tail_pvalues(
       with a bounded upper tail (scipy ``c > 0``, which would give p = 0 beyond the endpoint) is refitted as
       Gumbel.
 
-    The tail p is capped at ``(1 + min_exceed) / (1 + M)`` (so p is monotone non-increasing in the score
-    across the switch) and floored at the smallest positive double (never 0, always finite). A null too small
-    for a fit (fewer than 30 values, or a constant tail) keeps the empirical p.
+    Beyond the switch the p-value is ``min(tail p, empirical p)``: never larger than what the M null values
+    already show (a tail fitted too heavy, e.g. to a mixture of shuffles that leave the model off and a few
+    that switch it on, would otherwise give a score above every null value a larger p than 1/(1 + M)). Both
+    are non-increasing in the score, so p is monotone across the switch too; it is floored at the smallest
+    positive double (never 0, always finite). A null too small for a fit (fewer than 30 values, or a
+    constant tail) keeps the empirical p.
 
     Parameters
     ----------
@@ -647,8 +650,10 @@ def _tail_p(s: np.ndarray, nv: np.ndarray, model: str, min_exceed: int, n_tail: 
     if far.any() and M >= 30 and srt[-1] > srt[0]:
         logp = _tail_logsf(s[far], srt, model, n_tail)
         if logp is not None:
-            cap = (1.0 + min_exceed) / (1.0 + M)
-            p[far] = np.clip(np.exp(np.minimum(logp, np.log(cap))), _TINY, cap)
+            # never above the empirical p of the same score: that p is valid on its own, and a fitted tail
+            # heavier than the null's own top values (a shape fitted to a mixture of "model off" and "model
+            # on" shuffles) must not undo what the M null values already show
+            p[far] = np.clip(np.exp(np.minimum(logp, np.log(p[far]))), _TINY, None)
     return np.where(np.isnan(s), np.nan, p)
 
 

@@ -16,7 +16,9 @@ null = the same variant on K dinucleotide-shuffled backgrounds (variant base kep
 * ``span6_alts``: ``span6`` of maxFIS(t).
 
 p-values: the Gaussian fit (current pipeline), the empirical (1 + b) / (1 + M) and the GPD tail model
-(kipoi_dfim.null.tail_pvalues); q-values by BH over the file. Usage::
+(kipoi_dfim.null.tail_pvalues); q-values by BH over the file (``int_q05``, ``bg_q05``, ``dis_q05``: shares of
+each class at q < 0.05) and, for a sparse file, over each interacting variant alone with all negatives
+(``int_alone_q05``: 1 signal among 1 + n_dis + n_bg tests). Usage::
 
     python scripts/power_study.py [--quick] [--n-int 60 --n-bg 60 --null-k 10] [--configs ...] [--out DIR]
     python scripts/power_study.py --save-null /tmp/stats/fis_null.npy   # large real null for the tail study
@@ -182,7 +184,11 @@ def evaluate(var: pd.DataFrame, obs: dict, null: dict) -> list[dict]:
         for pm, p in (("gaussian", gaussian_pvalues(s, nv, two_sided=False)),
                       ("empirical", empirical_pvalues_upper(s, nv)), ("gpd", tail_pvalues(s, nv))):
             q = bh_qvalues(p)
+            # a sparse file: each interacting variant alone among all negatives (1 signal in 1 + n_neg tests)
+            neg = p[~is_int]
+            alone = [bh_qvalues(np.r_[pi, neg])[0] < 0.05 for pi in p[is_int]]
             rows.append({"stat": st, "pvalue": pm, "int_q05": float((q[is_int] < 0.05).mean()),
+                         "int_alone_q05": float(np.mean(alone)),
                          "bg_q05": float((q[is_bg] < 0.05).mean()),
                          "dis_q05": float((q[is_dis] < 0.05).mean()) if is_dis.any() else np.nan,
                          "auroc": auroc(is_int[~is_dis].astype(int), s[~is_dis]),
@@ -201,6 +207,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="20 + 20 variants, K = 5, three configurations")
     ap.add_argument("--out", default="/tmp/stats/power")
+    ap.add_argument("--ig-steps", type=int, default=16, help="integrated-gradients steps")
+    ap.add_argument("--evaluate", nargs="+", metavar="NPZ",
+                    help="only rebuild the table from saved <config>.npz files (same variant options)")
     ap.add_argument("--save-null", help="write a large maxAbsFIS null (deeplift_gc, K = 50) to this .npy and exit")
     a = ap.parse_args(argv)
     model = load_model(a.model, target=0)
@@ -213,21 +222,37 @@ def main(argv=None) -> None:
         return
     if a.quick:
         a.n_int, a.n_bg, a.n_dis, a.null_k, a.configs = 20, 20, 10, 5, ["grad_input", "deeplift_gc", "deeplift_shuffle"]
+    for name in CONFIGS:
+        if CONFIGS[name][0] == "integrated_gradients":
+            CONFIGS[name][1]["steps"] = a.ig_steps
     var = make_variants(a.n_int, a.n_bg, a.seed, a.n_dis)
+    if a.evaluate:
+        return report(var, a, [evaluate_npz(var, path) for path in a.evaluate])
     rows = []
     for name in a.configs:
         t0 = time.time()
         obs, null = run_config(model, name, var, a.null_k, a.seed)
         np.savez(os.path.join(a.out, f"{name}.npz"), **{f"obs_{k}": v for k, v in obs.items()},
                  **{f"null_{k}": v for k, v in null.items()})
-        for r in evaluate(var, obs, null):
-            rows.append({"config": name, **r, "seconds": round(time.time() - t0)})
+        rows.append([{"config": name, **r, "seconds": round(time.time() - t0)} for r in evaluate(var, obs, null)])
         print(json.dumps({"config": name, "seconds": round(time.time() - t0)}), flush=True)
-    df = pd.DataFrame(rows)
+    report(var, a, rows)
+
+
+def evaluate_npz(var: pd.DataFrame, path: str) -> list[dict]:
+    """Rows of the table from a saved ``<config>.npz`` (observed and null statistics)."""
+    z = np.load(path)
+    obs = {k: z[f"obs_{k}"] for k in STATS}
+    null = {k: z[f"null_{k}"] for k in STATS}
+    name = os.path.basename(path)[: -len(".npz")]
+    return [{"config": name, **r, "M": len(null["maxabs"])} for r in evaluate(var, obs, null)]
+
+
+def report(var: pd.DataFrame, a: argparse.Namespace, rows: list[list[dict]]) -> None:
+    df = pd.DataFrame([r for rr in rows for r in rr])
     df.to_csv(os.path.join(a.out, "power.tsv"), sep="\t", index=False)
     pd.set_option("display.width", 200)
-    print(f"{a.n_int} interacting + {a.n_dis} distractor + {a.n_bg} background variants, K = {a.null_k} shuffles "
-          f"each (M = {len(var) * a.null_k} pooled null values)")
+    print(f"{a.n_int} interacting + {a.n_dis} distractor + {a.n_bg} background variants")
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 

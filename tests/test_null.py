@@ -100,3 +100,76 @@ def test_scores_from_the_null_give_uniform_p():
     assert kstest(pe, "uniform").pvalue > 1e-3
     # and a shifted score distribution is detected
     assert np.median(gaussian_pvalues(scores + 6.0, null)) < 0.2
+
+
+# -- tail model (issue 13): appended ------------------------------------------------------------------------
+
+from scipy.stats import genpareto, gumbel_r  # noqa: E402
+
+from kipoi_dfim.null import empirical_pvalues_upper, tail_pvalues  # noqa: E402
+
+
+@pytest.mark.parametrize("model", ["gpd", "gev", "gumbel"])
+def test_tail_equals_empirical_where_resolved_and_is_monotone_finite_positive(model):
+    rng = np.random.default_rng(3)
+    null = np.abs(rng.normal(size=(2000, 30))).max(1)
+    scores = np.r_[np.linspace(0, null.max() * 1.5, 400), [50.0, 1e3, 1e6]]
+    p = tail_pvalues(scores, null, model=model)
+    emp = empirical_pvalues_upper(scores, null)
+    b = (null[None] >= scores[:, None]).sum(1)  # counted by hand
+    np.testing.assert_allclose(emp, (1 + b) / 2001)
+    np.testing.assert_array_equal(p[b >= 10], emp[b >= 10])
+    assert np.isfinite(p).all() and (p > 0).all()
+    assert (np.diff(p) <= 0).all()  # non-increasing in the score, across the switch too
+    assert (p[b < 10] <= emp[b < 10] * (1 + 1e-12)).all()  # never above the empirical p
+
+
+def test_gpd_tail_recovers_an_exponential_and_a_pareto_tail():
+    """Closed forms: Exp(1) has P(X > x) = exp(-x); a GPD(xi=0.2) has (1 + 0.2 x)^(-5)."""
+    rng = np.random.default_rng(4)
+    null = rng.exponential(size=5000)
+    x = np.array([10.0, 12.0, 14.0])  # true p 4.5e-5 .. 8.3e-7, all beyond 1 / (1 + M)
+    ratio = tail_pvalues(x, null, model="gpd") / np.exp(-x)
+    assert (ratio > 1 / 3).all() and (ratio < 3).all()
+    null = genpareto.rvs(0.2, size=5000, random_state=5)
+    x = np.array([40.0, 80.0])
+    ratio = tail_pvalues(x, null, model="gpd") / genpareto.sf(x, 0.2)
+    assert (ratio > 1 / 3).all() and (ratio < 3).all()
+
+
+def test_gumbel_and_gev_recover_a_gumbel_null():
+    rng = np.random.default_rng(6)
+    null = gumbel_r.rvs(loc=1.0, scale=0.5, size=5000, random_state=rng)
+    x = np.array([6.0, 8.0])  # true p 4.5e-5, 8.3e-7
+    for model in ("gumbel", "gev"):
+        ratio = tail_pvalues(x, null, model=model) / gumbel_r.sf(x, loc=1.0, scale=0.5)
+        assert (ratio > 1 / 3).all() and (ratio < 3).all(), model
+
+
+def test_gaussian_fit_to_a_maximum_is_far_too_small_where_the_tail_model_is_not():
+    """The issue's finding: a normal fitted to maxima puts p orders of magnitude too low."""
+    rng = np.random.default_rng(8)
+    scale = np.exp(0.5 * rng.normal(size=(20000, 1)))
+    sample = (np.abs(rng.normal(size=(20000, 30))) * scale).max(1)
+    null, truth = sample[:2000], np.sort(sample[2000:])
+    x = truth[-18]  # true p ~ 1e-3 by the 18,000 held-out draws
+    assert gaussian_pvalues(np.array([x]), null, two_sided=False)[0] < 1e-5
+    assert 1e-4 < tail_pvalues(np.array([x]), null)[0] < 1e-2
+
+
+def test_tail_small_null_pooling_nan_and_errors():
+    rng = np.random.default_rng(9)
+    small = rng.normal(size=20)  # fewer than 30 values: no fit, the empirical p
+    s = np.array([0.0, 5.0, np.nan])
+    np.testing.assert_array_equal(tail_pvalues(s, small), empirical_pvalues_upper(s, small))
+    null = np.abs(rng.normal(size=(3, 500))) * np.array([[1.0], [4.0], [0.3]])
+    scores = np.array([[2.0, 9.0], [2.0, 9.0], [2.0, 9.0]])
+    pooled = tail_pvalues(scores, null, pool=1)
+    for g in range(3):
+        np.testing.assert_array_equal(pooled[g], tail_pvalues(scores[g], null[g]))
+    assert pooled[1, 0] > pooled[0, 0] > pooled[2, 0]  # wider null, larger p
+    assert np.isnan(tail_pvalues(np.array([1.0]), np.array([]))).all()
+    with pytest.raises(InputError, match="tail model"):
+        tail_pvalues(s, small, model="normal")
+    with pytest.raises(InputError, match="min_exceed"):
+        tail_pvalues(s, small, min_exceed=0)
