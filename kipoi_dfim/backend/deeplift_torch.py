@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -779,6 +780,7 @@ class _Step:
     exact: bool = False  # rescale: float32 secant is exact (relu, relu6)
     windows: Callable | None = None  # maxpool: shape -> _Windows
     label: str = ""
+    fused: _Step | None = None  # "relupool": the relu/relu6 step whose only consumer is this max-pool
 
 
 @dataclass
@@ -851,6 +853,19 @@ class SharedPlan:
                 continue
             deps = list(dict.fromkeys(a.name for a in node.all_input_nodes if a.name in dependent))
             self.steps.append(self._step(node, rules[node.name], deps, values))
+        self._fuse(nodes)
+
+    def _fuse(self, nodes: list[fx.Node]) -> None:
+        """Merge relu/relu6 -> max-pool pairs into one "relupool" step (half the per-pair passes)."""
+        users = {n.name: len(n.users) for n in nodes}
+        by_name = {s.name: s for s in self.steps}
+        for step in self.steps:
+            inner = by_name.get(step.inputs[0])
+            if step.kind == "maxpool" and inner is not None and inner.kind == "rescale" and inner.exact \
+                    and users[inner.name] == 1:
+                step.kind, step.fused, step.inputs = "relupool", inner, inner.inputs
+        fused = {s.fused.name for s in self.steps if s.fused is not None}
+        self.steps = [s for s in self.steps if s.name not in fused]
 
     def _step(self, node: fx.Node, rule: _Rule, deps: list[str], values: dict[str, Any]) -> _Step:
         gm = self.gm
@@ -897,8 +912,8 @@ class SharedPlan:
         for step in self.steps:
             if step.kind == "rescale":
                 acts[step.name] = self._rescale_rows(step, values[step.inputs[0]], values[step.name], n_windows)
-            elif step.kind == "maxpool":
-                zin = values[step.inputs[0]]
+            elif step.kind in ("maxpool", "relupool"):
+                zin = values[step.fused.name if step.fused is not None else step.inputs[0]]
                 windows = step.windows(tuple(zin.shape))
                 if check_pools:
                     mine, theirs = windows.pooled(zin), values[step.name]
@@ -906,7 +921,10 @@ class SharedPlan:
                         raise UnsupportedModelError(
                             f"DeepLIFT: max-pooling {step.label}: this pooling configuration is not supported"
                         )
-                acts[step.name] = _pool_rows(windows, zin)
+                acts[step.name] = _pool_rows(windows, zin, values[step.name])
+                if step.fused is not None:
+                    acts[step.name]["relu"] = self._rescale_rows(
+                        step.fused, values[step.inputs[0]], zin, n_windows)
         return acts, y
 
     @staticmethod
@@ -938,8 +956,12 @@ class SharedPlan:
                 grads = torch.vmap(step.vjp)(g)
             elif step.kind == "rescale":
                 grads = (_rescale_pairs(acts[step.name], pairs, g[:, 0]).unsqueeze(1),)
-            else:
+            elif step.kind == "maxpool" or not acts[step.name]["tiled"]:
                 grads = (_pool_pairs(acts[step.name], pairs, g[:, 0]).unsqueeze(1),)
+                if step.fused is not None:
+                    grads = (_rescale_pairs(acts[step.name]["relu"], pairs, grads[0][:, 0]).unsqueeze(1),)
+            else:
+                grads = (_relu_pool_pairs(acts[step.name], pairs, g[:, 0]).unsqueeze(1),)
             for name, grad in zip(step.inputs, grads, strict=True):
                 cot[name] = grad if name not in cot else torch.utils._pytree.tree_map(torch.add, cot[name], grad)
         if self.input not in cot:  # the target does not depend on the input
@@ -948,24 +970,49 @@ class SharedPlan:
 
 
 def _rescale_pairs(rows: dict[str, torch.Tensor], pairs: _Pairs, g: torch.Tensor) -> torch.Tensor:
-    """Cotangent g (P, ...) times the Rescale multipliers of the block's pairs (same as the pairwise rule)."""
-    zx, zr = pairs.window(rows["z"]), pairs.reference(rows["z"])
-    delta = zx - zr
-    secant = (pairs.window(rows["y"]) - pairs.reference(rows["y"])) / delta
-    m = torch.where(delta.abs() < RESCALE_EPS, pairs.window(rows["d"]), secant)
-    return (pairs.grid(g) * m.to(g.dtype)).reshape(g.shape)
+    """Cotangent g (P, ...) times the Rescale multipliers of the block's pairs (same as the pairwise rule).
+
+    In place where possible: on CPU a fresh large tensor costs page faults that exceed the arithmetic.
+    """
+    delta = pairs.window(rows["z"]) - pairs.reference(rows["z"])
+    m = torch.sub(pairs.window(rows["y"]), pairs.reference(rows["y"])).div_(delta)
+    small = delta.abs_() < RESCALE_EPS
+    m = torch.where(small, pairs.window(rows["d"]), m, out=m)
+    return pairs.grid(g).mul_(m.to(g.dtype)).reshape(g.shape)
 
 
-def _pool_rows(windows: _Windows, z: torch.Tensor) -> dict[str, Any]:
-    """Per-row parts of the max-pool rule: window maxima and tie shares of every row."""
-    if windows.tiled and windows.axes == [z.ndim - 1] and windows.spec[0]["left"] == 0:
-        a = windows.spec[0]
-        w = z[..., : a["out"] * a["kernel"]].reshape(*z.shape[:-1], a["out"], a["kernel"])
-        top = w.amax(-1)
-        share = (w == top.unsqueeze(-1)).to(z.dtype)
-        share = share / share.sum(-1, keepdim=True)
-        return {"tiled": True, "z": z, "top": top, "share": share, "windows": windows}
+def _pool_rows(windows: _Windows, z: torch.Tensor, pooled: torch.Tensor) -> dict[str, Any]:
+    """Per-row parts of the max-pool rule: window maxima, where they are attained, and 1 / tie count.
+
+    Ties are split evenly (docs/deeplift.md); the share of a position is ``is_max / count``, and the
+    division is applied to the window-sized factors of the pair step rather than to every position.
+    ``pooled`` is the model's own pooling output (equal to the window maxima, checked on the first chunk).
+    """
+    a = windows.spec[0]
+    if windows.tiled and windows.axes == [z.ndim - 1] and a["left"] == 0 and a["out"] * a["kernel"] <= a["length"]:
+        n_out, kernel = a["out"], a["kernel"]
+        top = pooled.reshape(*z.shape[:-1], n_out)
+        w = z[..., : n_out * kernel].reshape(*z.shape[:-1], n_out, kernel)
+        is_max = (w == top.unsqueeze(-1)).to(z.dtype)
+        count = F.avg_pool1d(is_max.reshape(len(z), -1, n_out * kernel), kernel, kernel) * kernel
+        inv = count.reciprocal_().reshape(top.shape)
+        return {"tiled": True, "z": z, "top": top, "is_max": is_max, "inv": inv, "windows": windows}
     return {"tiled": False, "z": z, "windows": windows}
+
+
+def _routed(rows: dict[str, Any], pairs: _Pairs, gg: torch.Tensor) -> torch.Tensor:
+    """share_x * g (c - y_r) + share_r * g (y_x - c) per pooled position, (V, K, Tb, R, ..., out, kernel)."""
+    top_x, top_r = pairs.window(rows["top"]), pairs.reference(rows["top"])
+    cross = torch.maximum(top_x, top_r)
+    a = gg * (cross - top_r) * pairs.window(rows["inv"])
+    b = gg * (top_x - cross) * pairs.reference(rows["inv"])
+    routed = torch.mul(pairs.window(rows["is_max"]), a.unsqueeze(-1))
+    return routed.addcmul_(pairs.reference(rows["is_max"]), b.unsqueeze(-1))
+
+
+def _fallback(rows: dict[str, Any], pairs: _Pairs, gg: torch.Tensor) -> torch.Tensor:
+    """The tie-split gradient at x of the pool, share_x * g, (V, K, Tb, R, ..., out, kernel)."""
+    return torch.mul(pairs.window(rows["is_max"]), (gg * pairs.window(rows["inv"])).unsqueeze(-1))
 
 
 def _pool_pairs(rows: dict[str, Any], pairs: _Pairs, g: torch.Tensor) -> torch.Tensor:
@@ -978,19 +1025,73 @@ def _pool_pairs(rows: dict[str, Any], pairs: _Pairs, g: torch.Tensor) -> torch.T
         zr = pairs.reference(z).expand(*grid.shape[:4], *shape).reshape(pairs.p, *shape)
         windows = rows["windows"]
         return maxpool_multiplier_torch(type(windows)((pairs.p, *shape), windows.axes, windows.spec), zx, zr, g)
-    top_x, top_r = pairs.window(rows["top"]), pairs.reference(rows["top"])
-    share_x, share_r = pairs.window(rows["share"]), pairs.reference(rows["share"])
     gg = pairs.grid(g.reshape(pairs.p, *rows["top"].shape[1:]))
-    cross = torch.maximum(top_x, top_r)
-    routed = share_x * (gg * (cross - top_r)).unsqueeze(-1) + share_r * (gg * (top_x - cross)).unsqueeze(-1)
+    routed = _routed(rows, pairs, gg)  # one buffer, filled in place (see _rescale_pairs)
     out_len = routed.shape[-2] * routed.shape[-1]
-    routed = routed.reshape(*routed.shape[:-2], out_len)
+    m = routed.reshape(*routed.shape[:-2], out_len)
     delta = pairs.window(z)[..., :out_len] - pairs.reference(z)[..., :out_len]
-    fallback = (share_x * gg.unsqueeze(-1)).reshape(*gg.shape[:-1], out_len)
-    m = torch.where(delta == 0, fallback, routed / delta)
+    zero = delta == 0
+    m.div_(delta)
+    m = torch.where(zero, _fallback(rows, pairs, gg).reshape(m.shape), m, out=m)
     if out_len < z.shape[-1]:  # positions after the last window receive nothing
         m = F.pad(m, (0, z.shape[-1] - out_len))
     return m.reshape(pairs.p, *shape)
+
+
+def _relu_pool_pairs(rows: dict[str, Any], pairs: _Pairs, g: torch.Tensor) -> torch.Tensor:
+    """relu (or relu6) followed by a tiled max-pool, for the block's pairs: cotangent at the relu's input.
+
+    The pairwise engine multiplies the pool multiplier routed / (y_x - y_r) by the Rescale multiplier
+    (y_x - y_r) / (z_x - z_r); the product is routed / (z_x - z_r). Where y_x == y_r but z_x != z_r the
+    relu multiplier is 0 and so is routed (see docs/deeplift.md), so the quotient holds there too. Only
+    where |z_x - z_r| < RESCALE_EPS are the two factors formed separately (few elements, gathered).
+    """
+    relu = rows["relu"]
+    gg = pairs.grid(g.reshape(pairs.p, *rows["top"].shape[1:]))
+    routed = _routed(rows, pairs, gg)
+    kernel = routed.shape[-1]
+    out_len = routed.shape[-2] * kernel
+    m = routed.reshape(*routed.shape[:-2], out_len)
+    z = relu["z"]
+    delta = pairs.window(z)[..., :out_len] - pairs.reference(z)[..., :out_len]
+    small = (delta.abs() < RESCALE_EPS).expand(m.shape)
+    idx = small.nonzero(as_tuple=True) if bool(small.any()) else None
+    if idx is not None:  # the pairwise formula at the few elements where z_x ~ z_r
+        y = relu["y"]
+        flat = (*idx[:-1], idx[-1] // kernel)
+        dy = (pairs.window(y)[..., :out_len].expand(m.shape)[idx]
+              - pairs.reference(y)[..., :out_len].expand(m.shape)[idx])
+        is_max = pairs.window(rows["is_max"])
+        fallback = is_max.reshape(*is_max.shape[:-2], out_len).expand(m.shape)[idx] * (
+            gg * pairs.window(rows["inv"])).expand(*m.shape[:-1], gg.shape[-1])[flat]
+        pool_m = torch.where(dy == 0, fallback, m[idx] / torch.where(dy == 0, torch.ones_like(dy), dy))
+        fixed = pool_m * pairs.window(relu["d"])[..., :out_len].expand(m.shape)[idx]
+    m.div_(delta)
+    if idx is not None:
+        m[idx] = fixed
+    if out_len < z.shape[-1]:  # positions after the last window receive nothing
+        m = F.pad(m, (0, z.shape[-1] - out_len))
+    return m.reshape(pairs.p, *z.shape[1:])
+
+
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _shared_plan(module: nn.Module, example: torch.Tensor) -> SharedPlan:
+    """The module's SharedPlan for inputs like ``example``, built once and cached (weakly) per module.
+
+    Tracing and the batch-1 vector-Jacobian products cost about as much as a few dozen pairs, so adapters
+    calling the engine chunk by chunk reuse them. The plan reads the module's parameters live.
+    """
+    key = (tuple(example.shape[1:]), example.dtype, str(example.device))
+    plans = _PLANS.setdefault(module, {})
+    if key not in plans:
+        try:
+            gm, rules = trace_rules(module)
+            plans[key] = SharedPlan(gm, rules, example)
+        except (UnsupportedModelError, SharedPathUnavailable) as err:
+            raise SharedPathUnavailable(str(err)) from err
+    return plans[key]
 
 
 def deeplift_shared_torch(
@@ -1039,11 +1140,7 @@ def deeplift_shared_torch(
     out = np.zeros((n, k, t, length, 4), np.float32)
     masks = []
     with _eval_mode(module):
-        try:
-            gm, rules = trace_rules(module)
-            plan = SharedPlan(gm, rules, torch.from_numpy(x[:1, 0]).to(device))
-        except (UnsupportedModelError, SharedPathUnavailable) as err:
-            raise SharedPathUnavailable(str(err)) from err
+        plan = _shared_plan(module, torch.from_numpy(x[:1, 0]).to(device))
         for i, (a, b) in enumerate(variant_chunks(n, k, r, batch_size)):
             out[a:b], mask = _shared_chunk(plan, x[a:b], references[a:b], targets, batch_size, device, i == 0)
             masks.append(mask.ravel())
