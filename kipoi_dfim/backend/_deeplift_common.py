@@ -112,13 +112,13 @@ def conservation_violations(
     return np.abs(total - delta) > CONSERVATION_RTOL * scale
 
 
-def warn_violations(violations: np.ndarray, engine: str) -> None:
+def warn_violations(violations: np.ndarray, engine: str, what: str = "(sequence, reference) pairs") -> None:
     """Emit ONE RuntimeWarning with the count of pairs that break summation-to-delta (none if all hold)."""
     count = int(np.count_nonzero(violations))
     if count:
         warnings.warn(
             f"DeepLIFT ({engine}): summation-to-delta fails (relative tolerance {CONSERVATION_RTOL:g}) for "
-            f"{count} of {violations.size} (sequence, reference) pairs; contributions of those pairs are not "
+            f"{count} of {violations.size} {what}; contributions of those pairs are not "
             "exact (numerical precision or an op whose rule does not conserve).",
             RuntimeWarning,
             stacklevel=3,

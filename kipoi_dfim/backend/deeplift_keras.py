@@ -815,5 +815,5 @@ def deeplift_shared_keras(
         f_x, f_r = f[: nc * k].reshape(nc, k, t), f[nc * k:].reshape(nc, r, t)
         masks.append(shared_violations(m, x[a:b], references[a:b], f_x, f_r).ravel())
         out[a:b] = hypothetical_mean(m, references[a:b])
-    warn_violations(np.concatenate(masks), "Keras")
+    warn_violations(np.concatenate(masks), "Keras", "(window, reference, target) triples")
     return out

@@ -1146,7 +1146,7 @@ def deeplift_shared_torch(
         for i, (a, b) in enumerate(variant_chunks(n, k, r, batch_size)):
             out[a:b], mask = _shared_chunk(plan, x[a:b], references[a:b], targets, batch_size, device, i == 0)
             masks.append(mask.ravel())
-    warn_violations(np.concatenate(masks), "PyTorch")
+    warn_violations(np.concatenate(masks), "PyTorch", "(window, reference, target) triples")
     return out
 
 
