@@ -217,7 +217,11 @@ def keras_models(batch: int) -> tuple:
             y = logit(xb, training=False)[:, TARGET]
         return tape.gradient(y, xb)
 
-    return model, logit, grad
+    target_logit = keras.Model(net.inputs, keras.layers.Dense(1, name="target")(net.layers[-3].output))
+    dense = net.layers[-2]
+    w, b = dense.get_weights()
+    target_logit.get_layer("target").set_weights([w[:, TARGET: TARGET + 1], b[TARGET: TARGET + 1]])
+    return model, logit, grad, target_logit
 
 
 def keras_methods(models: tuple, x: np.ndarray, refs: np.ndarray, batch: int) -> dict:
@@ -227,7 +231,7 @@ def keras_methods(models: tuple, x: np.ndarray, refs: np.ndarray, batch: int) ->
 
     from kipoi_dfim.backend.common import AdapterBase
 
-    model, logit, grad = models
+    model, logit, grad, target_logit = models
     n, k, r = x.shape[0], x.shape[1], refs.shape[1]
     rows = np.repeat(x.reshape(n * k, L, 4), r, axis=0)
 
@@ -244,7 +248,8 @@ def keras_methods(models: tuple, x: np.ndarray, refs: np.ndarray, batch: int) ->
 
     windows = x.reshape(n * k, L, 4)
     lookup = {windows[i].tobytes(): refs[i // k] for i in range(n * k)}
-    explainer = shap.DeepExplainer(logit, lambda xs: [lookup[np.asarray(xs[0], np.float32).tobytes()]])
+    # the target's logit as the only output: shap explains every output of a model otherwise
+    explainer = shap.DeepExplainer(target_logit, lambda xs: [lookup[np.asarray(xs[0], np.float32).tobytes()]])
 
     def shap_deep() -> None:
         explainer.shap_values(windows, check_additivity=False)
