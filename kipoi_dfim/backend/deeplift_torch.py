@@ -848,6 +848,7 @@ class SharedPlan:
         self.dtype = values[self.output].dtype
         self.keep: set[str] = set()
         self.pools_checked = False  # the rule's windows reproduce every pool (checked on the first rows)
+        self.buffers: dict[str, dict[str, torch.Tensor]] = {}  # scratch tensors of the rules, per step
         self.steps: list[_Step] = []
         for node in reversed(nodes):
             if node.name not in rules:
@@ -963,7 +964,8 @@ class SharedPlan:
                 if step.fused is not None:
                     grads = (_rescale_pairs(acts[step.name]["relu"], pairs, grads[0][:, 0]).unsqueeze(1),)
             else:
-                grads = (_relu_pool_pairs(acts[step.name], pairs, g[:, 0]).unsqueeze(1),)
+                buffers = self.buffers.setdefault(step.name, {})
+                grads = (_relu_pool_pairs(acts[step.name], pairs, g[:, 0], buffers).unsqueeze(1),)
             for name, grad in zip(step.inputs, grads, strict=True):
                 cot[name] = grad if name not in cot else torch.utils._pytree.tree_map(torch.add, cot[name], grad)
         if self.input not in cot:  # the target does not depend on the input
@@ -1002,14 +1004,32 @@ def _pool_rows(windows: _Windows, z: torch.Tensor, pooled: torch.Tensor) -> dict
     return {"tiled": False, "z": z, "windows": windows}
 
 
-def _routed(rows: dict[str, Any], pairs: _Pairs, gg: torch.Tensor) -> torch.Tensor:
+def _buffer(buffers: dict | None, key: str, shape: tuple[int, ...], like: torch.Tensor,
+            dtype: torch.dtype | None = None) -> torch.Tensor | None:
+    """A scratch tensor kept between blocks (None without a buffer dict).
+
+    On CPU, a fresh tensor of tens of megabytes is mapped anew by the allocator and page-faulted on first
+    write, which costs more than the arithmetic that fills it; blocks of a call have the same shapes.
+    """
+    if buffers is None:
+        return None
+    dtype = dtype or like.dtype
+    b = buffers.get(key)
+    if b is None or tuple(b.shape) != tuple(shape) or b.dtype != dtype or b.device != like.device:
+        b = buffers[key] = torch.empty(shape, dtype=dtype, device=like.device)
+    return b
+
+
+def _routed(rows: dict[str, Any], pairs: _Pairs, gg: torch.Tensor, buffers: dict | None = None) -> torch.Tensor:
     """share_x * g (c - y_r) + share_r * g (y_x - c) per pooled position, (V, K, Tb, R, ..., out, kernel)."""
     top_x, top_r = pairs.window(rows["top"]), pairs.reference(rows["top"])
     cross = torch.maximum(top_x, top_r)
-    a = gg * (cross - top_r) * pairs.window(rows["inv"])
-    b = gg * (top_x - cross) * pairs.reference(rows["inv"])
-    routed = torch.mul(pairs.window(rows["is_max"]), a.unsqueeze(-1))
-    return routed.addcmul_(pairs.reference(rows["is_max"]), b.unsqueeze(-1))
+    a = (gg * (cross - top_r) * pairs.window(rows["inv"])).unsqueeze(-1)
+    b = (gg * (top_x - cross) * pairs.reference(rows["inv"])).unsqueeze(-1)
+    is_max_x = pairs.window(rows["is_max"])
+    shape = torch.broadcast_shapes(is_max_x.shape, a.shape, pairs.reference(rows["is_max"]).shape)
+    routed = torch.mul(is_max_x, a, out=_buffer(buffers, "routed", shape, a))
+    return routed.addcmul_(pairs.reference(rows["is_max"]), b)
 
 
 def _fallback(rows: dict[str, Any], pairs: _Pairs, gg: torch.Tensor) -> torch.Tensor:
@@ -1040,7 +1060,8 @@ def _pool_pairs(rows: dict[str, Any], pairs: _Pairs, g: torch.Tensor) -> torch.T
     return m.reshape(pairs.p, *shape)
 
 
-def _relu_pool_pairs(rows: dict[str, Any], pairs: _Pairs, g: torch.Tensor) -> torch.Tensor:
+def _relu_pool_pairs(rows: dict[str, Any], pairs: _Pairs, g: torch.Tensor, buffers: dict | None = None
+                     ) -> torch.Tensor:
     """relu (or relu6) followed by a tiled max-pool, for the block's pairs: cotangent at the relu's input.
 
     The pairwise engine multiplies the pool multiplier routed / (y_x - y_r) by the Rescale multiplier
@@ -1050,13 +1071,17 @@ def _relu_pool_pairs(rows: dict[str, Any], pairs: _Pairs, g: torch.Tensor) -> to
     """
     relu = rows["relu"]
     gg = pairs.grid(g.reshape(pairs.p, *rows["top"].shape[1:]))
-    routed = _routed(rows, pairs, gg)
+    routed = _routed(rows, pairs, gg, buffers)
     kernel = routed.shape[-1]
     out_len = routed.shape[-2] * kernel
     m = routed.reshape(*routed.shape[:-2], out_len)
     z = relu["z"]
-    delta = pairs.window(z)[..., :out_len] - pairs.reference(z)[..., :out_len]
-    small = torch.lt(delta, RESCALE_EPS).logical_and_(torch.gt(delta, -RESCALE_EPS)).expand(m.shape)
+    zx, zr = pairs.window(z)[..., :out_len], pairs.reference(z)[..., :out_len]
+    shape = torch.broadcast_shapes(zx.shape, zr.shape)
+    delta = torch.sub(zx, zr, out=_buffer(buffers, "delta", shape, zx))
+    small = torch.lt(delta, RESCALE_EPS, out=_buffer(buffers, "small", shape, zx, torch.bool))
+    small = small.logical_and_(torch.gt(delta, -RESCALE_EPS, out=_buffer(buffers, "big", shape, zx, torch.bool)))
+    small = small.expand(m.shape)
     idx = small.nonzero(as_tuple=True) if bool(small.any()) else None
     if idx is not None:  # the pairwise formula at the few elements where z_x ~ z_r
         y = relu["y"]
