@@ -154,6 +154,17 @@ def window_index(axes: list[dict[str, int]]) -> np.ndarray:
     return idx
 
 
+def hypothetical_scores(m: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """DeepSHAP's hypothetical scores for genomics, averaged over references: ``mean_r (m[b] - sum_c m[c] r[c])``.
+
+    ``m`` and ``references`` are (N, R, L, 4) multipliers (or path-averaged gradients) and references. Base b
+    at a position gets the score it would have if it were observed; multiplied by the one-hot input this gives
+    the actual contributions, whose per-position sum is ``mean_r sum_c m[c] (x[c] - r[c])``. One function for
+    DeepLIFT (every engine) and integrated gradients, so both attribute alike.
+    """
+    return (m - (m * references).sum(-1, keepdims=True)).mean(1)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Shared references (DFIM): K windows per variant against the same R references, T targets.
 # --------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from kipoi_dfim.backend._deeplift_common import hypothetical_scores
 from kipoi_dfim.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -205,5 +206,5 @@ class AdapterBase:
         for w in range(k):
             for j, t in enumerate(targets):
                 m = self.deeplift_multipliers(x[:, w], references, t)
-                out[:, w, j] = (m - (m * references).sum(-1, keepdims=True)).mean(1)
+                out[:, w, j] = hypothetical_scores(m, references)
         return out
