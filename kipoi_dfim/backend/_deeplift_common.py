@@ -125,46 +125,6 @@ def warn_violations(violations: np.ndarray, engine: str, what: str = "(sequence,
         )
 
 
-def pool_axis(length: int, kernel: int, stride: int, dilation: int, left: int, out: int) -> dict[str, int]:
-    """One spatial axis of a pooling op, in the convention-free form the window index needs.
-
-    Each framework resolves its own padding convention (PyTorch ``padding``/``ceil_mode``, Keras
-    ``"same"``/``"valid"``, global pooling) into ``left`` (-inf elements before the input) and ``out`` (number
-    of windows); the padded length is whatever the last window reaches.
-    """
-    span = dilation * (kernel - 1) + 1
-    padded = max(length + left, (out - 1) * stride + span)
-    return dict(length=length, kernel=kernel, stride=stride, dilation=dilation, left=left, out=out, padded=padded)
-
-
-def window_index(axes: list[dict[str, int]]) -> np.ndarray:
-    """Flat indices (n_windows, window_size) into the padded, flattened spatial grid of a max-pool.
-
-    Both engines gather windows with this index and fold routed values back with a scatter-add over it, so
-    the max-pool rule reads and writes exactly the same elements in PyTorch and TensorFlow (overlapping
-    windows accumulate; -inf padding never wins a window).
-    """
-    idx = np.zeros((1, 1), dtype=np.int64)
-    for ax in axes:
-        starts = np.arange(ax["out"])[:, None] * ax["stride"]
-        offsets = np.arange(ax["kernel"])[None, :] * ax["dilation"]
-        one = starts + offsets  # (out, kernel)
-        idx = idx[:, None, :, None] * ax["padded"] + one[None, :, None, :]
-        idx = idx.reshape(idx.shape[0] * idx.shape[1], idx.shape[2] * idx.shape[3])
-    return idx
-
-
-def hypothetical_scores(m: np.ndarray, references: np.ndarray) -> np.ndarray:
-    """DeepSHAP's hypothetical scores for genomics, averaged over references: ``mean_r (m[b] - sum_c m[c] r[c])``.
-
-    ``m`` and ``references`` are (N, R, L, 4) multipliers (or path-averaged gradients) and references. Base b
-    at a position gets the score it would have if it were observed; multiplied by the one-hot input this gives
-    the actual contributions, whose per-position sum is ``mean_r sum_c m[c] (x[c] - r[c])``. One function for
-    DeepLIFT (every engine) and integrated gradients, so both attribute alike.
-    """
-    return (m - (m * references).sum(-1, keepdims=True)).mean(1)
-
-
 # --------------------------------------------------------------------------------------------------------
 # Shared references (DFIM): K windows per variant against the same R references, T targets.
 # --------------------------------------------------------------------------------------------------------
@@ -268,3 +228,43 @@ def hypothetical_mean(multipliers: np.ndarray, references: np.ndarray) -> np.nda
     """
     dot = np.einsum("nktrlc,nrlc->nktrl", multipliers, references)
     return (multipliers - dot[..., None]).mean(3).astype(np.float32)
+
+
+def pool_axis(length: int, kernel: int, stride: int, dilation: int, left: int, out: int) -> dict[str, int]:
+    """One spatial axis of a pooling op, in the convention-free form the window index needs.
+
+    Each framework resolves its own padding convention (PyTorch ``padding``/``ceil_mode``, Keras
+    ``"same"``/``"valid"``, global pooling) into ``left`` (-inf elements before the input) and ``out`` (number
+    of windows); the padded length is whatever the last window reaches.
+    """
+    span = dilation * (kernel - 1) + 1
+    padded = max(length + left, (out - 1) * stride + span)
+    return dict(length=length, kernel=kernel, stride=stride, dilation=dilation, left=left, out=out, padded=padded)
+
+
+def window_index(axes: list[dict[str, int]]) -> np.ndarray:
+    """Flat indices (n_windows, window_size) into the padded, flattened spatial grid of a max-pool.
+
+    Both engines gather windows with this index and fold routed values back with a scatter-add over it, so
+    the max-pool rule reads and writes exactly the same elements in PyTorch and TensorFlow (overlapping
+    windows accumulate; -inf padding never wins a window).
+    """
+    idx = np.zeros((1, 1), dtype=np.int64)
+    for ax in axes:
+        starts = np.arange(ax["out"])[:, None] * ax["stride"]
+        offsets = np.arange(ax["kernel"])[None, :] * ax["dilation"]
+        one = starts + offsets  # (out, kernel)
+        idx = idx[:, None, :, None] * ax["padded"] + one[None, :, None, :]
+        idx = idx.reshape(idx.shape[0] * idx.shape[1], idx.shape[2] * idx.shape[3])
+    return idx
+
+
+def hypothetical_scores(m: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """DeepSHAP's hypothetical scores for genomics, averaged over references: ``mean_r (m[b] - sum_c m[c] r[c])``.
+
+    ``m`` and ``references`` are (N, R, L, 4) multipliers (or path-averaged gradients) and references. Base b
+    at a position gets the score it would have if it were observed; multiplied by the one-hot input this gives
+    the actual contributions, whose per-position sum is ``mean_r sum_c m[c] (x[c] - r[c])``. One function for
+    DeepLIFT (every engine) and integrated gradients, so both attribute alike.
+    """
+    return (m - (m * references).sum(-1, keepdims=True)).mean(1)

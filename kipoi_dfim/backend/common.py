@@ -11,6 +11,7 @@ import numpy as np
 from kipoi_dfim.backend._deeplift_common import hypothetical_scores
 from kipoi_dfim.errors import InputError
 
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -152,12 +153,12 @@ class AdapterBase:
         references = np.asarray(references, dtype=np.float32)
         if references.ndim == 3:
             references = references[:, None]
-        if references.ndim != 4 or references.shape[0] != x.shape[0] or references.shape[2:] != x.shape[1:]:
-            raise InputError(f"references must be (N, R, L, 4) for x {x.shape}, got {references.shape}")
-        t = self.target_index(target)
-        if len(x) == 0:
-            return np.zeros_like(x)
-        hyp = self._deeplift_shared(x[:, None], references, [t])[:, 0, 0]
+        if len(x):  # the shared-reference path with K = 1 (the generic default is the code below)
+            hyp = self.deeplift_shared(x[:, None], references, [target])[:, 0, 0]
+            return hyp if hypothetical else hyp * x
+
+        m = self.deeplift_multipliers(x, references, target)
+        hyp = (m - (m * references).sum(-1, keepdims=True)).mean(1)
         # actual contributions sit on the observed base; per position they sum to mean_r m * (x - r)
         return hyp if hypothetical else hyp * x
 
