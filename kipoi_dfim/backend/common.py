@@ -11,7 +11,6 @@ import numpy as np
 from kipoi_dfim.backend._deeplift_common import hypothetical_scores
 from kipoi_dfim.errors import InputError
 
-
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
