@@ -9,6 +9,7 @@ contributions of a window sum to f(window) - mean_r f(reference_r) for every tar
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import keras
 import numpy as np
@@ -141,3 +142,14 @@ def test_bad_shapes_and_targets_are_input_errors(model):
         model.deeplift_shared(x, refs[:1], [0])
     with pytest.raises(InputError, match="target"):
         model.deeplift_shared(x, refs, [7])
+
+
+def test_threads_sharing_a_model_get_their_own_results():
+    """Two threads on one PyTorch model (dask threads do this): the engine's scratch tensors are per thread."""
+    m = load_model(TorchNet(), seq_len=L, layout="(4,L)", batch_size=6, device="cpu")
+    jobs = [inputs(n=3, seed=s) for s in (3, 4, 5, 6)]
+    alone = [m.deeplift_shared(x, refs, TARGETS) for x, refs in jobs]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda job: m.deeplift_shared(*job, TARGETS), jobs))
+    for a, b in zip(alone, together, strict=True):
+        assert_close(a, b, rtol=1e-6)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -487,8 +488,8 @@ def _run(model: keras.Model, h: tf.Tensor) -> Any:
 # --------------------------------------------------------------------------------------------------------
 
 
-class _Mode:
-    """What ``_call`` does at a nonlinear layer.
+class _Mode(threading.local):
+    """What ``_call`` does at a nonlinear layer (per thread: two threads may trace at the same time).
 
     - pairwise (default): the custom-gradient rule ops on the paired batch ``[x; ref]``;
     - ``record``: the plain layer, keeping (input, output, derivative of the window rows) of each nonlinear

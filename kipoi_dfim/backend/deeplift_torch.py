@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -848,7 +849,8 @@ class SharedPlan:
         self.dtype = values[self.output].dtype
         self.keep: set[str] = set()
         self.pools_checked = False  # the rule's windows reproduce every pool (checked on the first rows)
-        self.buffers: dict[str, dict[str, torch.Tensor]] = {}  # scratch tensors of the rules, per step
+        # scratch tensors of the rules, per (thread, step): threads sharing a model must not share them
+        self.buffers: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
         self.steps: list[_Step] = []
         for node in reversed(nodes):
             if node.name not in rules:
@@ -964,7 +966,7 @@ class SharedPlan:
                 if step.fused is not None:
                     grads = (_rescale_pairs(acts[step.name]["relu"], pairs, grads[0][:, 0]).unsqueeze(1),)
             else:
-                buffers = self.buffers.setdefault(step.name, {})
+                buffers = self.buffers.setdefault((threading.get_ident(), step.name), {})
                 grads = (_relu_pool_pairs(acts[step.name], pairs, g[:, 0], buffers).unsqueeze(1),)
             for name, grad in zip(step.inputs, grads, strict=True):
                 cot[name] = grad if name not in cot else torch.utils._pytree.tree_map(torch.add, cot[name], grad)
