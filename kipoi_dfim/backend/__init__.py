@@ -214,6 +214,7 @@ def load_model(
     source: str | None = None,
     target: int | str | None = None,
     output: str = "logit",
+    device: str | None = "auto",
     **kw: Any,
 ) -> SequenceModel:
     """Load any supported sequence model behind the :class:`SequenceModel` protocol.
@@ -231,6 +232,10 @@ def load_model(
     output
         ``"logit"`` scores the value before a final sigmoid/softmax (the paper's choice for classifiers),
         ``"raw"`` the model output as is.
+    device
+        PyTorch models: ``"auto"`` (CUDA if available, else Apple MPS, else CPU), ``"cpu"``, ``"cuda"``,
+        ``"cuda:N"`` or ``"mps"``. TensorFlow places Keras models itself (on its visible GPU, if any), so
+        for them only ``"auto"`` and ``"cpu"`` are meaningful and the argument is not used.
     **kw
         ``seq_len``, ``layout``, ``targets`` (names), ``batch_size``.
 
@@ -241,6 +246,10 @@ def load_model(
     """
     kw["output"] = output
     m = _load(model, source, **kw)
+    if hasattr(m, "to_device"):
+        m.to_device(device)
+    elif device not in (None, "auto", "cpu"):
+        log.info("device %r ignored: TensorFlow places %s models itself", device, getattr(m, "framework", "these"))
     if target is not None:
         m.default_target = m.target_index(target)
     return m

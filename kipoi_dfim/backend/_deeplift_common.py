@@ -112,17 +112,122 @@ def conservation_violations(
     return np.abs(total - delta) > CONSERVATION_RTOL * scale
 
 
-def warn_violations(violations: np.ndarray, engine: str) -> None:
+def warn_violations(violations: np.ndarray, engine: str, what: str = "(sequence, reference) pairs") -> None:
     """Emit ONE RuntimeWarning with the count of pairs that break summation-to-delta (none if all hold)."""
     count = int(np.count_nonzero(violations))
     if count:
         warnings.warn(
             f"DeepLIFT ({engine}): summation-to-delta fails (relative tolerance {CONSERVATION_RTOL:g}) for "
-            f"{count} of {violations.size} (sequence, reference) pairs; contributions of those pairs are not "
+            f"{count} of {violations.size} {what}; contributions of those pairs are not "
             "exact (numerical precision or an op whose rule does not conserve).",
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Shared references (DFIM): K windows per variant against the same R references, T targets.
+# --------------------------------------------------------------------------------------------------------
+
+
+def check_shared_inputs(
+    x: np.ndarray, references: np.ndarray, targets: list[int], batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and cast the inputs of the shared-reference engines.
+
+    Parameters
+    ----------
+    x : np.ndarray
+        (N, K, L, 4): K windows per variant (e.g. the reference and the alternate window).
+    references : np.ndarray
+        (N, R, L, 4): references shared by the K windows of a variant.
+    targets : list of int
+        Output columns to explain (at least one).
+    batch_size : int
+        (pair, target) rows per backward pass; must be positive.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    references = np.ascontiguousarray(references, dtype=np.float32)
+    if x.ndim != 4:
+        raise InputError(f"DeepLIFT: x must be (N, K, L, 4), got shape {x.shape}")
+    if references.ndim != 4 or references.shape[0] != x.shape[0] or references.shape[2:] != x.shape[2:]:
+        raise InputError(
+            f"DeepLIFT: references must be (N, R, L, 4) matching x {x.shape}, got shape {references.shape}"
+        )
+    if not targets:
+        raise InputError("DeepLIFT: at least one target is needed")
+    if int(batch_size) < 1:
+        raise InputError(f"DeepLIFT: batch_size must be >= 1, got {batch_size}")
+    return x, references
+
+
+def variant_chunks(n: int, k: int, r: int, batch_size: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of the variants whose windows and references share one forward pass.
+
+    About ``batch_size`` (window, reference) pairs per chunk (at least one variant), so the forward pass sees
+    ``chunk * (K + R)`` rows and the pair backward passes stay near ``batch_size`` rows per target.
+    """
+    per = max(1, int(batch_size) // max(1, k * r))
+    for a in range(0, n, per):
+        yield a, min(n, a + per)
+
+
+def pair_rows(n: int, k: int, t: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Window row, reference row and target position of every (variant, window, target, reference) row.
+
+    Rows are enumerated in (variant, window, target, reference) order, so the multipliers of a chunk reshape
+    to (n, K, T, R, L, 4). Window rows index the chunk's ``x.reshape(n * K, L, 4)``, reference rows its
+    ``references.reshape(n * R, L, 4)``.
+    """
+    v, w, j, q = np.meshgrid(np.arange(n), np.arange(k), np.arange(t), np.arange(r), indexing="ij")
+    return (v * k + w).ravel(), (v * r + q).ravel(), j.ravel()
+
+
+def shared_violations(
+    multipliers: np.ndarray, x: np.ndarray, references: np.ndarray, f_x: np.ndarray, f_ref: np.ndarray
+) -> np.ndarray:
+    """Boolean (n, K, T, R) mask of (window, target, reference) triples that break summation-to-delta.
+
+    The same criterion as :func:`conservation_violations`, for the shared layout.
+
+    Parameters
+    ----------
+    multipliers : np.ndarray
+        (n, K, T, R, L, 4).
+    x : np.ndarray
+        (n, K, L, 4).
+    references : np.ndarray
+        (n, R, L, 4).
+    f_x : np.ndarray
+        (n, K, T) scored outputs of the windows.
+    f_ref : np.ndarray
+        (n, R, T) scored outputs of the references.
+    """
+    diff = (x[:, :, None] - references[:, None]).astype(np.float64)  # (n, K, R, L, 4)
+    total = np.einsum("nktrlc,nkrlc->nktr", multipliers.astype(np.float64), diff)
+    fx = f_x.astype(np.float64)[:, :, :, None]
+    fr = np.transpose(f_ref.astype(np.float64), (0, 2, 1))[:, None]
+    scale = np.maximum(np.maximum(np.abs(fx), np.abs(fr)), CONSERVATION_FLOOR)
+    return np.abs(total - (fx - fr)) > CONSERVATION_RTOL * scale
+
+
+def hypothetical_mean(multipliers: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """DeepSHAP hypothetical scores averaged over the references: mean_r (m[b] - sum_c m[c] r[c]).
+
+    Parameters
+    ----------
+    multipliers : np.ndarray
+        (n, K, T, R, L, 4).
+    references : np.ndarray
+        (n, R, L, 4).
+
+    Returns
+    -------
+    np.ndarray
+        float32 (n, K, T, L, 4).
+    """
+    dot = np.einsum("nktrlc,nrlc->nktrl", multipliers, references)
+    return (multipliers - dot[..., None]).mean(3).astype(np.float32)
 
 
 def pool_axis(length: int, kernel: int, stride: int, dilation: int, left: int, out: int) -> dict[str, int]:

@@ -51,6 +51,16 @@ class SequenceModel(Protocol):
         """
         ...
 
+    def deeplift_shared(self, x: np.ndarray, references: np.ndarray, targets: list[int | str]) -> np.ndarray:
+        """Hypothetical DeepSHAP scores (N, K, T, L, 4) of K windows per variant, x (N, K, L, 4), that share
+        the references (N, R, L, 4), for each of the T targets, averaged over R.
+
+        The same numbers as ``deeplift(x[:, k], references, t, hypothetical=True)`` for every k and t. DFIM
+        explains the reference and the alternate window of a variant against the same references, so a fast
+        engine runs the references' forward pass once per variant for all windows and targets.
+        """
+        ...
+
     def target_index(self, target: int | str) -> int:
         """Resolve a target given by index or by label."""
         ...

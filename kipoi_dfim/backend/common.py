@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
 import numpy as np
 
 from kipoi_dfim.backend._deeplift_common import hypothetical_scores
 from kipoi_dfim.errors import InputError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class AdapterBase:
     """Framework-independent half of every adapter; subclasses implement the ``_*_batch`` methods."""
 
     framework = "base"
+    #: Exceptions that mean "the batch did not fit in device memory" (set by each framework's adapter).
+    oom_errors: tuple[type[BaseException], ...] = ()
 
     def __init__(self, seq_len, layout, targets, output, activation, batch_size=64):
         if output not in ("logit", "raw"):
@@ -44,6 +54,26 @@ class AdapterBase:
 
     def _multipliers(self, x: np.ndarray, references: np.ndarray, target: int) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
+
+    def _free_memory(self) -> None:
+        """Release cached device memory after an out-of-memory error (framework adapters override)."""
+
+    def with_halving(self, fn: Callable[[int], T]) -> T:
+        """Run ``fn(batch_size)``; on out-of-memory halve the adapter's batch size and run it again.
+
+        The batch size that fits is kept for later calls, so a model on a small GPU settles on it after the
+        first failure instead of failing. Results never depend on the batch size, so a retried call returns
+        the same numbers. Raises the out-of-memory error when even one row does not fit.
+        """
+        while True:
+            try:
+                return fn(self.batch_size)
+            except self.oom_errors as err:
+                if self.batch_size <= 1:
+                    raise
+                self._free_memory()
+                self.batch_size = max(1, self.batch_size // 2)
+                log.warning("out of memory (%s): batch size halved to %d", type(err).__name__, self.batch_size)
 
     # -- protocol ------------------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -80,8 +110,8 @@ class AdapterBase:
         output = output or self.output
         if len(x) == 0:
             return np.zeros((0, len(self.targets)), np.float32)
-        return np.concatenate(
-            [self._predict_batch(x[i : i + self.batch_size], output) for i in range(0, len(x), self.batch_size)]
+        return self.with_halving(
+            lambda bs: np.concatenate([self._predict_batch(x[i : i + bs], output) for i in range(0, len(x), bs)])
         )
 
     def gradient(self, x: np.ndarray, target: int | str) -> np.ndarray:
@@ -90,8 +120,8 @@ class AdapterBase:
         t = self.target_index(target)
         if len(x) == 0:
             return np.zeros_like(x)
-        return np.concatenate(
-            [self._gradient_batch(x[i : i + self.batch_size], t) for i in range(0, len(x), self.batch_size)]
+        return self.with_halving(
+            lambda bs: np.concatenate([self._gradient_batch(x[i : i + bs], t) for i in range(0, len(x), bs)])
         )
 
     def deeplift_multipliers(self, x: np.ndarray, references: np.ndarray, target: int | str) -> np.ndarray:
@@ -102,7 +132,9 @@ class AdapterBase:
             references = references[:, None]
         if references.ndim != 4 or references.shape[0] != x.shape[0] or references.shape[2:] != x.shape[1:]:
             raise InputError(f"references must be (N, R, L, 4) for x {x.shape}, got {references.shape}")
-        return self._multipliers(x, references, self.target_index(target))
+        t = self.target_index(target)
+        # the engines read self.batch_size, which with_halving lowers before a retry
+        return self.with_halving(lambda bs: self._multipliers(x, references, t))
 
     def deeplift(
         self, x: np.ndarray, references: np.ndarray, target: int | str, hypothetical: bool = False
@@ -113,12 +145,66 @@ class AdapterBase:
         position the score it would get if it were observed: m[b] - sum_c m[c] r[c], averaged over r
         (the genomics convention of DeepSHAP); multiplied by x they give the actual contributions, which are
         non-zero only at observed bases and sum per position to mean_r sum_c m[c] (x[c] - r[c]).
+        Runs through :meth:`deeplift_shared` with one window per sequence, so an adapter's fast path (one
+        forward pass of each sequence for all its references) serves both.
         """
         x = self._check_x(x)
         references = np.asarray(references, dtype=np.float32)
         if references.ndim == 3:
             references = references[:, None]
+        if len(x):  # the shared-reference path with K = 1 (the generic default is the code below)
+            hyp = self.deeplift_shared(x[:, None], references, [target])[:, 0, 0]
+            return hyp if hypothetical else hyp * x
+
         m = self.deeplift_multipliers(x, references, target)
         hyp = hypothetical_scores(m, references)
         # actual contributions sit on the observed base; per position they sum to mean_r m * (x - r)
         return hyp if hypothetical else hyp * x
+
+    def deeplift_shared(self, x: np.ndarray, references: np.ndarray, targets: list[int | str]) -> np.ndarray:
+        """Hypothetical DeepSHAP scores of K windows per variant that share their references, for T targets.
+
+        DFIM explains the reference and the alternate window of a variant against the same shuffled
+        references, for one or more targets; the references' forward pass is the same for all of them, so
+        an engine with a fast path runs it once per variant and only the per-pair backward pass per window,
+        reference and target. Numerically the same as ``deeplift(x[:, k], references, t, hypothetical=True)``
+        for every k and t; summation-to-delta is checked for every (window, reference, target).
+
+        Parameters
+        ----------
+        x : np.ndarray
+            (N, K, L, 4) one-hot windows, K per variant.
+        references : np.ndarray
+            (N, R, L, 4) references of each variant, shared by its K windows.
+        targets : list of int or str
+            Outputs to explain (indices or labels).
+
+        Returns
+        -------
+        np.ndarray
+            float32 (N, K, T, L, 4) hypothetical scores averaged over the R references.
+        """
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 4 or x.shape[3] != 4:
+            raise InputError(f"x must be (N, K, L, 4) windows, got shape {x.shape}")
+        if x.shape[2] != self.seq_len:
+            raise InputError(f"x has length {x.shape[2]} but the model takes {self.seq_len}")
+        references = np.asarray(references, dtype=np.float32)
+        if references.ndim != 4 or references.shape[0] != x.shape[0] or references.shape[2:] != x.shape[2:]:
+            raise InputError(f"references must be (N, R, L, 4) for x {x.shape}, got {references.shape}")
+        ts = [self.target_index(t) for t in targets]
+        if not ts:
+            raise InputError("deeplift_shared needs at least one target")
+        if len(x) == 0 or x.shape[1] == 0:
+            return np.zeros((x.shape[0], x.shape[1], len(ts), *x.shape[2:]), np.float32)
+        return self._deeplift_shared(x, references, ts)
+
+    def _deeplift_shared(self, x: np.ndarray, references: np.ndarray, targets: list[int]) -> np.ndarray:
+        """Generic default: the pairwise multipliers of every window and target (no shared forward pass)."""
+        n, k = x.shape[:2]
+        out = np.zeros((n, k, len(targets), *x.shape[2:]), np.float32)
+        for w in range(k):
+            for j, t in enumerate(targets):
+                m = self.deeplift_multipliers(x[:, w], references, t)
+                out[:, w, j] = hypothetical_scores(m, references)
+        return out

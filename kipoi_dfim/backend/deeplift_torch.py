@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,15 +28,19 @@ import torch.nn.functional as F
 from kipoi_dfim.backend._deeplift_common import (
     RESCALE_EPS,
     check_inputs,
+    check_shared_inputs,
     conservation_violations,
+    hypothetical_mean,
     pair_batches,
     pool_axis,
+    shared_violations,
+    variant_chunks,
     warn_violations,
     window_index,
 )
 from kipoi_dfim.errors import InputError, UnsupportedModelError
 
-__all__ = ["deeplift_multipliers_torch", "maxpool_windows_torch", "window_max_torch"]
+__all__ = ["deeplift_multipliers_torch", "deeplift_shared_torch", "maxpool_windows_torch", "window_max_torch"]
 
 # --------------------------------------------------------------------------------------------------------
 # What is linear, what has a rule. Anything that depends on the input and is not listed raises.
@@ -710,6 +716,496 @@ def _elementwise_fn(node: fx.Node, module: nn.Module | None, args: tuple, kwargs
         return lambda t: getattr(t, name)(*rest, **kwargs)
     target = node.target
     return lambda t: target(t, *rest, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Shared references (DFIM): one forward pass of the windows and of the references, per-pair backward.
+# --------------------------------------------------------------------------------------------------------
+
+
+class SharedPathUnavailable(Exception):
+    """The traced graph does not fit the shared-reference engine (the caller falls back to pairwise)."""
+
+
+_INPLACE_LINEAR = {operator.iadd: operator.add, operator.isub: operator.sub}
+
+
+def _node_call(node: fx.Node, gm: fx.GraphModule, args: tuple, kwargs: dict) -> Any:
+    """Evaluate one fx node on given argument values (in-place additions done out of place)."""
+    if node.op == "call_module":
+        return gm.get_submodule(node.target)(*args, **kwargs)
+    if node.op == "call_method":
+        return getattr(args[0], node.target)(*args[1:], **kwargs)
+    return _INPLACE_LINEAR.get(node.target, node.target)(*args, **kwargs)
+
+
+class _Recorder(fx.Interpreter):
+    """Runs a traced module keeping the values of the nodes in ``keep`` (all if None).
+
+    Nonlinear nodes run out of place (an ``nn.ReLU(inplace=True)`` would overwrite the activation the rule
+    reads) and so do in-place additions.
+    """
+
+    def __init__(self, gm: fx.GraphModule, rules: dict[str, _Rule], keep: set[str] | None):
+        super().__init__(gm)
+        self.rules, self.keep = rules, keep
+        self.values: dict[str, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        rule = self.rules.get(n.name)
+        if n.op in ("placeholder", "output", "get_attr"):
+            out = super().run_node(n)
+        else:
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            module = self.module.get_submodule(n.target) if n.op == "call_module" else None
+            if rule is not None and rule.kind == "rescale":
+                out = _elementwise_fn(n, module, args, kwargs)(args[0])
+            elif rule is not None and rule.kind == "maxpool":
+                out = _maxpool_fns(n, module, args, kwargs)[0](args[0])
+            else:
+                out = _node_call(n, self.module, args, kwargs)
+        if self.keep is None or n.name in self.keep:
+            self.values[n.name] = out
+        return out
+
+
+@dataclass
+class _Step:
+    """One input-dependent node of the reverse walk."""
+
+    name: str
+    kind: str  # "linear", "rescale", "maxpool"
+    inputs: list[str]  # the dependent input nodes the cotangent flows to
+    vjp: Callable | None = None  # linear: batch-1 vector-Jacobian product
+    fn: Callable | None = None  # rescale: the elementwise function; maxpool: the model's pooling op
+    exact: bool = False  # rescale: float32 secant is exact (relu, relu6)
+    windows: Callable | None = None  # maxpool: shape -> _Windows
+    label: str = ""
+    fused: _Step | None = None  # "relupool": the relu/relu6 step whose only consumer is this max-pool
+
+
+@dataclass
+class _Pairs:
+    """A block of pair rows: variants [v0, v1) of the chunk, their K windows, targets [t0, t1), R references.
+
+    Rows are laid out (V, K, Tb, R). The chunk's recorded tensors hold the n * K window rows first, then the
+    n * R reference rows, so the block's windows and references are slices: the rules broadcast windows
+    (V, K, 1, 1, ...) against references (V, 1, 1, R, ...) without gathering a row per pair, and form each
+    multiplier once for all targets of the block.
+    """
+
+    v0: int
+    v1: int
+    targets: torch.Tensor  # (Tb,) output columns
+    n: int
+    k: int
+    r: int
+
+    @property
+    def p(self) -> int:
+        return (self.v1 - self.v0) * self.k * len(self.targets) * self.r
+
+    def window(self, t: torch.Tensor) -> torch.Tensor:
+        """(V, K, 1, 1, ...) rows of the block's windows."""
+        return t[self.v0 * self.k: self.v1 * self.k].reshape(self.v1 - self.v0, self.k, 1, 1, *t.shape[1:])
+
+    def reference(self, t: torch.Tensor) -> torch.Tensor:
+        """(V, 1, 1, R, ...) rows of the block's references."""
+        a = self.n * self.k
+        return t[a + self.v0 * self.r: a + self.v1 * self.r].reshape(self.v1 - self.v0, 1, 1, self.r, *t.shape[1:])
+
+    def grid(self, g: torch.Tensor) -> torch.Tensor:
+        """A (P, ...) pair cotangent as (V, K, Tb, R, ...)."""
+        return g.reshape(self.v1 - self.v0, self.k, len(self.targets), self.r, *g.shape[1:])
+
+
+class SharedPlan:
+    """The reverse walk of a traced module for the shared-reference engine.
+
+    Linear nodes are differentiated once, on a batch of one row (``torch.func.vjp``; a linear op's
+    vector-Jacobian product does not depend on the point), and applied to all pair cotangents at once with
+    ``torch.vmap``, so the pair backward never re-runs the forward pass. Nonlinear nodes multiply the pair
+    cotangents by the rule's multipliers, formed from the activations of the window and of the reference
+    recorded in the one shared forward pass (per-row parts of the rules, such as the max of every pooling
+    window and its tie shares, are computed there once per row rather than once per pair).
+    """
+
+    def __init__(self, gm: fx.GraphModule, rules: dict[str, _Rule], example: torch.Tensor):
+        self.gm, self.rules = gm, rules
+        nodes = list(gm.graph.nodes)
+        self.input = next(n.name for n in nodes if n.op == "placeholder")
+        out = next(n for n in nodes if n.op == "output")
+        src = out.args[0]
+        if not isinstance(src, fx.Node) or src.name not in rules:
+            raise SharedPathUnavailable("the output is not one input-dependent tensor")
+        self.output = src.name
+        dependent = {self.input, *rules}
+        rec = _Recorder(gm, rules, None)
+        with torch.no_grad():
+            rec.run(example)
+        values = rec.values
+        self.output_shape = tuple(values[self.output].shape)
+        self.input_shape = tuple(example.shape[1:])
+        self.dtype = values[self.output].dtype
+        self.keep: set[str] = set()
+        self.pools_checked = False  # the rule's windows reproduce every pool (checked on the first rows)
+        # scratch tensors of the rules, per (thread, step): threads sharing a model must not share them
+        self.buffers: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+        self.steps: list[_Step] = []
+        for node in reversed(nodes):
+            if node.name not in rules:
+                continue
+            deps = list(dict.fromkeys(a.name for a in node.all_input_nodes if a.name in dependent))
+            self.steps.append(self._step(node, rules[node.name], deps, values))
+        self._fuse(nodes)
+
+    def _fuse(self, nodes: list[fx.Node]) -> None:
+        """Merge relu/relu6 -> max-pool pairs into one "relupool" step (half the per-pair passes)."""
+        users = {n.name: len(n.users) for n in nodes}
+        by_name = {s.name: s for s in self.steps}
+        for step in self.steps:
+            inner = by_name.get(step.inputs[0])
+            if step.kind == "maxpool" and inner is not None and inner.kind == "rescale" and inner.exact \
+                    and users[inner.name] == 1:
+                step.kind, step.fused, step.inputs = "relupool", inner, inner.inputs
+        fused = {s.fused.name for s in self.steps if s.fused is not None}
+        self.steps = [s for s in self.steps if s.name not in fused]
+
+    def _step(self, node: fx.Node, rule: _Rule, deps: list[str], values: dict[str, Any]) -> _Step:
+        gm = self.gm
+        args = fx.node.map_arg(node.args, lambda a: values[a.name])
+        kwargs = fx.node.map_arg(node.kwargs, lambda a: values[a.name])
+        module = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if rule.kind == "linear":
+
+            def fn(*dep_values: Any, node: fx.Node = node) -> Any:
+                env = dict(zip(deps, dep_values, strict=True))
+                get = lambda a: env[a.name] if a.name in env else values[a.name]  # noqa: E731
+                return _node_call(node, gm, fx.node.map_arg(node.args, get), fx.node.map_arg(node.kwargs, get))
+
+            try:
+                with torch.enable_grad():
+                    _, vjp = torch.func.vjp(fn, *[values[d] for d in deps])
+            except Exception as err:  # noqa: BLE001 - torch.func raises many types on ops it cannot handle
+                raise SharedPathUnavailable(f"{_describe(node, gm)}: {type(err).__name__}: {err}") from err
+            return _Step(node.name, "linear", deps, vjp=vjp)
+        first = node.args[0].name
+        self.keep.update({first, node.name})
+        if rule.kind == "rescale":
+            return _Step(node.name, "rescale", [first], fn=_elementwise_fn(node, module, args, kwargs),
+                         exact=_exact_secant(node, module))
+        forward_fn, windows = _maxpool_fns(node, module, args, kwargs)
+        return _Step(node.name, "maxpool", [first], fn=forward_fn, windows=windows, label=_describe(node, gm))
+
+    # -- phase 1: the shared forward pass ------------------------------------------------------------------
+    def forward(
+        self, z: torch.Tensor, n_windows: int, check_pools: bool
+    ) -> tuple[dict[str, Any], torch.Tensor]:
+        """Per-row quantities the rules need, and the (rows, n_out) outputs, for the rows z (no autograd).
+
+        z holds the n_windows window rows first, then the reference rows.
+        """
+        rec = _Recorder(self.gm, self.rules, self.keep)
+        with torch.no_grad():
+            y = rec.run(z)
+        values = rec.values
+        for name in self.keep:
+            if not isinstance(values[name], torch.Tensor) or values[name].shape[0] != len(z):
+                raise SharedPathUnavailable(f"node {name} is not batch-major")
+        acts: dict[str, Any] = {}
+        for step in self.steps:
+            if step.kind == "rescale":
+                acts[step.name] = self._rescale_rows(step, values[step.inputs[0]], values[step.name], n_windows)
+            elif step.kind in ("maxpool", "relupool"):
+                zin = values[step.fused.name if step.fused is not None else step.inputs[0]]
+                windows = step.windows(tuple(zin.shape))
+                if check_pools and not self.pools_checked:
+                    mine, theirs = windows.pooled(zin), values[step.name]
+                    if mine.numel() != theirs.numel() or not torch.equal(theirs, mine.reshape(theirs.shape)):
+                        raise UnsupportedModelError(
+                            f"DeepLIFT: max-pooling {step.label}: this pooling configuration is not supported"
+                        )
+                acts[step.name] = _pool_rows(windows, zin, values[step.name])
+                if step.fused is not None:
+                    acts[step.name]["relu"] = self._rescale_rows(
+                        step.fused, values[step.inputs[0]], zin, n_windows)
+        self.pools_checked = self.pools_checked or check_pools
+        return acts, y
+
+    @staticmethod
+    def _rescale_rows(step: _Step, z: torch.Tensor, y: torch.Tensor, n_windows: int) -> dict[str, torch.Tensor]:
+        """z, fn(z) of every row and fn'(z) of the window rows (the rule's fallback where x ~ r).
+
+        As in the pairwise rule, smooth functions get their secant in float64; relu/relu6 in float32.
+        """
+        if not step.exact:
+            z, y = z.double(), step.fn(z.double())
+        with torch.enable_grad():
+            zz = z[:n_windows].detach().requires_grad_(True)
+            (derivative,) = torch.autograd.grad(step.fn(zz).sum(), zz)
+        return {"z": z, "y": y, "d": derivative}
+
+    # -- phase 2: the pair backward --------------------------------------------------------------------
+    def backward(self, acts: dict[str, Any], pairs: _Pairs) -> torch.Tensor:
+        """Input multipliers (P, L, 4) of a block of pair rows."""
+        p = pairs.p
+        onehot = F.one_hot(pairs.targets, self.output_shape[1]).to(self.dtype)  # (Tb, n_out)
+        v = pairs.v1 - pairs.v0
+        onehot = onehot[None, None, :, None].expand(v, pairs.k, -1, pairs.r, -1)
+        cot: dict[str, Any] = {self.output: onehot.reshape(p, *self.output_shape)}
+        for step in self.steps:
+            g = cot.pop(step.name, None)
+            if g is None:
+                continue
+            if step.kind == "linear":
+                grads = torch.vmap(step.vjp)(g)
+            elif step.kind == "rescale":
+                grads = (_rescale_pairs(acts[step.name], pairs, g[:, 0]).unsqueeze(1),)
+            elif step.kind == "maxpool" or not acts[step.name]["tiled"]:
+                grads = (_pool_pairs(acts[step.name], pairs, g[:, 0]).unsqueeze(1),)
+                if step.fused is not None:
+                    grads = (_rescale_pairs(acts[step.name]["relu"], pairs, grads[0][:, 0]).unsqueeze(1),)
+            else:
+                buffers = self.buffers.setdefault((threading.get_ident(), step.name), {})
+                grads = (_relu_pool_pairs(acts[step.name], pairs, g[:, 0], buffers).unsqueeze(1),)
+            for name, grad in zip(step.inputs, grads, strict=True):
+                cot[name] = grad if name not in cot else torch.utils._pytree.tree_map(torch.add, cot[name], grad)
+        if self.input not in cot:  # the target does not depend on the input
+            return torch.zeros(p, *self.input_shape, dtype=self.dtype, device=pairs.targets.device)
+        return cot[self.input][:, 0]
+
+
+def _rescale_pairs(rows: dict[str, torch.Tensor], pairs: _Pairs, g: torch.Tensor) -> torch.Tensor:
+    """Cotangent g (P, ...) times the Rescale multipliers of the block's pairs (same as the pairwise rule).
+
+    In place where possible: on CPU a fresh large tensor costs page faults that exceed the arithmetic.
+    """
+    delta = pairs.window(rows["z"]) - pairs.reference(rows["z"])
+    m = torch.sub(pairs.window(rows["y"]), pairs.reference(rows["y"])).div_(delta)
+    small = delta.abs_() < RESCALE_EPS
+    m = torch.where(small, pairs.window(rows["d"]), m, out=m)
+    return pairs.grid(g).mul_(m.to(g.dtype)).reshape(g.shape)
+
+
+def _pool_rows(windows: _Windows, z: torch.Tensor, pooled: torch.Tensor) -> dict[str, Any]:
+    """Per-row parts of the max-pool rule: window maxima, where they are attained, and 1 / tie count.
+
+    Ties are split evenly (docs/deeplift.md); the share of a position is ``is_max / count``, and the
+    division is applied to the window-sized factors of the pair step rather than to every position.
+    ``pooled`` is the model's own pooling output (equal to the window maxima, checked on the first chunk).
+    """
+    a = windows.spec[0]
+    if windows.tiled and windows.axes == [z.ndim - 1] and a["left"] == 0 and a["out"] * a["kernel"] <= a["length"]:
+        n_out, kernel = a["out"], a["kernel"]
+        top = pooled.reshape(*z.shape[:-1], n_out)
+        w = z[..., : n_out * kernel].reshape(*z.shape[:-1], n_out, kernel)
+        is_max = (w == top.unsqueeze(-1)).to(z.dtype)
+        count = F.avg_pool1d(is_max.reshape(len(z), -1, n_out * kernel), kernel, kernel) * kernel
+        inv = count.reciprocal_().reshape(top.shape)
+        return {"tiled": True, "z": z, "top": top, "is_max": is_max, "inv": inv, "windows": windows}
+    return {"tiled": False, "z": z, "windows": windows}
+
+
+def _buffer(buffers: dict | None, key: str, shape: tuple[int, ...], like: torch.Tensor,
+            dtype: torch.dtype | None = None) -> torch.Tensor | None:
+    """A scratch tensor kept between blocks (None without a buffer dict).
+
+    On CPU, a fresh tensor of tens of megabytes is mapped anew by the allocator and page-faulted on first
+    write, which costs more than the arithmetic that fills it; blocks of a call have the same shapes.
+    """
+    if buffers is None:
+        return None
+    dtype = dtype or like.dtype
+    b = buffers.get(key)
+    if b is None or tuple(b.shape) != tuple(shape) or b.dtype != dtype or b.device != like.device:
+        b = buffers[key] = torch.empty(shape, dtype=dtype, device=like.device)
+    return b
+
+
+def _routed(rows: dict[str, Any], pairs: _Pairs, gg: torch.Tensor, buffers: dict | None = None) -> torch.Tensor:
+    """share_x * g (c - y_r) + share_r * g (y_x - c) per pooled position, (V, K, Tb, R, ..., out, kernel)."""
+    top_x, top_r = pairs.window(rows["top"]), pairs.reference(rows["top"])
+    cross = torch.maximum(top_x, top_r)
+    a = (gg * (cross - top_r) * pairs.window(rows["inv"])).unsqueeze(-1)
+    b = (gg * (top_x - cross) * pairs.reference(rows["inv"])).unsqueeze(-1)
+    is_max_x = pairs.window(rows["is_max"])
+    shape = torch.broadcast_shapes(is_max_x.shape, a.shape, pairs.reference(rows["is_max"]).shape)
+    routed = torch.mul(is_max_x, a, out=_buffer(buffers, "routed", shape, a))
+    return routed.addcmul_(pairs.reference(rows["is_max"]), b)
+
+
+def _fallback(rows: dict[str, Any], pairs: _Pairs, gg: torch.Tensor) -> torch.Tensor:
+    """The tie-split gradient at x of the pool, share_x * g, (V, K, Tb, R, ..., out, kernel)."""
+    return torch.mul(pairs.window(rows["is_max"]), (gg * pairs.window(rows["inv"])).unsqueeze(-1))
+
+
+def _pool_pairs(rows: dict[str, Any], pairs: _Pairs, g: torch.Tensor) -> torch.Tensor:
+    """Pooled cotangent g (P, ...) pushed through the max-pool rule for the block's pairs, (P, *z.shape[1:])."""
+    z = rows["z"]
+    shape = tuple(z.shape[1:])
+    if not rows["tiled"]:  # general geometry: the pairwise rule on gathered rows
+        grid = pairs.grid(g)
+        zx = pairs.window(z).expand(*grid.shape[:4], *shape).reshape(pairs.p, *shape)
+        zr = pairs.reference(z).expand(*grid.shape[:4], *shape).reshape(pairs.p, *shape)
+        windows = rows["windows"]
+        return maxpool_multiplier_torch(type(windows)((pairs.p, *shape), windows.axes, windows.spec), zx, zr, g)
+    gg = pairs.grid(g.reshape(pairs.p, *rows["top"].shape[1:]))
+    routed = _routed(rows, pairs, gg)  # one buffer, filled in place (see _rescale_pairs)
+    out_len = routed.shape[-2] * routed.shape[-1]
+    m = routed.reshape(*routed.shape[:-2], out_len)
+    delta = pairs.window(z)[..., :out_len] - pairs.reference(z)[..., :out_len]
+    zero = delta == 0
+    m.div_(delta)
+    m = torch.where(zero, _fallback(rows, pairs, gg).reshape(m.shape), m, out=m)
+    if out_len < z.shape[-1]:  # positions after the last window receive nothing
+        m = F.pad(m, (0, z.shape[-1] - out_len))
+    return m.reshape(pairs.p, *shape)
+
+
+def _relu_pool_pairs(rows: dict[str, Any], pairs: _Pairs, g: torch.Tensor, buffers: dict | None = None
+                     ) -> torch.Tensor:
+    """relu (or relu6) followed by a tiled max-pool, for the block's pairs: cotangent at the relu's input.
+
+    The pairwise engine multiplies the pool multiplier routed / (y_x - y_r) by the Rescale multiplier
+    (y_x - y_r) / (z_x - z_r); the product is routed / (z_x - z_r). Where y_x == y_r but z_x != z_r the
+    relu multiplier is 0 and so is routed (see docs/deeplift.md), so the quotient holds there too. Only
+    where |z_x - z_r| < RESCALE_EPS are the two factors formed separately (few elements, gathered).
+    """
+    relu = rows["relu"]
+    gg = pairs.grid(g.reshape(pairs.p, *rows["top"].shape[1:]))
+    routed = _routed(rows, pairs, gg, buffers)
+    kernel = routed.shape[-1]
+    out_len = routed.shape[-2] * kernel
+    m = routed.reshape(*routed.shape[:-2], out_len)
+    z = relu["z"]
+    zx, zr = pairs.window(z)[..., :out_len], pairs.reference(z)[..., :out_len]
+    shape = torch.broadcast_shapes(zx.shape, zr.shape)
+    delta = torch.sub(zx, zr, out=_buffer(buffers, "delta", shape, zx))
+    small = torch.lt(delta, RESCALE_EPS, out=_buffer(buffers, "small", shape, zx, torch.bool))
+    small = small.logical_and_(torch.gt(delta, -RESCALE_EPS, out=_buffer(buffers, "big", shape, zx, torch.bool)))
+    small = small.expand(m.shape)
+    idx = small.nonzero(as_tuple=True) if bool(small.any()) else None
+    if idx is not None:  # the pairwise formula at the few elements where z_x ~ z_r
+        y = relu["y"]
+        flat = (*idx[:-1], idx[-1] // kernel)
+        dy = (pairs.window(y)[..., :out_len].expand(m.shape)[idx]
+              - pairs.reference(y)[..., :out_len].expand(m.shape)[idx])
+        is_max = pairs.window(rows["is_max"])
+        fallback = is_max.reshape(*is_max.shape[:-2], out_len).expand(m.shape)[idx] * (
+            gg * pairs.window(rows["inv"])).expand(*m.shape[:-1], gg.shape[-1])[flat]
+        pool_m = torch.where(dy == 0, fallback, m[idx] / torch.where(dy == 0, torch.ones_like(dy), dy))
+        fixed = pool_m * pairs.window(relu["d"])[..., :out_len].expand(m.shape)[idx]
+    m.div_(delta)
+    if idx is not None:
+        m[idx] = fixed
+    if out_len < z.shape[-1]:  # positions after the last window receive nothing
+        m = F.pad(m, (0, z.shape[-1] - out_len))
+    return m.reshape(pairs.p, *z.shape[1:])
+
+
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _shared_plan(module: nn.Module, example: torch.Tensor) -> SharedPlan:
+    """The module's SharedPlan for inputs like ``example``, built once and cached (weakly) per module.
+
+    Tracing and the batch-1 vector-Jacobian products cost about as much as a few dozen pairs, so adapters
+    calling the engine chunk by chunk reuse them. The plan reads the module's parameters live.
+    """
+    key = (tuple(example.shape[1:]), example.dtype, str(example.device))
+    plans = _PLANS.setdefault(module, {})
+    if key not in plans:
+        try:
+            gm, rules = trace_rules(module)
+            plans[key] = SharedPlan(gm, rules, example)
+        except (UnsupportedModelError, SharedPathUnavailable) as err:
+            raise SharedPathUnavailable(str(err)) from err
+    return plans[key]
+
+
+def deeplift_shared_torch(
+    module: torch.nn.Module, x: np.ndarray, references: np.ndarray, targets: list[int], batch_size: int = 64
+) -> np.ndarray:
+    """Hypothetical DeepSHAP scores of K windows per variant sharing R references, for T targets.
+
+    The windows and the references of about ``batch_size / (K R)`` variants go through ONE forward pass
+    (recording what the rules need); then, per block of about ``batch_size`` (window, reference, target)
+    rows, only the backward pass of the multipliers runs (:class:`SharedPlan`). The rules are those of
+    :func:`deeplift_multipliers_torch`, so the numbers are the same; summation-to-delta is checked for every
+    (window, reference, target) and one RuntimeWarning counts the misses.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Maps (B, L, 4) to (B, n_out) scored outputs; run in eval mode and traced with torch.fx.
+    x : np.ndarray
+        (N, K, L, 4) one-hot windows.
+    references : np.ndarray
+        (N, R, L, 4) references, shared by the K windows of a variant.
+    targets : list of int
+        Output columns to explain.
+    batch_size : int
+        (window, reference, target) rows per backward pass (whole groups of R). Results do not depend on it.
+
+    Returns
+    -------
+    np.ndarray
+        float32 (N, K, T, L, 4), averaged over the references.
+
+    Raises
+    ------
+    SharedPathUnavailable
+        If the module cannot be traced or its graph does not fit the engine (use the pairwise engine).
+    UnsupportedModelError
+        If a max-pooling configuration is not reproduced by the rule's windows.
+    """
+    x, references = check_shared_inputs(x, references, targets, batch_size)
+    n, k, length = x.shape[:3]
+    r, t = references.shape[1], len(targets)
+    try:
+        device = next(module.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    out = np.zeros((n, k, t, length, 4), np.float32)
+    masks = []
+    with _eval_mode(module):
+        plan = _shared_plan(module, torch.from_numpy(x[:1, 0]).to(device))
+        for i, (a, b) in enumerate(variant_chunks(n, k, r, batch_size)):
+            out[a:b], mask = _shared_chunk(plan, x[a:b], references[a:b], targets, batch_size, device, i == 0)
+            masks.append(mask.ravel())
+    warn_violations(np.concatenate(masks), "PyTorch", "(window, reference, target) triples")
+    return out
+
+
+def _blocks(n: int, k: int, t: int, r: int, batch_size: int) -> list[tuple[int, int, int, int]]:
+    """(v0, v1, t0, t1) blocks of about ``batch_size`` pair rows: whole variants, or target slices of one."""
+    per_variant = k * t * r
+    if per_variant <= batch_size:
+        step = batch_size // per_variant
+        return [(a, min(n, a + step), 0, t) for a in range(0, n, step)]
+    step = max(1, batch_size // (k * r))
+    return [(v, v + 1, a, min(t, a + step)) for v in range(n) for a in range(0, t, step)]
+
+
+def _shared_chunk(
+    plan: SharedPlan, x: np.ndarray, references: np.ndarray, targets: list[int], batch_size: int,
+    device: torch.device, first: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(hypothetical scores (n, K, T, L, 4), violation mask (n, K, T, R)) of one chunk of variants."""
+    n, k, length = x.shape[:3]
+    r, t = references.shape[1], len(targets)
+    rows = np.concatenate([x.reshape(n * k, length, 4), references.reshape(n * r, length, 4)])
+    acts, y = plan.forward(torch.from_numpy(rows).to(device), n * k, check_pools=first)
+    for tg in targets:
+        _scored(y, int(tg))  # checks the output shape and the target range
+    m = np.empty((n, k, t, r, length, 4), np.float32)
+    for v0, v1, t0, t1 in _blocks(n, k, t, r, batch_size):
+        pairs = _Pairs(v0, v1, torch.tensor(targets[t0:t1], dtype=torch.int64, device=device), n, k, r)
+        mb = plan.backward(acts, pairs).detach().cpu().numpy()
+        m[v0:v1, :, t0:t1] = mb.reshape(v1 - v0, k, t1 - t0, r, length, 4)
+    f = y.reshape(len(rows), -1).double().cpu().numpy()[:, targets]
+    f_x, f_r = f[: n * k].reshape(n, k, t), f[n * k:].reshape(n, r, t)
+    return hypothetical_mean(m, references), shared_violations(m, x, references, f_x, f_r)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -87,6 +87,7 @@ class KerasModel(AdapterBase):
     """
 
     framework = "keras"
+    oom_errors = (tf.errors.ResourceExhaustedError,)
 
     def __init__(
         self,
@@ -143,6 +144,21 @@ class KerasModel(AdapterBase):
         return deeplift_multipliers_keras(
             self._scored(self.output), x, references, target, batch_size=self.batch_size
         )
+
+
+    def _deeplift_shared(self, x: np.ndarray, references: np.ndarray, targets: list[int]) -> np.ndarray:
+        """The shared-reference engine; the pairwise default where it does not apply (see deeplift_keras)."""
+        from kipoi_dfim.backend.deeplift_keras import SharedPathUnavailable, deeplift_shared_keras
+
+        if type(self)._multipliers is not KerasModel._multipliers:  # e.g. a SavedModel without DeepLIFT
+            return super()._deeplift_shared(x, references, targets)
+        try:
+            return self.with_halving(
+                lambda bs: deeplift_shared_keras(self._scored(self.output), x, references, targets, batch_size=bs)
+            )
+        except SharedPathUnavailable as err:
+            log.info("DeepLIFT: pairwise engine (%s)", err)
+            return super()._deeplift_shared(x, references, targets)
 
 
 def load_keras_file(path: str, **kw) -> KerasModel:

@@ -1,0 +1,313 @@
+"""DFIM DeepLIFT throughput against a bare gradient and peer tools, on the same pairs, in one process.
+
+Usage::
+
+    python benchmarks/bench_peers.py [--quick] [--variants 12] [--refs 10] [--batch-size 64] [--threads 2]
+        [--repeats 3] [--device auto] [--skip-keras] [--skip-torch]
+
+What is timed (every method on the SAME (window, reference) pairs; the methods are interleaved in each of
+``--repeats`` rounds and the fastest round of each is kept, so a busy machine slows all of them alike):
+
+N variants, K = 2 windows each (the reference window and the alternate window, one base apart in the
+middle), R dinucleotide-shuffled references per variant shared by its two windows, one target: N * K * R
+(window, reference) pairs.
+
+PyTorch, a Basset-shaped network with random weights (600 bp; conv 300x19 / maxpool 3, conv 200x11 /
+maxpool 4, conv 200x7 / maxpool 4, dense 1000, dense 1000, 164 outputs; the logit is explained):
+
+- ``bare fwd+bwd``: autograd gradient of the target logit w.r.t. the input, one model row per pair, in
+  batches of ``--batch-size`` (what a plain saliency pass over the pairs costs);
+- ``kipoi-dfim shared``: ``model.deeplift_shared(x, refs, [t])`` (the DFIM call: references shared by the
+  two windows, hypothetical scores, summation-to-delta checked for every pair);
+- ``kipoi-dfim pairwise``: the generic path of the same call (``AdapterBase._deeplift_shared``: every
+  window against every reference in a paired batch, as ``model.deeplift`` did before the shared engine);
+- ``tangermeme deep_lift_shap``: the 2N windows with their variant's references (hypothetical), same batch;
+- ``captum DeepLiftShap``: one call per variant (captum shares one baseline set across a call's inputs).
+
+Keras 3 (TensorFlow), the same architecture (channels last):
+
+- ``bare tf.GradientTape``: a tf.function gradient of the target logit, one row per pair, same batches;
+- ``kipoi-dfim shared`` / ``kipoi-dfim pairwise`` as above with the Keras engine;
+- ``shap DeepExplainer``: every window with its variant's references as background (shap explains one
+  sample at a time).
+
+Printed: the device, threads and versions, then per framework a table of seconds, pairs/s and the ratio of
+each method's throughput to the bare pass, and a matrix of every pairwise throughput ratio.
+``--quick`` (3 variants, 2 rounds) runs in under two minutes on 2 CPU threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+L = 600
+N_OUT = 164
+TARGET = 7
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+
+def make_pairs(n: int, r: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x (N, 2, L, 4) reference and alternate windows, refs (N, R, L, 4) dinucleotide shuffles)."""
+    from kipoi_dfim.attribution import shuffled_references
+
+    rng = np.random.default_rng(seed)
+    ref = np.eye(4, dtype=np.float32)[rng.integers(0, 4, (n, L))]
+    alt = ref.copy()
+    alt[:, L // 2] = np.eye(4, dtype=np.float32)[(ref[:, L // 2].argmax(-1) + 1 + np.arange(n) % 3) % 4]
+    refs = shuffled_references(ref, r, [np.random.default_rng([seed, i]) for i in range(n)])
+    return np.stack([ref, alt], 1), refs
+
+
+def best_of(methods: dict[str, Callable[[], None]], repeats: int) -> dict[str, tuple[float, float]]:
+    """Fastest (wall, process CPU) seconds of each method over ``repeats`` interleaved rounds."""
+    best = {name: (float("inf"), float("inf")) for name in methods}
+    for _ in range(repeats):
+        for name, fn in methods.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
+    return best
+
+
+def report(title: str, timings: dict[str, tuple[float, float]], pairs: int, bare: str) -> None:
+    """Print seconds, pairs/s and ratios (to the bare pass, and every pair of methods).
+
+    Wall-clock throughput is the headline; CPU time (all threads of the process) is printed too because on
+    a shared machine it is much less sensitive to other jobs than wall time.
+    """
+    best = {k: v[0] for k, v in timings.items()}
+    rate = {k: pairs / v for k, v in best.items()}
+    cpu_rate = {k: pairs / v[1] for k, v in timings.items()}
+    print(f"\n## {title}: {pairs} (window, reference) pairs, 1 target\n")
+    print("| method | wall s | pairs/s | ratio to bare | CPU s | pairs/CPU-s | CPU ratio to bare |")
+    print("|---|---|---|---|---|---|---|")
+    for k in best:
+        print(f"| {k} | {best[k]:.2f} | {rate[k]:.1f} | {rate[k] / rate[bare]:.2f} | {timings[k][1]:.2f} | "
+              f"{cpu_rate[k]:.1f} | {cpu_rate[k] / cpu_rate[bare]:.2f} |")
+    names = list(best)
+    print("\nwall-clock throughput ratio, row / column:\n")
+    print("| | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for a in names:
+        print(f"| {a} | " + " | ".join(f"{rate[a] / rate[b]:.2f}" for b in names) + " |")
+
+
+# ------------------------------------------------------------------------------------------------ PyTorch
+
+
+def torch_basset(seed: int = 0):
+    """Basset-shaped nn.Sequential with random weights, ending in a sigmoid (the adapter scores the logit)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv1d(4, 300, 19), nn.ReLU(), nn.MaxPool1d(3),
+        nn.Conv1d(300, 200, 11), nn.ReLU(), nn.MaxPool1d(4),
+        nn.Conv1d(200, 200, 7), nn.ReLU(), nn.MaxPool1d(4),
+        nn.Flatten(),
+        nn.Linear(200 * 10, 1000), nn.ReLU(),
+        nn.Linear(1000, 1000), nn.ReLU(),
+        nn.Linear(1000, N_OUT), nn.Sigmoid(),
+    ).eval()
+
+
+def torch_models(batch: int, device: str) -> tuple:
+    """(kipoi-dfim adapter, the logit nn.Module on the adapter's device) of one Basset-shaped network."""
+    from torch import nn
+
+    from kipoi_dfim.backend import load_model
+
+    net = torch_basset()
+    model = load_model(net, seq_len=L, layout="(4,L)", batch_size=batch, device=device)
+    logit = nn.Sequential(*list(net.children())[:-1]).to(model.device).eval()
+    for p in logit.parameters():
+        p.requires_grad_(False)
+    return model, logit
+
+
+def torch_methods(models: tuple, x: np.ndarray, refs: np.ndarray, batch: int) -> dict:
+    """The PyTorch methods as closures over the same inputs."""
+    import torch
+    from captum.attr import DeepLiftShap
+    from tangermeme.deep_lift_shap import deep_lift_shap
+
+    from kipoi_dfim.backend.common import AdapterBase
+
+    model, logit = models
+    dev = model.device
+    n, k, r = x.shape[0], x.shape[1], refs.shape[1]
+    rows = torch.from_numpy(np.repeat(x.reshape(n * k, L, 4), r, axis=0).transpose(0, 2, 1).copy()).to(dev)
+    xs_cf = torch.from_numpy(x.reshape(n * k, L, 4).transpose(0, 2, 1).copy())
+    refs_cf = torch.from_numpy(np.repeat(refs, k, axis=0).transpose(0, 1, 3, 2).copy())
+    captum = DeepLiftShap(logit)
+
+    def bare() -> None:
+        for a in range(0, len(rows), batch):
+            xb = rows[a: a + batch].clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(logit(xb)[:, TARGET].sum(), xb)
+        _ = g.cpu()
+
+    def shared() -> None:
+        model.deeplift_shared(x, refs, [TARGET])
+
+    def pairwise() -> None:
+        AdapterBase._deeplift_shared(model, x, refs, [TARGET])
+
+    def tangermeme() -> None:
+        deep_lift_shap(logit, xs_cf, references=refs_cf, target=TARGET, batch_size=batch, hypothetical=True,
+                       device=str(dev), warning_threshold=1e9)
+
+    def captum_dls() -> None:
+        for i in range(n):
+            xi = torch.from_numpy(x[i].transpose(0, 2, 1).copy()).to(dev).requires_grad_(True)
+            bi = torch.from_numpy(refs[i].transpose(0, 2, 1).copy()).to(dev)
+            captum.attribute(xi, baselines=bi, target=TARGET)
+
+    return {"bare fwd+bwd": bare, "kipoi-dfim shared": shared, "kipoi-dfim pairwise": pairwise,
+            "tangermeme deep_lift_shap": tangermeme, "captum DeepLiftShap": captum_dls}
+
+
+# ------------------------------------------------------------------------------------------------ Keras
+
+
+def keras_basset(seed: int = 0):
+    """The same architecture in Keras 3, channels last, random weights, final sigmoid."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    L_ = keras.layers
+    return keras.Sequential([
+        keras.Input((L, 4)),
+        L_.Conv1D(300, 19, activation="relu"), L_.MaxPooling1D(3),
+        L_.Conv1D(200, 11, activation="relu"), L_.MaxPooling1D(4),
+        L_.Conv1D(200, 7, activation="relu"), L_.MaxPooling1D(4),
+        L_.Flatten(),
+        L_.Dense(1000, activation="relu"), L_.Dense(1000, activation="relu"),
+        L_.Dense(N_OUT), L_.Activation("sigmoid"),
+    ])
+
+
+def keras_models(batch: int) -> tuple:
+    """(kipoi-dfim adapter, the logit keras.Model, its tf.function gradient) of one Basset-shaped network."""
+    import keras
+    import tensorflow as tf
+
+    from kipoi_dfim.backend import load_model
+
+    net = keras_basset()
+    model = load_model(net, batch_size=batch)
+    logit = keras.Model(net.inputs, net.layers[-2].output)
+
+    @tf.function(reduce_retracing=True)
+    def grad(xb: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            tape.watch(xb)
+            y = logit(xb, training=False)[:, TARGET]
+        return tape.gradient(y, xb)
+
+    target_logit = keras.Model(net.inputs, keras.layers.Dense(1, name="target")(net.layers[-3].output))
+    dense = net.layers[-2]
+    w, b = dense.get_weights()
+    target_logit.get_layer("target").set_weights([w[:, TARGET: TARGET + 1], b[TARGET: TARGET + 1]])
+    return model, logit, grad, target_logit
+
+
+def keras_methods(models: tuple, x: np.ndarray, refs: np.ndarray, batch: int) -> dict:
+    """The Keras methods as closures over the same inputs."""
+    import shap
+    import tensorflow as tf
+
+    from kipoi_dfim.backend.common import AdapterBase
+
+    model, logit, grad, target_logit = models
+    n, k, r = x.shape[0], x.shape[1], refs.shape[1]
+    rows = np.repeat(x.reshape(n * k, L, 4), r, axis=0)
+
+    def bare() -> None:
+        for a in range(0, len(rows), batch):
+            g = grad(tf.constant(rows[a: a + batch]))
+        _ = g.numpy()
+
+    def shared() -> None:
+        model.deeplift_shared(x, refs, [TARGET])
+
+    def pairwise() -> None:
+        AdapterBase._deeplift_shared(model, x, refs, [TARGET])
+
+    windows = x.reshape(n * k, L, 4)
+    lookup = {windows[i].tobytes(): refs[i // k] for i in range(n * k)}
+    # the target's logit as the only output: shap explains every output of a model otherwise
+    explainer = shap.DeepExplainer(target_logit, lambda xs: [lookup[np.asarray(xs[0], np.float32).tobytes()]])
+
+    def shap_deep() -> None:
+        explainer.shap_values(windows, check_additivity=False)
+
+    return {"bare tf.GradientTape": bare, "kipoi-dfim shared": shared, "kipoi-dfim pairwise": pairwise,
+            "shap DeepExplainer": shap_deep}
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="3 variants, 2 rounds (< 2 min on 2 CPU threads)")
+    ap.add_argument("--variants", type=int, default=12)
+    ap.add_argument("--refs", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="auto", help="PyTorch device: auto, cpu, cuda, cuda:N, mps")
+    ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--skip-keras", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.variants, a.repeats = 3, 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import tensorflow as tf
+    import torch
+
+    torch.set_num_threads(a.threads)
+    tf.config.threading.set_intra_op_parallelism_threads(a.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    warnings.simplefilter("ignore")
+    x, refs = make_pairs(a.variants, a.refs, a.seed)
+    pairs = x.shape[0] * x.shape[1] * refs.shape[1]
+    warm = (x[:1], refs[:1])
+    print(f"torch {torch.__version__}, tensorflow {tf.__version__}, {a.threads} threads, batch {a.batch_size}, "
+          f"{a.variants} variants x 2 windows x {a.refs} references, best of {a.repeats} interleaved rounds")
+    if not a.skip_torch:
+        models = torch_models(a.batch_size, a.device)
+        dev = models[0].device
+        print(f"PyTorch device: {dev}")
+        best_of(torch_methods(models, *warm, a.batch_size), 1)  # warm-up on one variant
+        report(f"PyTorch ({dev})", best_of(torch_methods(models, x, refs, a.batch_size), a.repeats), pairs,
+               "bare fwd+bwd")
+    if not a.skip_keras:
+        gpus = tf.config.list_physical_devices("GPU")
+        print(f"\nTensorFlow device: {'GPU ' + gpus[0].name if gpus else 'CPU'}")
+        models = keras_models(a.batch_size)
+        best_of(keras_methods(models, *warm, a.batch_size), 1)  # warm-up (tracing) on one variant
+        methods = keras_methods(models, x, refs, a.batch_size)
+        report(f"Keras 3 / TensorFlow ({'GPU' if gpus else 'CPU'})", best_of(methods, a.repeats), pairs,
+               "bare tf.GradientTape")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
