@@ -28,7 +28,7 @@ from kipoi_dfim.backend import load_model
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.output.interactions_tsv import write_interactions
 from kipoi_dfim.paths import check_paths
-from kipoi_dfim.scoring import make_settings
+from kipoi_dfim.scoring import load_options, make_settings
 from kipoi_dfim.sequence import one_hot
 from kipoi_dfim.settings import Settings
 
@@ -239,7 +239,7 @@ def feature_interactions(
     """
     settings = make_settings(settings, **options)
     if not hasattr(model, "seq_len"):
-        model = load_model(model, output=settings.output, batch_size=settings.batch_size)
+        model = load_model(model, **load_options(settings))
     records = read_fasta(fasta)
     by_rec = _features_by_record(records, read_bed(features), fasta, features)
     tasks = _targets(model, settings.targets)
@@ -329,7 +329,7 @@ def run(args: Any) -> None:
     """Entry point of ``kipoi-dfim interactions`` (arguments declared in :mod:`kipoi_dfim.cli`)."""
     settings = Settings.from_args(args)
     check_paths(inputs={"--fasta": args.fasta, "--features": args.features}, outputs={"-o": args.out})
-    model = load_model(args.model, source=args.source, output=settings.output, batch_size=settings.batch_size)
+    model = load_model(args.model, source=args.source, **load_options(settings))
     df = feature_interactions(model, args.fasta, args.features, settings=settings, progress=not args.quiet)
     write_interactions(df, args.out)
     log.info("wrote %d rows to %s", len(df), args.out)

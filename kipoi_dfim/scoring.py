@@ -64,7 +64,7 @@ def make_settings(settings: Settings | None = None, **options: Any) -> Settings:
 def load_options(settings: Settings) -> dict[str, Any]:
     """The keywords of :func:`kipoi_dfim.backend.load_model` that come from the settings (one place, so that a
     Dask worker loads the model exactly as the client does)."""
-    return {"output": settings.output, "batch_size": settings.batch_size}
+    return {"output": settings.output, "batch_size": settings.batch_size, "device": settings.device}
 
 
 def maps_flank(window: int, seq_len: int) -> int:
