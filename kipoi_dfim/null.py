@@ -357,7 +357,7 @@ class PooledNullSampler:
     chunking, batching or workers.
     """
 
-    #: the automatic M: a quarter of the file's variants, between these bounds
+    #: the automatic M: a sixth of the file's scored variants, between these bounds
     AUTO_MIN, AUTO_MAX = 100, 1000
 
     def __init__(self, size: int | None, seed: int):
@@ -369,12 +369,13 @@ class PooledNullSampler:
 
     @property
     def size(self) -> int:
-        """M: as requested, or automatic -- n/4 within [100, 1000], so that a background costing about 0.7 of a
-        scored variant keeps the null under 1.2x the run once the file has ~1000 variants."""
+        """M: as requested, or automatic -- n/6 within [100, 1000]: a background costs about one scored variant
+        (the same importance calls, measured by benchmarks/bench_null.py), so the null stays under about 1.2x
+        the run once the file has ~1000 variants, and its cost is fixed beyond 6000."""
         if self.requested is not None:
             return self.requested
         n = sum(self.counts.values())
-        return int(min(self.AUTO_MAX, max(self.AUTO_MIN, n // 4)))
+        return int(min(self.AUTO_MAX, max(self.AUTO_MIN, n // 6)))
 
     def _key(self, v: Any) -> float:
         ss = np.random.SeedSequence([self.seed, v.record_index, v.alt_index, 3])

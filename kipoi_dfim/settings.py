@@ -51,7 +51,7 @@ class Settings:
         ``pooled`` (``null_size`` backgrounds for the whole file). None: ``per-variant`` when
         ``null_shuffles > 0``, else ``none``.
     null_shuffles, null_size : int
-        K backgrounds per variant; M backgrounds per file (None: a quarter of the file's scored variants,
+        K backgrounds per variant; M backgrounds per file (None: a sixth of the file's scored variants,
         within [100, 1000]).
     pvalue : str
         The test of a score against its null: ``tail`` (empirical p where the null resolves it, a generalized
@@ -199,7 +199,7 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
                            "(default: per-variant when --null-shuffles > 0)"}),
     "null_shuffles": (("--null-shuffles",), {"type": int, "help": "shuffled backgrounds per variant/record"}),
     "null_size": (("--null-size",), {"type": int, "help": "backgrounds of the pooled null, M, for the whole file "
-                                      "(default: a quarter of the scored variants, within [100, 1000])"}),
+                                      "(default: a sixth of the scored variants, within [100, 1000])"}),
     "pvalue": (("--pvalue",), {"choices": PVALUES, "help": "test of a score against the null: tail (empirical, "
                                "with a generalized Pareto tail beyond the null), empirical, or gaussian (the "
                                "paper's normal fit)"}),
