@@ -154,6 +154,8 @@ def _encoding(descr: dict, model_dir: Path) -> dict[str, Any]:
             out[k] = args[k]
     if args.get("dtype") is not None:
         out["dtype"] = str(args["dtype"])
+    if isinstance(args.get("auto_resize_len"), int):
+        out["auto_resize_len"] = args["auto_resize_len"]
     return out
 
 
@@ -173,6 +175,9 @@ def _load_dir(model_dir: Path, **kw) -> SequenceModel:
     enc = _encoding(descr, model_dir)
     kw.setdefault("alphabet", enc.get("alphabet"))
     kw["notes"] = list(kw.get("notes") or []) + notes
+    if in_shape is not None and None in in_shape and kw.get("seq_len") is None and enc.get("auto_resize_len"):
+        # a variable-length model (e.g. pwm_HOCOMOCO's (None, 4)): the length its dataloader resizes to
+        kw["seq_len"] = enc["auto_resize_len"]
 
     def path(key):
         v = args.get(key)

@@ -65,6 +65,10 @@ _LAYER_KINDS: dict[str, str] = {
     "Multiply": "merge",
     "Average": "merge",
     "Maximum": "merge",
+    "GlobalMaxPooling1D": "globalmaxpool1d",
+    "GlobalMaxPool1D": "globalmaxpool1d",
+    "GlobalAveragePooling1D": "globalavgpool1d",
+    "GlobalAvgPool1D": "globalavgpool1d",
     "InputLayer": "input",
 }
 
@@ -94,6 +98,7 @@ class _LayerSpec:
     inputs: list[str]
     keras0: bool = False  # Keras 0.3 layer dict (class in "name", name in "custom_name")
     index: int = 0  # position in a Keras 0.3 Sequential (weights group "layer_<index>")
+    key: str = ""  # name of its output tensor when not ``name`` (2nd, 3rd... call of a shared layer)
 
 
 @dataclass
@@ -312,8 +317,20 @@ def _parse_sequential(layer_dicts: list[dict], where: str, name: str, prefix: st
     return _ModelSpec(inputs, layers, prev, name=name)
 
 
+def _tensor_key(layer: str, node: int, tensor: int) -> str:
+    """Key of output ``tensor`` of call ``node`` of ``layer`` (plain name for the first output of the first)."""
+    key = layer if node == 0 else f"{layer}__call{node}"
+    return key if tensor == 0 else f"{key}#{tensor}"
+
+
 def _parse_functional(cfg: dict, where: str) -> _ModelSpec:
-    """Keras 1/2 functional ``Model``: layers with inbound nodes [[name, node, tensor, kwargs], ...]."""
+    """Keras 1/2 functional ``Model``: layers with inbound nodes [[name, node, tensor, kwargs], ...].
+
+    A layer applied several times (shared weights, e.g. one convolution over the forward and the
+    reverse-complement strand) has one inbound node per call; each call becomes its own spec reading the
+    same weights, keyed ``name__call<k>``. References to the k-th output of a multi-output layer are keyed
+    ``name#k``.
+    """
     inputs, layers = [], []
     for entry in cfg["layers"]:
         lname, cls, lcfg, k0 = _layer_entry(entry)
@@ -322,23 +339,19 @@ def _parse_functional(cfg: dict, where: str) -> _ModelSpec:
             inputs.append((lname, _shape_from_config(lcfg)))
             continue
         nodes = entry.get("inbound_nodes") or []
-        if len(nodes) != 1:
-            raise UnsupportedModelError(
-                f"layer {lname!r} ({cls}) is used {len(nodes)} times; shared layers are not supported",
-                path=where,
-            )
-        srcs = []
-        for ref in nodes[0]:
-            if (ref[1] if len(ref) > 1 else 0) != 0 or (ref[2] if len(ref) > 2 else 0) != 0:
-                raise UnsupportedModelError(
-                    f"layer {lname!r}: inputs from shared layers / multi-output layers are not supported",
-                    path=where,
-                )
-            srcs.append(str(ref[0]))
-        layers.append(_LayerSpec(lname, cls, lcfg, srcs, k0))
+        if not nodes:
+            raise UnsupportedModelError(f"layer {lname!r} ({cls}) is never called", path=where)
+        for call, node in enumerate(nodes):
+            if isinstance(node, dict):  # Keras 3 style {"args": ..., "kwargs": ...}
+                raise UnsupportedModelError(f"layer {lname!r}: Keras 3 node format; load it with Keras 3",
+                                            path=where)
+            srcs = [_tensor_key(str(ref[0]), int(ref[1]) if len(ref) > 1 else 0,
+                                int(ref[2]) if len(ref) > 2 else 0) for ref in node]
+            layers.append(_LayerSpec(lname, cls, lcfg, srcs, k0, key=_tensor_key(lname, call, 0)))
     by_name = dict(inputs)
     ins = [(str(r[0]), by_name[str(r[0])]) for r in cfg["input_layers"]]
-    outs = [str(r[0]) for r in cfg["output_layers"]]
+    outs = [_tensor_key(str(r[0]), int(r[1]) if len(r) > 1 else 0, int(r[2]) if len(r) > 2 else 0)
+            for r in cfg["output_layers"]]
     return _ModelSpec(ins, layers, outs, name=str(cfg.get("name", "model")))
 
 
@@ -503,6 +516,8 @@ class _Builder:
             "permute": lambda s, x, w: self._plain(s, x[0], keras.layers.Permute(
                 tuple(s.config["dims"]), name=self._name(s.name))),
             "merge": lambda s, x, w: self._merge(s, x),
+            "globalmaxpool1d": lambda s, x, w: self._global_pool(s, x[0], keras.layers.GlobalMaxPooling1D),
+            "globalavgpool1d": lambda s, x, w: self._global_pool(s, x[0], keras.layers.GlobalAveragePooling1D),
         }
 
     # -- bookkeeping
@@ -545,7 +560,16 @@ class _Builder:
             if missing:
                 raise InputError(f"layer {layer.name!r} reads unknown input(s) {missing}", path=self.where)
             w = self.store.take(layer, self._n_weights(layer, kind))
-            tensors[layer.name] = self.converters[kind](layer, [tensors[i] for i in layer.inputs], w)
+            try:
+                out = self.converters[kind](layer, [tensors[i] for i in layer.inputs], w)
+            except (UnsupportedModelError, InputError):
+                raise
+            except Exception as e:  # noqa: BLE001 - keras raises many kinds; name the layer
+                raise UnsupportedModelError(
+                    f"layer {layer.name!r} ({layer.class_name}) cannot be converted: {type(e).__name__}: {e}",
+                    path=self.where,
+                ) from e
+            tensors[layer.key or layer.name] = out
         outputs = [self._logical(tensors[o], o).t for o in spec.outputs]
         return keras.Model(inputs if len(inputs) > 1 else inputs[0],
                            outputs if len(outputs) > 1 else outputs[0], name=self._name(spec.name))
@@ -684,7 +708,15 @@ class _Builder:
                 f"layer {spec.name!r}: BatchNormalization mode {cfg['mode']} (batch statistics at test "
                 "time) is not supported; only mode 0", path=self.where,
             )
-        axis = int(cfg.get("axis", -1))
+        axis = cfg.get("axis", -1)
+        if isinstance(axis, (list, tuple)):  # tf.keras writes the axis as a list
+            if len(axis) != 1:
+                raise UnsupportedModelError(
+                    f"layer {spec.name!r} (BatchNormalization) normalises over several axes {axis}; only one "
+                    "axis is supported", path=self.where,
+                )
+            axis = axis[0]
+        axis = int(axis)
         logical = axis - 1 if axis > 0 else axis + x.rank
         stored = x.perm.index(logical) if x.perm is not None else logical
         eps = float(cfg.get("epsilon", 1e-3))
@@ -701,6 +733,12 @@ class _Builder:
         out = layer(x.t)
         layer.set_weights([a for a in (gamma, beta) if a is not None] + [mean, var])
         return _Tensor(out, x.perm)
+
+    def _global_pool(self, spec: _LayerSpec, x: _Tensor, cls: type) -> _Tensor:
+        """Global max/average pooling over the length axis of a (L, C) tensor (channels-first if declared)."""
+        x = self._logical(x, spec.name)
+        fmt = _get(spec.config, "data_format", default="channels_last")
+        return _Tensor(cls(data_format=fmt, name=self._name(spec.name))(x.t))
 
     def _merge(self, spec: _LayerSpec, xs: list[_Tensor]) -> _Tensor:
         mode = _MERGE_MODE_OF_CLASS.get(spec.class_name) or str(spec.config.get("mode", "concat"))

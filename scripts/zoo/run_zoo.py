@@ -117,7 +117,10 @@ def check_predictions(fx: zf.Fixture, m, km, x: np.ndarray) -> str:
 
 
 def check_gradient(m, x: np.ndarray, rng: np.random.Generator, n_entries: int = 8, eps: float = 1e-3) -> str:
-    """Gradient of the scored output vs central differences at random (position, base) entries (relative to the largest gradient entry)."""
+    """Gradient of the scored output vs central differences at random (position, base) entries.
+
+    The error is relative to the largest gradient entry (float32 forward passes, eps = 1e-3).
+    """
     g = m.gradient(x[:1], 0)[0].astype(np.float64)
     pos = rng.choice(x.shape[1], n_entries, replace=False)
     base = rng.integers(0, 4, n_entries)
@@ -196,7 +199,8 @@ def check_cli(fx: zf.Fixture, m, rng: np.random.Generator, method: str) -> str:
         d = Path(tmp)
         fa, vcf, n = _write_genome(d, m.seq_len, rng)
         out = d / "out.vcf"
-        args = ["score-variants", str(fx.model_dir), "--vcf", str(vcf), "--fasta", str(fa), "-o", str(out), "--method", method,
+        args = ["score-variants", str(fx.model_dir), "--vcf", str(vcf), "--fasta", str(fa), "-o", str(out),
+                "--method", method,
                 "--target", "0", "--window", "5", "--null-shuffles", "2", "--n-refs", "2", "--quiet",
                 "--batch-size", "8", "--tsv", str(d / "out.tsv")]
         buf = io.StringIO()

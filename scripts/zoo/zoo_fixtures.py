@@ -13,13 +13,11 @@ the model here, else with an independent numpy forward pass of the same random w
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 import yaml
 
@@ -178,3 +176,127 @@ def build_beluga(root: Path, seed: int = 0) -> Fixture:
                                "column_labels": ["predictor_names.txt"]}},
     })
     return Fixture("DeepSEA/beluga", d, "pytorch", 2000, names, alphabet="AGCT")
+
+
+# ----------------------------------------------------------------------------------------------- Keras
+def build_deepstarr(root: Path, seed: int = 0) -> Fixture:
+    """DeepSTARR (de Almeida et al. 2022): ``defined_as: kipoi.model.KerasModel``, Keras 2.7 arch JSON
+    (``Functional``) + save_weights HDF5; 4 x (Conv1D same, BatchNormalization with tf.keras's list axis
+    ``[2]``, ReLU, MaxPooling1D 2), Flatten, 2 x (Dense 256, BN ``[1]``, ReLU, Dropout), two linear heads
+    (developmental, housekeeping enhancer activity): a model with two outputs. Schema (249, 4, 1)."""
+    from keras_plan import Planner, numpy_forward, write_keras2
+
+    d = root / "DeepSTARR"
+    d.mkdir(parents=True, exist_ok=True)
+    p = Planner(seed)
+    c_in = 4
+    for filters, k in ((256, 7), (60, 3), (60, 5), (120, 3)):
+        p.conv(filters, k, c_in, padding="same")
+        p.bn(filters, axis=[2])
+        p.simple("Activation", activation="relu")
+        p.simple("MaxPooling1D", pool_size=[2], strides=[2], padding="valid", data_format="channels_last")
+        c_in = filters
+    p.simple("Flatten")
+    n_in = 15 * 120
+    for _ in range(2):
+        p.dense(256, n_in)
+        p.bn(256, axis=[1])
+        p.simple("Activation", activation="relu")
+        p.simple("Dropout", rate=0.4)
+        n_in = 256
+    trunk = p.last
+    dev = p.dense(1, 256, inputs=[trunk], name="Dense_Dev")
+    hk = p.dense(1, 256, inputs=[trunk], name="Dense_Hk")
+    outputs = [dev, hk]
+    write_keras2(p.plan, (249, 4), outputs, d / "model_files" / "DeepSTARR.model.json",
+                 d / "model_files" / "DeepSTARR.model.h5", keras_class="Functional")
+    _write_yaml(d / "model.yaml", {
+        "defined_as": "kipoi.model.KerasModel",
+        "args": {"arch": "model_files/DeepSTARR.model.json", "weights": "model_files/DeepSTARR.model.h5"},
+        "default_dataloader": _seq_dl(249, alphabet_axis=1, dummy_axis=2, alphabet="ACGT", ignore_targets=False),
+        "info": {"authors": [{"name": "kipoi-dfim zoo harness"}], "doc": "DeepSTARR fixture (random weights)"},
+        "schema": {"inputs": {"shape": "(249,4,1)", "doc": "DNA sequence"},
+                   "targets": {"shape": "(2,)", "doc": "Developmental and housekeeping enhancer activity"}},
+    })
+    plan = p.plan
+    return Fixture("DeepSTARR", d, "keras", 249, ["0", "1"], kipoi_oracle=False,
+                   numpy_oracle=lambda x: numpy_forward(plan, x, outputs), sigmoid_output=False,
+                   notes=["Keras 2.7 JSON + h5, 2 outputs"])
+
+
+def build_deepbind(root: Path, seed: int = 0) -> Fixture:
+    """DeepBind (Alipanahi et al. 2015) as converted for the zoo: ``type: keras``, Keras 2 arch JSON + weights
+    HDF5, ``custom_objects`` file, ``backend: tensorflow``; input (101, 4); one motif-scanning Conv1D applied
+    to the sequence and (shared weights) to a second strand, rectified, global max-pooled, merged by Maximum,
+    then Dense 32 ReLU and a sigmoid output. The second strand here is a second convolution output rather than
+    a ``Lambda`` reverse complement (a Lambda's marshalled Python code cannot be rebuilt by any converter)."""
+    from keras_plan import Planner, numpy_forward, write_keras2
+
+    d = root / "DeepBind" / "Homo_sapiens" / "TF" / "D00817.001_ChIP-seq_TBP"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "custom_keras_objects.py").write_text("import tensorflow as tf\n\nOBJECTS = {'tf': tf}\n")
+    p = Planner(seed)
+    strand = p.conv(4, 1, 4, name="strand_mix")  # a 1x1 linear map standing in for the second strand
+    motif = p.conv(16, 24, 4, activation="relu", inputs=["input_1"], name="motif_scan")
+    p.simple("GlobalMaxPooling1D", inputs=[motif], name="pool_fwd")
+    p.add("Conv1D", {}, inputs=[strand], name="motif_scan__call1")
+    p.simple("GlobalMaxPooling1D", inputs=["motif_scan__call1"], name="pool_rev")
+    p.simple("Maximum", inputs=["pool_fwd", "pool_rev"], name="strand_max")
+    p.dense(32, 16, activation="relu")
+    p.dense(1, 32, activation="sigmoid")
+    outputs = [p.last]
+    write_keras2(p.plan, (101, 4), outputs, d / "model_files" / "arch.json", d / "model_files" / "weights.h5")
+    _write_yaml(d / "model.yaml", {
+        "type": "keras",
+        "args": {"arch": "model_files/arch.json", "weights": "model_files/weights.h5",
+                 "custom_objects": "custom_keras_objects.py", "backend": "tensorflow", "image_dim_ordering": "tf"},
+        "info": {"authors": [{"name": "kipoi-dfim zoo harness"}], "doc": "DeepBind fixture (random weights)"},
+        "schema": {"inputs": {"name": "seq", "special_type": "DNASeq", "shape": "(101, 4)", "doc": "DNA"},
+                   "targets": {"name": "binding_prob", "shape": "(1, )", "doc": "binding probability"}},
+    })
+    plan = p.plan
+    return Fixture("DeepBind", d, "keras", 101, ["0"], kipoi_oracle=False,
+                   numpy_oracle=lambda x: numpy_forward(plan, x, outputs),
+                   notes=["Keras 2 JSON + h5, shared layer"])
+
+
+def build_pwm_hocomoco(root: Path, seed: int = 0) -> Fixture:
+    """pwm_HOCOMOCO: ``type: keras`` with only ``weights``, a Keras 2.2 full-model HDF5 (Keras 3 cannot read
+    it; the loader rebuilds it from the file's ``model_config``); a PWM log-odds Conv1D and its reverse
+    complement, Maximum, GlobalMaxPooling1D; input (None, 4), so the length comes from the dataloader's
+    ``auto_resize_len``."""
+    from keras_plan import Planner, numpy_forward, write_keras2
+
+    d = root / "pwm_HOCOMOCO" / "human" / "AHR"
+    d.mkdir(parents=True, exist_ok=True)
+    p = Planner(seed)
+    pwm = np.log(p.rng.dirichlet(np.ones(4), 9) / 0.25).astype(np.float32)  # (9, 4) log-odds
+    w = pwm[:, :, None]
+    w_rc = pwm[::-1, ::-1].copy()[:, :, None]
+    cfg = {"filters": 1, "kernel_size": [9], "strides": [1], "padding": "valid", "data_format": "channels_last",
+           "dilation_rate": [1], "activation": "linear", "use_bias": False}
+    p.add("Conv1D", cfg, [w], name="pwm_fwd", wnames=("kernel",))
+    p.add("Conv1D", cfg, [w_rc], inputs=["input_1"], name="pwm_rc", wnames=("kernel",))
+    p.simple("Maximum", inputs=["pwm_fwd", "pwm_rc"], name="best_strand")
+    p.simple("GlobalMaxPooling1D", name="best_match")
+    outputs = [p.last]
+    write_keras2(p.plan, (None, 4), outputs, None, d / "model_files" / "model.h5")
+    _write_yaml(d / "model.yaml", {
+        "type": "keras",
+        "args": {"weights": "model_files/model.h5", "backend": "tensorflow", "image_dim_ordering": "tf"},
+        "default_dataloader": _seq_dl(100),
+        "info": {"authors": [{"name": "kipoi-dfim zoo harness"}], "doc": "pwm_HOCOMOCO fixture"},
+        "schema": {"inputs": {"name": "seq", "special_type": "DNASeq", "shape": "(None, 4)", "doc": "DNA"},
+                   "targets": {"name": "pwm_match", "shape": "(1, )", "doc": "best PWM match log-odds"}},
+    })
+    plan = p.plan
+    return Fixture("pwm_HOCOMOCO", d, "keras", 100, ["0"], kipoi_oracle=False,
+                   numpy_oracle=lambda x: numpy_forward(plan, x, outputs), sigmoid_output=False,
+                   notes=["Keras 2.2 full-model h5"])
+
+
+KERAS_BUILDERS = {
+    "DeepSTARR": build_deepstarr,
+    "DeepBind": build_deepbind,
+    "pwm_HOCOMOCO": build_pwm_hocomoco,
+}
