@@ -57,9 +57,29 @@ def _schema(descr: dict, model_dir: Path) -> tuple[tuple | None, list[str] | Non
     labels = None
     if isinstance(targets, list):
         labels = [str(t.get("name", i)) for i, t in enumerate(targets)]
-    elif isinstance(targets, dict):
+    elif isinstance(targets, dict) and ("shape" in targets or "column_labels" in targets):
         labels = _column_labels(targets.get("column_labels"), model_dir)
+    elif isinstance(targets, dict):  # one entry per named model output (DeepCpG_DNA, BPNet)
+        labels = _named_outputs(targets, model_dir)
     return in_shape, labels
+
+
+def _named_outputs(targets: dict, model_dir: Path) -> list[str]:
+    """Target names of a schema with one entry per model output, flattened in output order: the output's
+    name for a (1,) output, its column labels, else ``name_<i>`` for each of its flattened values."""
+    labels: list[str] = []
+    for name, spec in targets.items():
+        spec = spec or {}
+        cols = _column_labels(spec.get("column_labels"), model_dir)
+        shape = _parse_shape(spec["shape"]) if spec.get("shape") is not None else (1,)
+        size = 1
+        for d in shape:
+            size *= int(d) if d is not None else 1
+        if cols and len(cols) == size:
+            labels += [f"{name}/{c}" for c in cols]
+        else:
+            labels += [str(name)] if size == 1 else [f"{name}_{i}" for i in range(size)]
+    return labels
 
 
 def _column_labels(cl: Any, model_dir: Path) -> list[str] | None:

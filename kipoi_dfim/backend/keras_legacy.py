@@ -34,6 +34,7 @@ import h5py
 import keras
 import numpy as np
 
+from kipoi_dfim.backend.keras_legacy_rnn import RECURRENT_KINDS, convert_recurrent
 from kipoi_dfim.errors import InputError, UnsupportedModelError
 
 __all__ = ["build_from_legacy", "SUPPORTED_LAYERS"]
@@ -70,6 +71,7 @@ _LAYER_KINDS: dict[str, str] = {
     "GlobalAveragePooling1D": "globalavgpool1d",
     "GlobalAvgPool1D": "globalavgpool1d",
     "InputLayer": "input",
+    **RECURRENT_KINDS,
 }
 
 #: Layer class names (Keras 0.3/1/2 spellings) that :func:`build_from_legacy` converts.
@@ -516,6 +518,9 @@ class _Builder:
             "permute": lambda s, x, w: self._plain(s, x[0], keras.layers.Permute(
                 tuple(s.config["dims"]), name=self._name(s.name))),
             "merge": lambda s, x, w: self._merge(s, x),
+            **{k: (lambda s, x, w, k=k: _Tensor(convert_recurrent(k, s, self._logical(x[0], s.name).t, w,
+                                                                   self._name, self.where)))
+               for k in RECURRENT_KINDS.values()},
             "globalmaxpool1d": lambda s, x, w: self._global_pool(s, x[0], keras.layers.GlobalMaxPooling1D),
             "globalavgpool1d": lambda s, x, w: self._global_pool(s, x[0], keras.layers.GlobalAveragePooling1D),
         }
@@ -539,6 +544,9 @@ class _Builder:
             if "center" in cfg or "scale" in cfg:
                 return 2 + bool(cfg.get("center", True)) + bool(cfg.get("scale", True))
             return 4
+        if kind in RECURRENT_KINDS.values() and self.store.kind == "flat":
+            raise UnsupportedModelError(f"layer {spec.name!r}: recurrent layers in a Keras 0.3 Graph are not "
+                                        "supported", path=self.where)
         return 0
 
     def build(self, spec: _ModelSpec) -> keras.Model:

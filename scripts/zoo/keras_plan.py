@@ -113,8 +113,48 @@ def _maxpool1d(x: np.ndarray, size: int, stride: int, padding: str) -> np.ndarra
     return np.stack([x[:, i * stride : i * stride + size].max(1) for i in range(out)], axis=1)
 
 
+def _hard_sigmoid(v: np.ndarray) -> np.ndarray:
+    """Keras 2's hard_sigmoid."""
+    return np.clip(0.2 * v + 0.5, 0, 1)
+
+
+def _lstm(x: np.ndarray, w: list[np.ndarray], cfg: dict) -> np.ndarray:
+    """Keras 2 LSTM (gates i, f, c, o; recurrent activation hard_sigmoid unless configured)."""
+    kernel, rec, bias = w
+    u = rec.shape[0]
+    ract = _hard_sigmoid if cfg.get("recurrent_activation", "hard_sigmoid") == "hard_sigmoid" else (
+        lambda v: 1 / (1 + np.exp(-v)))
+    steps = range(x.shape[1] - 1, -1, -1) if cfg.get("go_backwards") else range(x.shape[1])
+    h = np.zeros((len(x), u))
+    c = np.zeros((len(x), u))
+    outs = []
+    for t in steps:
+        z = x[:, t] @ kernel + h @ rec + bias
+        i, f, o = ract(z[:, :u]), ract(z[:, u : 2 * u]), ract(z[:, 3 * u :])
+        c = f * c + i * np.tanh(z[:, 2 * u : 3 * u])
+        h = o * np.tanh(c)
+        outs.append(h)
+    return np.stack(outs, 1) if cfg.get("return_sequences") else h
+
+
+def _bidirectional(x: np.ndarray, w: list[np.ndarray], cfg: dict) -> np.ndarray:
+    inner = cfg["layer"]["config"]
+    fwd = _lstm(x, w[:3], inner)
+    bwd = _lstm(x[:, ::-1], w[3:], inner)
+    if inner.get("return_sequences"):
+        bwd = bwd[:, ::-1]
+    return np.concatenate([fwd, bwd], axis=-1)
+
+
 def _one(layer: L, xs: list[np.ndarray], w: list[np.ndarray]) -> np.ndarray:
     c, x = layer.config, xs[0]
+    if layer.cls == "LSTM":
+        return _lstm(x, w, c)
+    if layer.cls == "Bidirectional":
+        return _bidirectional(x, w, c)
+    if layer.cls == "TimeDistributed":
+        inner = c["layer"]["config"]
+        return _act(x @ w[0] + w[1], inner.get("activation", "linear"))
     if layer.cls == "Conv1D":
         y = _conv1d(x, w[0], w[1] if len(w) > 1 else None, c.get("padding", "valid"))
         return _act(y, c.get("activation", "linear"))
@@ -198,6 +238,29 @@ class Planner:
         w = self.rng.normal(0, (1.5 / n_in) ** 0.5, (n_in, units)).astype(np.float32)
         b = self.rng.normal(0, 0.1, units).astype(np.float32)
         return self.add("Dense", {"units": units, "activation": activation, "use_bias": True}, [w, b], **kw)
+
+    def bilstm(self, units: int, n_in: int, return_sequences: bool = True, **kw) -> str:
+        """Bidirectional(LSTM) with Keras 2 defaults (tanh, hard_sigmoid) and seeded weights."""
+        inner = {"class_name": "LSTM", "config": {"name": "lstm_1", "units": units, "activation": "tanh",
+                                                  "recurrent_activation": "hard_sigmoid", "use_bias": True,
+                                                  "return_sequences": return_sequences}}
+        arrays = []
+        for _ in range(2):
+            arrays += [self.rng.normal(0, (1.0 / n_in) ** 0.5, (n_in, 4 * units)).astype(np.float32),
+                       self.rng.normal(0, (1.0 / units) ** 0.5, (units, 4 * units)).astype(np.float32),
+                       self.rng.normal(0, 0.1, 4 * units).astype(np.float32)]
+        name = kw.pop("name", None) or self._auto("bidirectional")
+        wn = [f"forward_lstm_1/{k}" for k in ("kernel", "recurrent_kernel", "bias")]
+        wn += [f"backward_lstm_1/{k}" for k in ("kernel", "recurrent_kernel", "bias")]
+        return self.add("Bidirectional", {"layer": inner, "merge_mode": "concat"}, arrays, name=name,
+                        wnames=tuple(wn), **kw)
+
+    def time_dense(self, units: int, n_in: int, activation: str = "linear", **kw) -> str:
+        w = self.rng.normal(0, (1.5 / n_in) ** 0.5, (n_in, units)).astype(np.float32)
+        b = self.rng.normal(0, 0.1, units).astype(np.float32)
+        inner = {"class_name": "Dense", "config": {"name": "dense_td", "units": units, "activation": activation}}
+        name = kw.pop("name", None) or self._auto("time_distributed")
+        return self.add("TimeDistributed", {"layer": inner}, [w, b], name=name, **kw)
 
     def simple(self, cls: str, **cfg) -> str:
         inputs = cfg.pop("inputs", None)

@@ -90,6 +90,8 @@ def check_load(fx: zf.Fixture):
     if getattr(m, "alphabet", "ACGT") != fx.alphabet:
         problems.append(f"alphabet {getattr(m, 'alphabet', None)} != {fx.alphabet}")
     cell = f"L={m.seq_len}, {len(m.targets)} targets, {getattr(m, 'alphabet', '?')}, {m.layout}"
+    if any("post-processing" in n for n in getattr(m, "notes", [])):
+        cell += "; post-processing reported"
     return m, ("ok " + cell if not problems else "WRONG: " + "; ".join(problems))
 
 

@@ -300,3 +300,189 @@ KERAS_BUILDERS = {
     "DeepBind": build_deepbind,
     "pwm_HOCOMOCO": build_pwm_hocomoco,
 }
+
+
+def _keras_fixture(name: str, d: Path, p, input_shape: tuple, outputs: list[str], descr: dict, targets: list[str],
+                   note: str, full_model: bool = False, sigmoid: bool = True, **kw) -> Fixture:
+    """Write the plan as JSON + weights (or a full-model h5) and return the fixture with its numpy oracle."""
+    from keras_plan import numpy_forward, write_keras2
+
+    files = d / "model_files"
+    arch = None if full_model else files / "model.json"
+    write_keras2(p.plan, input_shape, outputs, arch, files / ("model.h5" if full_model else "weights.h5"))
+    _write_yaml(d / "model.yaml", descr)
+    plan = p.plan
+    return Fixture(name, d, "keras", kw.pop("seq_len", input_shape[0]), targets, kipoi_oracle=False,
+                   numpy_oracle=lambda x: numpy_forward(plan, x, outputs), sigmoid_output=sigmoid,
+                   notes=[note], **kw)
+
+
+def _info(name: str) -> dict:
+    return {"authors": [{"name": "kipoi-dfim zoo harness"}], "doc": f"{name} fixture (random weights)"}
+
+
+def build_deepflybrain(root: Path, seed: int = 0) -> Fixture:
+    """DeepFlyBrain (Janssens et al. 2022): ``defined_as: kipoi.model.KerasModel``, Keras 2 arch JSON + HDF5,
+    input (500, 4), ``default_dataloader: .`` (a dataloader.py one-hot encoding ACGT); Conv1D 1024 x 24 ReLU,
+    MaxPooling1D 12, TimeDistributed(Dense 128 ReLU), Bidirectional(LSTM 128, return_sequences), Flatten,
+    Dense 256 ReLU, Dense 81 sigmoid (topics)."""
+    from keras_plan import Planner
+
+    d = root / "DeepFlyBrain"
+    d.mkdir(parents=True, exist_ok=True)
+    p = Planner(seed)
+    p.conv(1024, 24, 4, activation="relu")
+    p.simple("MaxPooling1D", pool_size=[12], strides=[12], padding="valid")
+    p.simple("Dropout", rate=0.5)
+    p.time_dense(128, 1024, activation="relu")
+    p.bilstm(128, 128)
+    p.simple("Dropout", rate=0.5)
+    p.simple("Flatten")
+    p.dense(256, 39 * 256, activation="relu")
+    p.simple("Dropout", rate=0.5)
+    p.dense(81, 256, activation="sigmoid")
+    (d / "dataloader.yaml").write_text(yaml.safe_dump({
+        "defined_as": "dataloader.MyDataset",
+        "args": {"intervals_file": {"doc": "bed3"}, "fasta_file": {"doc": "fasta"}},
+        "output_schema": {"inputs": [{"shape": "(500, 4)", "doc": "one-hot DNA"}]}}))
+    descr = {"defined_as": "kipoi.model.KerasModel",
+             "args": {"arch": "model_files/model.json", "weights": "model_files/weights.h5"},
+             "default_dataloader": ".", "info": _info("DeepFlyBrain"),
+             "schema": {"inputs": [{"shape": "(500, 4)", "doc": "DNA sequence"}],
+                        "targets": {"name": "topic", "shape": "(81,)", "doc": "topics"}}}
+    return _keras_fixture("DeepFlyBrain", d, p, (500, 4), [p.last], descr, [str(i) for i in range(81)],
+                          "Keras 2 JSON + h5, BiLSTM")
+
+
+def build_labranchor(root: Path, seed: int = 0) -> Fixture:
+    """labranchor (Paggi & Bejerano 2018): ``type: keras`` with only ``weights`` (a Keras 2.0 full-model h5),
+    input named ``bidirectional_1_input`` (70, 4); Bidirectional(LSTM 32, return_sequences), Dropout,
+    TimeDistributed(Dense 1 sigmoid): a branchpoint probability for each of the 70 positions."""
+    from keras_plan import Planner
+
+    d = root / "labranchor"
+    d.mkdir(parents=True, exist_ok=True)
+    p = Planner(seed)
+    p.bilstm(32, 4)
+    p.simple("Dropout", rate=0.2)
+    p.time_dense(1, 64, activation="sigmoid")
+    p.simple("Flatten")
+    descr = {"type": "keras", "args": {"weights": "model_files/model.h5", "backend": "tensorflow",
+                                       "image_dim_ordering": "tf"},
+             "info": _info("labranchor"),
+             "schema": {"inputs": {"bidirectional_1_input": {"shape": "(70, 4)", "special_type": "DNASeq",
+                                                             "doc": "one-hot RNA"}},
+                        "targets": {"shape": "(70, )", "doc": "branchpoint probability per position"}}}
+    fx = _keras_fixture("labranchor", d, p, (70, 4), [p.last], descr, [str(i) for i in range(70)],
+                        "Keras 2.0 full-model h5, BiLSTM", full_model=True)
+    return fx
+
+
+def build_mpra_dragonn(root: Path, seed: int = 0) -> Fixture:
+    """MPRA-DragoNN/ConvModel (Movva et al. 2019): ``defined_as: kipoi.model.KerasModel``, Keras 2 JSON + h5,
+    (145, 4), SeqIntervalDl ACGT alphabet_axis 1; 3 x (Conv1D 120 x 5, BatchNormalization, ReLU, Dropout),
+    Flatten, Dense 12 linear (12 MPRA tasks)."""
+    from keras_plan import Planner
+
+    d = root / "MPRA-DragoNN" / "ConvModel"
+    d.mkdir(parents=True, exist_ok=True)
+    p = Planner(seed)
+    c_in, n = 4, 145
+    for _ in range(3):
+        p.conv(120, 5, c_in)
+        p.bn(120, axis=-1)
+        p.simple("Activation", activation="relu")
+        p.simple("Dropout", rate=0.1)
+        c_in, n = 120, n - 4
+    p.simple("Flatten")
+    p.dense(12, n * 120)
+    descr = {"defined_as": "kipoi.model.KerasModel",
+             "args": {"arch": "model_files/model.json", "weights": "model_files/weights.h5"},
+             "default_dataloader": _seq_dl(145, alphabet="ACGT", alphabet_axis=1, ignore_targets=False),
+             "info": _info("MPRA-DragoNN"),
+             "schema": {"inputs": {"shape": "(145,4)", "doc": "one-hot ACGT"},
+                        "targets": {"shape": "(12,)", "doc": "12 MPRA tasks"}}}
+    return _keras_fixture("MPRA-DragoNN/ConvModel", d, p, (145, 4), [p.last], descr, [str(i) for i in range(12)],
+                          "Keras 2 JSON + h5", sigmoid=False)
+
+
+OPTIMUS_CLASS = '''from kipoi.model import BaseModel
+from keras.models import load_model
+
+
+class PostProcKerasmodel(BaseModel):
+    """A Keras model followed by the inverse of a standard scaler (the zoo's Optimus_5Prime class)."""
+
+    def __init__(self, weights, postproc_mean, postproc_sd):
+        self.model = load_model(weights)
+        self.postproc_mean = postproc_mean
+        self.postproc_sd = postproc_sd
+
+    def predict_on_batch(self, inputs):
+        return self.model.predict_on_batch(inputs) * self.postproc_sd + self.postproc_mean
+'''
+
+
+def build_optimus(root: Path, seed: int = 0) -> Fixture:
+    """Optimus_5Prime (Sample et al. 2019): ``defined_as: model.PostProcKerasmodel`` (the zoo's own class that
+    rescales the network output by ``* sd + mean``), a Keras 2.1 full-model h5, input (50, 4); 3 x Conv1D
+    120 x 8 same ReLU, Flatten, Dense 40 ReLU, Dropout, Dense 1. The network is served and the skipped
+    post-processing is reported."""
+    from keras_plan import Planner
+
+    d = root / "Optimus_5Prime"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "model.py").write_text(OPTIMUS_CLASS)
+    p = Planner(seed)
+    c_in = 4
+    for _ in range(3):
+        p.conv(120, 8, c_in, padding="same", activation="relu")
+        c_in = 120
+    p.simple("Flatten")
+    p.dense(40, 50 * 120, activation="relu")
+    p.simple("Dropout", rate=0.2)
+    p.dense(1, 40)
+    descr = {"defined_as": "model.PostProcKerasmodel",
+             "args": {"weights": "model_files/model.h5", "postproc_mean": 5.58621521, "postproc_sd": 1.34657403},
+             "default_dataloader": ".", "info": _info("Optimus_5Prime"),
+             "schema": {"inputs": {"shape": "(50, 4)", "doc": "one-hot 5' UTR"},
+                        "targets": {"shape": "(1,)", "doc": "mean ribosome load"}}}
+    return _keras_fixture("Optimus_5Prime", d, p, (50, 4), [p.last], descr, ["0"],
+                          "custom class + Keras 2.1 full-model h5", full_model=True, sigmoid=False)
+
+
+def build_deepcpg_dna(root: Path, seed: int = 0) -> Fixture:
+    """DeepCpG_DNA (Angermueller et al. 2017): ``type: keras``, Keras 2 JSON + weights h5, input ``dna``
+    (1001, 4); Conv1D 128 x 11 ReLU, MaxPooling1D 4, Conv1D 256 x 3 ReLU, MaxPooling1D 2, Flatten, Dense 128
+    ReLU, Dropout, one Dense 1 sigmoid output per cell (``cpg/<cell>``), the schema naming each output."""
+    from keras_plan import Planner
+
+    d = root / "DeepCpG_DNA" / "Hou2016_HepG2_dna"
+    d.mkdir(parents=True, exist_ok=True)
+    p = Planner(seed)
+    p.conv(128, 11, 4, activation="relu")
+    p.simple("MaxPooling1D", pool_size=[4], strides=[4], padding="valid")
+    p.conv(256, 3, 128, activation="relu")
+    p.simple("MaxPooling1D", pool_size=[2], strides=[2], padding="valid")
+    p.simple("Flatten")
+    p.dense(128, 122 * 256, activation="relu")
+    p.simple("Dropout", rate=0.3)
+    trunk = p.last
+    cells = ["HepG2_1", "HepG2_2", "HepG2_3"]
+    outs = [p.dense(1, 128, activation="sigmoid", inputs=[trunk], name=f"cpg_{c}") for c in cells]
+    descr = {"type": "keras", "args": {"arch": "model_files/model.json", "weights": "model_files/weights.h5",
+                                       "backend": "tensorflow", "image_dim_ordering": "tf"},
+             "default_dataloader": ".", "info": _info("DeepCpG_DNA"),
+             "schema": {"inputs": {"dna": {"shape": "(1001, 4)", "special_type": "DNASeq", "doc": "DNA"}},
+                        "targets": {f"cpg/{c}": {"shape": "(1,)", "doc": "methylation"} for c in cells}}}
+    return _keras_fixture("DeepCpG_DNA", d, p, (1001, 4), outs, descr, [f"cpg/{c}" for c in cells],
+                          "Keras 2 JSON + h5, 3 named outputs")
+
+
+KERAS_BUILDERS.update({
+    "DeepFlyBrain": build_deepflybrain,
+    "labranchor": build_labranchor,
+    "MPRA-DragoNN/ConvModel": build_mpra_dragonn,
+    "Optimus_5Prime": build_optimus,
+    "DeepCpG_DNA": build_deepcpg_dna,
+})
