@@ -574,7 +574,8 @@ class _Builder:
                 raise
             except Exception as e:  # noqa: BLE001 - keras raises many kinds; name the layer
                 raise UnsupportedModelError(
-                    f"layer {layer.name!r} ({layer.class_name}) cannot be converted: {type(e).__name__}: {e}",
+                    f"layer {layer.name!r} of class {layer.class_name!r} cannot be converted to Keras 3 "
+                    f"({type(e).__name__}: {e}); supported layer classes: {', '.join(SUPPORTED_LAYERS)}",
                     path=self.where,
                 ) from e
             tensors[layer.key or layer.name] = out
