@@ -262,7 +262,7 @@ def _load_keras_dir(model_dir: Path, args: dict, path, enc: dict, kw: dict) -> S
 
         model = build_from_legacy(
             path("arch"), path("weights"), backend=args.get("backend"),
-            image_dim_ordering=args.get("image_dim_ordering"),
+            image_dim_ordering=args.get("image_dim_ordering"), custom_objects=_custom_objects(model_dir, args),
         )
         return KerasModel(model, **kw)
     return load_keras_file(path("weights"), custom_objects=_custom_objects(model_dir, args),

@@ -207,5 +207,6 @@ def load_keras_file(
         log.info("Keras 3 cannot load %s (%s: %s); rebuilding it from its Keras %s model_config",
                  path, type(e).__name__, e, cfg.get("_keras_version"))
         cfg.pop("_keras_version", None)
-        model = build_from_legacy(cfg, path, backend=backend, image_dim_ordering=image_dim_ordering)
+        model = build_from_legacy(cfg, path, backend=backend, image_dim_ordering=image_dim_ordering,
+                                  custom_objects=custom_objects)
     return KerasModel(model, **kw)

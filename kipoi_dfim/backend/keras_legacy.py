@@ -135,6 +135,7 @@ def build_from_legacy(
     weights: str | os.PathLike,
     backend: str | None = None,
     image_dim_ordering: str | None = None,
+    custom_objects: dict | None = None,
 ) -> keras.Model:
     """Rebuild a Keras 0.3/1/2 model (architecture JSON + weights HDF5) as a Keras 3 model.
 
@@ -154,6 +155,10 @@ def build_from_legacy(
         attribute, else Theano if the model uses 'th' dim ordering (with a warning), else TensorFlow.
     image_dim_ordering : {"th", "tf", None}
         The keras.json default, used for layers whose ordering is "default" or unset.
+    custom_objects : dict, optional
+        Custom layer classes by name (Kipoi's ``args.custom_objects`` file, e.g. scBasset's GELU and
+        StochasticReverseComplement); a layer of such a class is rebuilt from its config and called as is
+        (in inference mode). Layers may return several outputs.
 
     Returns
     -------
@@ -177,7 +182,8 @@ def build_from_legacy(
     spec = _parse_model(arch_dict, arch_where)
     with _WeightStore(weights) as store:
         flip = _resolve_backend(backend, store, spec, image_dim_ordering, arch_where) == _THEANO
-        builder = _Builder(store, flip=flip, default_cf=_is_cf(image_dim_ordering), where=arch_where)
+        builder = _Builder(store, flip=flip, default_cf=_is_cf(image_dim_ordering), where=arch_where,
+                           custom_objects=custom_objects)
         model = builder.build(spec)
         store.check_all_used()
     return model
@@ -446,7 +452,7 @@ def _resolve_backend(
             return _TENSORFLOW
         raise InputError(f"unknown Keras backend {backend!r} (expected theano or tensorflow)", path=where)
     orderings = {_decode(c.config.get("dim_ordering") or c.config.get("data_format") or "default")
-                 for c in spec.layers if _kind(c, where) in ("conv1d", "conv2d")}
+                 for c in spec.layers if _LAYER_KINDS.get(c.class_name) in ("conv1d", "conv2d")}
     uses_th = "th" in orderings or "channels_first" in orderings or (
         "default" in orderings and _is_cf(image_dim_ordering))
     if uses_th:
@@ -491,7 +497,9 @@ def _tuple(v: Any, n: int) -> tuple[int, ...]:
 class _Builder:
     """Turns a :class:`_ModelSpec` into a Keras 3 functional model, one converter per layer kind."""
 
-    def __init__(self, store: _WeightStore, flip: bool, default_cf: bool, where: str):
+    def __init__(self, store: _WeightStore, flip: bool, default_cf: bool, where: str,
+                 custom_objects: dict | None = None):
+        self.custom_objects = dict(custom_objects or {})
         self.store = store
         self.flip = flip
         self.default_cf = default_cf
@@ -521,6 +529,7 @@ class _Builder:
             **{k: (lambda s, x, w, k=k: _Tensor(convert_recurrent(k, s, self._logical(x[0], s.name).t, w,
                                                                    self._name, self.where)))
                for k in RECURRENT_KINDS.values()},
+            "custom": lambda s, x, w: self._custom(s, x, w),
             "globalmaxpool1d": lambda s, x, w: self._global_pool(s, x[0], keras.layers.GlobalMaxPooling1D),
             "globalavgpool1d": lambda s, x, w: self._global_pool(s, x[0], keras.layers.GlobalAveragePooling1D),
         }
@@ -561,7 +570,7 @@ class _Builder:
             inputs.append(t)
             tensors[name] = _Tensor(t)
         for layer in spec.layers:
-            kind = _kind(layer, self.where)
+            kind = "custom" if layer.class_name in self.custom_objects else _kind(layer, self.where)
             if kind == "input":
                 continue
             missing = [i for i in layer.inputs if i not in tensors]
@@ -578,7 +587,9 @@ class _Builder:
                     f"({type(e).__name__}: {e}); supported layer classes: {', '.join(SUPPORTED_LAYERS)}",
                     path=self.where,
                 ) from e
-            tensors[layer.key or layer.name] = out
+            key = layer.key or layer.name
+            for i, o in enumerate(out if isinstance(out, list) else [out]):
+                tensors[key if i == 0 else f"{key}#{i}"] = o
         outputs = [self._logical(tensors[o], o).t for o in spec.outputs]
         return keras.Model(inputs if len(inputs) > 1 else inputs[0],
                            outputs if len(outputs) > 1 else outputs[0], name=self._name(spec.name))
@@ -742,6 +753,20 @@ class _Builder:
         out = layer(x.t)
         layer.set_weights([a for a in (gamma, beta) if a is not None] + [mean, var])
         return _Tensor(out, x.perm)
+
+    def _custom(self, spec: _LayerSpec, xs: list[_Tensor], w: list[np.ndarray]) -> _Tensor | list[_Tensor]:
+        """A layer of a class from ``custom_objects``, rebuilt from its config; several outputs become a list."""
+        cls = self.custom_objects[spec.class_name]
+        cfg = {k: v for k, v in spec.config.items() if k not in ("trainable", "dtype")}
+        cfg["name"] = self._name(spec.name)
+        layer = cls.from_config(cfg) if hasattr(cls, "from_config") else cls(**cfg)
+        ins = [self._logical(x, f"{spec.name}_in{i}").t for i, x in enumerate(xs)]
+        out = layer(ins[0] if len(ins) == 1 else ins)
+        if w:
+            layer.set_weights([np.asarray(a) for a in w])
+        if isinstance(out, (list, tuple)):
+            return [_Tensor(o) for o in out]
+        return _Tensor(out)
 
     def _global_pool(self, spec: _LayerSpec, x: _Tensor, cls: type) -> _Tensor:
         """Global max/average pooling over the length axis of a (L, C) tensor (channels-first if declared)."""

@@ -30,8 +30,10 @@ class L:
 
 
 def _ref(name: str) -> list:
+    """[layer, node, tensor, {}] of ``layer``, ``layer__call<k>`` or ``layer#<tensor>``."""
+    name, _, tensor = name.partition("#")
     base, _, call = name.partition("__call")
-    return [base, int(call) if call else 0, 0, {}]
+    return [base, int(call) if call else 0, int(tensor) if tensor else 0, {}]
 
 
 def keras2_json(plan: list[L], input_shape: tuple, outputs: list[str], keras_class: str = "Model") -> dict:
@@ -43,6 +45,8 @@ def keras2_json(plan: list[L], input_shape: tuple, outputs: list[str], keras_cla
     for layer in plan:
         base = layer.name.partition("__call")[0]
         node = [_ref(i) for i in layer.inputs]
+        if layer.cls in ("StochasticReverseComplement", "StochasticShift", "GELU", "SwitchReverse"):
+            layer.config.setdefault("trainable", True)
         if base in by_name:
             by_name[base]["inbound_nodes"].append(node)
             continue
@@ -174,6 +178,12 @@ def _one(layer: L, xs: list[np.ndarray], w: list[np.ndarray]) -> np.ndarray:
         return x.mean(1)
     if layer.cls == "Flatten":
         return x.reshape(len(x), -1)
+    if layer.cls == "Reshape":
+        return x.reshape(len(x), *c["target_shape"])
+    if layer.cls == "GELU":
+        return x / (1 + np.exp(-1.702 * x))
+    if layer.cls in ("StochasticReverseComplement", "StochasticShift", "SwitchReverse"):
+        return x  # identities at inference (the reverse flag is False)
     if layer.cls == "Dropout":
         return x
     if layer.cls == "Maximum":
@@ -190,7 +200,7 @@ def numpy_forward(plan: list[L], x: np.ndarray, outputs: list[str]) -> np.ndarra
     vals: dict[str, np.ndarray] = {"input_1": np.asarray(x, np.float64)}
     weights = {p.name: [np.asarray(a, np.float64) for _, a in p.weights] for p in plan if "__call" not in p.name}
     for p in plan:
-        vals[p.name] = _one(p, [vals[i] for i in p.inputs], weights[p.name.partition("__call")[0]])
+        vals[p.name] = _one(p, [vals[i] for i in p.inputs if "#" not in i], weights[p.name.partition("__call")[0]])
     return np.concatenate([vals[o].reshape(len(x), -1) for o in outputs], axis=1)
 
 

@@ -68,16 +68,16 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def check_kipoi(fx: zf.Fixture) -> tuple[str, object | None]:
-    if not fx.kipoi_oracle:
-        return "no (Keras 1/2 on Keras 3)", None
+    """Try kipoi 0.8.6 itself on the directory (Keras 1/2 files usually fail on Keras 3: reported as is)."""
     import kipoi
 
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             km = kipoi.get_model(str(fx.model_dir), source="dir")
         return "yes", km
     except Exception as e:  # noqa: BLE001 - report whatever kipoi raises
-        return f"NO: {type(e).__name__}: {str(e)[:80]}", None
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return f"no: {type(e).__name__}: {msg[:70]}", None
 
 
 def check_load(fx: zf.Fixture):
@@ -95,20 +95,30 @@ def check_load(fx: zf.Fixture):
     return m, ("ok " + cell if not problems else "WRONG: " + "; ".join(problems))
 
 
+def _compare(raw: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(raw - ref).max() / max(np.abs(ref).max(), 1e-6))
+
+
 def check_predictions(fx: zf.Fixture, m, km, x: np.ndarray) -> str:
+    """Raw outputs vs kipoi's predict_on_batch and/or the numpy oracle; logits vs logit(kipoi/numpy p)."""
     raw = m.predict(x, output="raw").astype(np.float64)
     xm = _model_input(x, m.layout, fx.alphabet)
+    refs = {}
     if km is not None:
-        ref = np.asarray(km.predict_on_batch(xm), dtype=np.float64).reshape(len(x), -1)
-        who = "kipoi"
-    elif fx.numpy_oracle is not None:
-        ref = np.asarray(fx.numpy_oracle(xm), dtype=np.float64).reshape(len(x), -1)
-        who = "numpy"
-    else:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                refs["kipoi"] = np.asarray(km.predict_on_batch(xm), dtype=np.float64).reshape(len(x), -1)
+        except Exception as e:  # noqa: BLE001 - kipoi loads but cannot predict: report, use numpy
+            refs.pop("kipoi", None)
+            print(f"kipoi predict_on_batch failed: {e}", file=sys.stderr)
+    if fx.numpy_oracle is not None:
+        refs["numpy"] = np.asarray(fx.numpy_oracle(xm), dtype=np.float64).reshape(len(x), -1)
+    if not refs:
         return "no oracle"
-    err = float(np.abs(raw - ref).max() / max(np.abs(ref).max(), 1e-6))
-    cell = f"{who}: raw rel err {err:.1e}"
-    ok = err < 1e-4
+    errs = {who: _compare(raw, ref) for who, ref in refs.items()}
+    cell = ", ".join(f"{who}: raw rel err {e:.1e}" for who, e in errs.items())
+    ok = max(errs.values()) < 1e-4
+    ref = next(iter(refs.values()))
     if m.activation == "sigmoid" and fx.sigmoid_output:
         lg = m.predict(x).astype(np.float64)
         inside = (ref > 1e-4) & (ref < 1 - 1e-4)

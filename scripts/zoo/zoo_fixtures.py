@@ -35,7 +35,6 @@ class Fixture:
     seq_len: int
     targets: list[str]
     alphabet: str = "ACGT"
-    kipoi_oracle: bool = True  # kipoi 0.8.6 loads it here: compare with kipoi's predict_on_batch
     numpy_oracle: Callable[[np.ndarray], np.ndarray] | None = None  # model-layout input -> raw outputs
     sigmoid_output: bool = True  # raw outputs are probabilities (compare logits after a logit transform)
     load_kw: dict = field(default_factory=dict)
@@ -92,8 +91,7 @@ def _torch_weights(module_path: Path, obj: str, out: Path, seed: int, cls: bool 
 
 
 def _seq_dl(length: int, **args) -> dict:
-    return {"defined_as": "kipoiseq.dataloaders.SeqIntervalDl",
-            "default_args": {"auto_resize_len": length, **args}}
+    return {"defined_as": "kipoiseq.dataloaders.SeqIntervalDl", "default_args": {"auto_resize_len": length, **args}}
 
 
 # --------------------------------------------------------------------------------------------- PyTorch
@@ -105,16 +103,28 @@ def build_basset(root: Path, seed: int = 0) -> Fixture:
     shutil.copy(TEMPLATES / "basset_module.py", d / "pretrained_model_reloaded_th.py")
     names = _labels(d / "target_labels.txt", "basset_cell", 164)
     _torch_weights(d / "pretrained_model_reloaded_th.py", "model", d / "model_files" / "weights.pth", seed)
-    _write_yaml(d / "model.yaml", {
-        "type": "pytorch",
-        "args": {"module_file": "pretrained_model_reloaded_th.py", "module_obj": "model",
-                 "weights": "model_files/weights.pth"},
-        "default_dataloader": _seq_dl(600, alphabet_axis=0, dtype="np.float32", dummy_axis=2),
-        "info": {"authors": [{"name": "kipoi-dfim zoo harness"}], "doc": "Basset fixture (random weights)"},
-        "schema": {"inputs": {"name": "seq", "shape": "(4,600,1)", "special_type": "DNASeq", "doc": "DNA"},
-                   "targets": {"name": "DHS_probs", "shape": "(164, )", "doc": "probabilities",
-                               "column_labels": ["target_labels.txt"]}},
-    })
+    _write_yaml(
+        d / "model.yaml",
+        {
+            "type": "pytorch",
+            "args": {
+                "module_file": "pretrained_model_reloaded_th.py",
+                "module_obj": "model",
+                "weights": "model_files/weights.pth",
+            },
+            "default_dataloader": _seq_dl(600, alphabet_axis=0, dtype="np.float32", dummy_axis=2),
+            "info": {"authors": [{"name": "kipoi-dfim zoo harness"}], "doc": "Basset fixture (random weights)"},
+            "schema": {
+                "inputs": {"name": "seq", "shape": "(4,600,1)", "special_type": "DNASeq", "doc": "DNA"},
+                "targets": {
+                    "name": "DHS_probs",
+                    "shape": "(164, )",
+                    "doc": "probabilities",
+                    "column_labels": ["target_labels.txt"],
+                },
+            },
+        },
+    )
     return Fixture("Basset", d, "pytorch", 600, names)
 
 
@@ -132,9 +142,15 @@ def _deepsea_yaml(obj: str, weights: str) -> dict:
         "args": {"module_file": "../model_architecture.py", "module_obj": obj, "weights": weights},
         "info": {"authors": [{"name": "kipoi-dfim zoo harness"}], "doc": "DeepSEA fixture (random weights)"},
         "default_dataloader": _seq_dl(1000, alphabet_axis=0, dummy_axis=1, dtype="np.float32"),
-        "schema": {"inputs": {"name": "seq", "shape": "(4,1,1000)", "special_type": "DNASeq", "doc": "DNA"},
-                   "targets": {"name": "TFBS_DHS_probs", "shape": "(919, )", "doc": "probabilities",
-                               "column_labels": ["../predictor_names.txt"]}},
+        "schema": {
+            "inputs": {"name": "seq", "shape": "(4,1,1000)", "special_type": "DNASeq", "doc": "DNA"},
+            "targets": {
+                "name": "TFBS_DHS_probs",
+                "shape": "(919, )",
+                "doc": "probabilities",
+                "column_labels": ["../predictor_names.txt"],
+            },
+        },
     }
 
 
@@ -166,15 +182,24 @@ def build_beluga(root: Path, seed: int = 0) -> Fixture:
     shutil.copy(TEMPLATES / "beluga_module.py", d / "model.py")
     names = _labels(d / "predictor_names.txt", "beluga_feature", 2002)
     _torch_weights(d / "model.py", "Beluga", d / "model_files" / "weights.pth", seed, cls=True)
-    _write_yaml(d / "model.yaml", {
-        "defined_as": "kipoi.model.PyTorchModel",
-        "args": {"weights": "model_files/weights.pth", "module_class": "Beluga", "module_file": "model.py"},
-        "info": {"authors": [{"name": "kipoi-dfim zoo harness"}], "doc": "Beluga fixture (random weights)"},
-        "default_dataloader": _seq_dl(2000, alphabet_axis=0, dummy_axis=1, alphabet="AGCT", dtype="np.float32"),
-        "schema": {"inputs": {"name": "seq", "shape": "(4, 1, 2000)", "special_type": "DNASeq", "doc": "DNA"},
-                   "targets": {"name": "TFBS_DHS_probs", "shape": "(2002, )", "doc": "probabilities",
-                               "column_labels": ["predictor_names.txt"]}},
-    })
+    _write_yaml(
+        d / "model.yaml",
+        {
+            "defined_as": "kipoi.model.PyTorchModel",
+            "args": {"weights": "model_files/weights.pth", "module_class": "Beluga", "module_file": "model.py"},
+            "info": {"authors": [{"name": "kipoi-dfim zoo harness"}], "doc": "Beluga fixture (random weights)"},
+            "default_dataloader": _seq_dl(2000, alphabet_axis=0, dummy_axis=1, alphabet="AGCT", dtype="np.float32"),
+            "schema": {
+                "inputs": {"name": "seq", "shape": "(4, 1, 2000)", "special_type": "DNASeq", "doc": "DNA"},
+                "targets": {
+                    "name": "TFBS_DHS_probs",
+                    "shape": "(2002, )",
+                    "doc": "probabilities",
+                    "column_labels": ["predictor_names.txt"],
+                },
+            },
+        },
+    )
     return Fixture("DeepSEA/beluga", d, "pytorch", 2000, names, alphabet="AGCT")
 
 
@@ -208,20 +233,38 @@ def build_deepstarr(root: Path, seed: int = 0) -> Fixture:
     dev = p.dense(1, 256, inputs=[trunk], name="Dense_Dev")
     hk = p.dense(1, 256, inputs=[trunk], name="Dense_Hk")
     outputs = [dev, hk]
-    write_keras2(p.plan, (249, 4), outputs, d / "model_files" / "DeepSTARR.model.json",
-                 d / "model_files" / "DeepSTARR.model.h5", keras_class="Functional")
-    _write_yaml(d / "model.yaml", {
-        "defined_as": "kipoi.model.KerasModel",
-        "args": {"arch": "model_files/DeepSTARR.model.json", "weights": "model_files/DeepSTARR.model.h5"},
-        "default_dataloader": _seq_dl(249, alphabet_axis=1, dummy_axis=2, alphabet="ACGT", ignore_targets=False),
-        "info": {"authors": [{"name": "kipoi-dfim zoo harness"}], "doc": "DeepSTARR fixture (random weights)"},
-        "schema": {"inputs": {"shape": "(249,4,1)", "doc": "DNA sequence"},
-                   "targets": {"shape": "(2,)", "doc": "Developmental and housekeeping enhancer activity"}},
-    })
+    write_keras2(
+        p.plan,
+        (249, 4),
+        outputs,
+        d / "model_files" / "DeepSTARR.model.json",
+        d / "model_files" / "DeepSTARR.model.h5",
+        keras_class="Functional",
+    )
+    _write_yaml(
+        d / "model.yaml",
+        {
+            "defined_as": "kipoi.model.KerasModel",
+            "args": {"arch": "model_files/DeepSTARR.model.json", "weights": "model_files/DeepSTARR.model.h5"},
+            "default_dataloader": _seq_dl(249, alphabet_axis=1, dummy_axis=2, alphabet="ACGT", ignore_targets=False),
+            "info": {"authors": [{"name": "kipoi-dfim zoo harness"}], "doc": "DeepSTARR fixture (random weights)"},
+            "schema": {
+                "inputs": {"shape": "(249,4,1)", "doc": "DNA sequence"},
+                "targets": {"shape": "(2,)", "doc": "Developmental and housekeeping enhancer activity"},
+            },
+        },
+    )
     plan = p.plan
-    return Fixture("DeepSTARR", d, "keras", 249, ["0", "1"], kipoi_oracle=False,
-                   numpy_oracle=lambda x: numpy_forward(plan, x, outputs), sigmoid_output=False,
-                   notes=["Keras 2.7 JSON + h5, 2 outputs"])
+    return Fixture(
+        "DeepSTARR",
+        d,
+        "keras",
+        249,
+        ["0", "1"],
+        numpy_oracle=lambda x: numpy_forward(plan, x, outputs),
+        sigmoid_output=False,
+        notes=["Keras 2.7 JSON + h5, 2 outputs"],
+    )
 
 
 def build_deepbind(root: Path, seed: int = 0) -> Fixture:
@@ -246,25 +289,42 @@ def build_deepbind(root: Path, seed: int = 0) -> Fixture:
     p.dense(1, 32, activation="sigmoid")
     outputs = [p.last]
     write_keras2(p.plan, (101, 4), outputs, d / "model_files" / "arch.json", d / "model_files" / "weights.h5")
-    _write_yaml(d / "model.yaml", {
-        "type": "keras",
-        "args": {"arch": "model_files/arch.json", "weights": "model_files/weights.h5",
-                 "custom_objects": "custom_keras_objects.py", "backend": "tensorflow", "image_dim_ordering": "tf"},
-        "info": {"authors": [{"name": "kipoi-dfim zoo harness"}], "doc": "DeepBind fixture (random weights)"},
-        "schema": {"inputs": {"name": "seq", "special_type": "DNASeq", "shape": "(101, 4)", "doc": "DNA"},
-                   "targets": {"name": "binding_prob", "shape": "(1, )", "doc": "binding probability"}},
-    })
+    _write_yaml(
+        d / "model.yaml",
+        {
+            "type": "keras",
+            "args": {
+                "arch": "model_files/arch.json",
+                "weights": "model_files/weights.h5",
+                "custom_objects": "custom_keras_objects.py",
+                "backend": "tensorflow",
+                "image_dim_ordering": "tf",
+            },
+            "default_dataloader": _seq_dl(101),
+            "info": {"authors": [{"name": "kipoi-dfim zoo harness"}], "doc": "DeepBind fixture (random weights)"},
+            "schema": {
+                "inputs": {"name": "seq", "special_type": "DNASeq", "shape": "(101, 4)", "doc": "DNA"},
+                "targets": {"name": "binding_prob", "shape": "(1, )", "doc": "binding probability"},
+            },
+        },
+    )
     plan = p.plan
-    return Fixture("DeepBind", d, "keras", 101, ["0"], kipoi_oracle=False,
-                   numpy_oracle=lambda x: numpy_forward(plan, x, outputs),
-                   notes=["Keras 2 JSON + h5, shared layer"])
+    return Fixture(
+        "DeepBind",
+        d,
+        "keras",
+        101,
+        ["0"],
+        numpy_oracle=lambda x: numpy_forward(plan, x, outputs),
+        notes=["Keras 2 JSON + h5, shared layer"],
+    )
 
 
 def build_pwm_hocomoco(root: Path, seed: int = 0) -> Fixture:
     """pwm_HOCOMOCO: ``type: keras`` with only ``weights``, a Keras 2.2 full-model HDF5 (Keras 3 cannot read
     it; the loader rebuilds it from the file's ``model_config``); a PWM log-odds Conv1D and its reverse
-    complement, Maximum, GlobalMaxPooling1D; input (None, 4), so the length comes from the dataloader's
-    ``auto_resize_len``."""
+    complement, Maximum, GlobalMaxPooling1D; input (None, 4) and a SeqIntervalDl without ``auto_resize_len``:
+    the API needs ``seq_len=`` (the harness passes 100); the CLI has no length option (see docs/zoo.md)."""
     from keras_plan import Planner, numpy_forward, write_keras2
 
     d = root / "pwm_HOCOMOCO" / "human" / "AHR"
@@ -273,26 +333,47 @@ def build_pwm_hocomoco(root: Path, seed: int = 0) -> Fixture:
     pwm = np.log(p.rng.dirichlet(np.ones(4), 9) / 0.25).astype(np.float32)  # (9, 4) log-odds
     w = pwm[:, :, None]
     w_rc = pwm[::-1, ::-1].copy()[:, :, None]
-    cfg = {"filters": 1, "kernel_size": [9], "strides": [1], "padding": "valid", "data_format": "channels_last",
-           "dilation_rate": [1], "activation": "linear", "use_bias": False}
+    cfg = {
+        "filters": 1,
+        "kernel_size": [9],
+        "strides": [1],
+        "padding": "valid",
+        "data_format": "channels_last",
+        "dilation_rate": [1],
+        "activation": "linear",
+        "use_bias": False,
+    }
     p.add("Conv1D", cfg, [w], name="pwm_fwd", wnames=("kernel",))
     p.add("Conv1D", cfg, [w_rc], inputs=["input_1"], name="pwm_rc", wnames=("kernel",))
     p.simple("Maximum", inputs=["pwm_fwd", "pwm_rc"], name="best_strand")
     p.simple("GlobalMaxPooling1D", name="best_match")
     outputs = [p.last]
     write_keras2(p.plan, (None, 4), outputs, None, d / "model_files" / "model.h5")
-    _write_yaml(d / "model.yaml", {
-        "type": "keras",
-        "args": {"weights": "model_files/model.h5", "backend": "tensorflow", "image_dim_ordering": "tf"},
-        "default_dataloader": _seq_dl(100),
-        "info": {"authors": [{"name": "kipoi-dfim zoo harness"}], "doc": "pwm_HOCOMOCO fixture"},
-        "schema": {"inputs": {"name": "seq", "special_type": "DNASeq", "shape": "(None, 4)", "doc": "DNA"},
-                   "targets": {"name": "pwm_match", "shape": "(1, )", "doc": "best PWM match log-odds"}},
-    })
+    _write_yaml(
+        d / "model.yaml",
+        {
+            "type": "keras",
+            "args": {"weights": "model_files/model.h5", "backend": "tensorflow", "image_dim_ordering": "tf"},
+            "default_dataloader": {"defined_as": "kipoiseq.dataloaders.SeqIntervalDl"},
+            "info": {"authors": [{"name": "kipoi-dfim zoo harness"}], "doc": "pwm_HOCOMOCO fixture"},
+            "schema": {
+                "inputs": {"name": "seq", "special_type": "DNASeq", "shape": "(None, 4)", "doc": "DNA"},
+                "targets": {"name": "pwm_match", "shape": "(1, )", "doc": "best PWM match log-odds"},
+            },
+        },
+    )
     plan = p.plan
-    return Fixture("pwm_HOCOMOCO", d, "keras", 100, ["0"], kipoi_oracle=False,
-                   numpy_oracle=lambda x: numpy_forward(plan, x, outputs), sigmoid_output=False,
-                   notes=["Keras 2.2 full-model h5"])
+    return Fixture(
+        "pwm_HOCOMOCO",
+        d,
+        "keras",
+        100,
+        ["0"],
+        numpy_oracle=lambda x: numpy_forward(plan, x, outputs),
+        sigmoid_output=False,
+        load_kw={"seq_len": 100},
+        notes=["Keras 2.2 full-model h5, (None, 4)"],
+    )
 
 
 KERAS_BUILDERS = {
@@ -302,19 +383,40 @@ KERAS_BUILDERS = {
 }
 
 
-def _keras_fixture(name: str, d: Path, p, input_shape: tuple, outputs: list[str], descr: dict, targets: list[str],
-                   note: str, full_model: bool = False, sigmoid: bool = True, **kw) -> Fixture:
+def _keras_fixture(
+    name: str,
+    d: Path,
+    p,
+    input_shape: tuple,
+    outputs: list[str],
+    descr: dict,
+    targets: list[str],
+    note: str,
+    full_model: bool = False,
+    sigmoid: bool = True,
+    keras_class: str = "Model",
+    **kw,
+) -> Fixture:
     """Write the plan as JSON + weights (or a full-model h5) and return the fixture with its numpy oracle."""
     from keras_plan import numpy_forward, write_keras2
 
     files = d / "model_files"
     arch = None if full_model else files / "model.json"
-    write_keras2(p.plan, input_shape, outputs, arch, files / ("model.h5" if full_model else "weights.h5"))
+    write_keras2(p.plan, input_shape, outputs, arch, files / ("model.h5" if full_model else "weights.h5"),
+                 keras_class=keras_class)
     _write_yaml(d / "model.yaml", descr)
     plan = p.plan
-    return Fixture(name, d, "keras", kw.pop("seq_len", input_shape[0]), targets, kipoi_oracle=False,
-                   numpy_oracle=lambda x: numpy_forward(plan, x, outputs), sigmoid_output=sigmoid,
-                   notes=[note], **kw)
+    return Fixture(
+        name,
+        d,
+        "keras",
+        kw.pop("seq_len", input_shape[0]),
+        targets,
+        numpy_oracle=lambda x: numpy_forward(plan, x, outputs),
+        sigmoid_output=sigmoid,
+        notes=[note],
+        **kw,
+    )
 
 
 def _info(name: str) -> dict:
@@ -341,17 +443,28 @@ def build_deepflybrain(root: Path, seed: int = 0) -> Fixture:
     p.dense(256, 39 * 256, activation="relu")
     p.simple("Dropout", rate=0.5)
     p.dense(81, 256, activation="sigmoid")
-    (d / "dataloader.yaml").write_text(yaml.safe_dump({
-        "defined_as": "dataloader.MyDataset",
-        "args": {"intervals_file": {"doc": "bed3"}, "fasta_file": {"doc": "fasta"}},
-        "output_schema": {"inputs": [{"shape": "(500, 4)", "doc": "one-hot DNA"}]}}))
-    descr = {"defined_as": "kipoi.model.KerasModel",
-             "args": {"arch": "model_files/model.json", "weights": "model_files/weights.h5"},
-             "default_dataloader": ".", "info": _info("DeepFlyBrain"),
-             "schema": {"inputs": [{"shape": "(500, 4)", "doc": "DNA sequence"}],
-                        "targets": {"name": "topic", "shape": "(81,)", "doc": "topics"}}}
-    return _keras_fixture("DeepFlyBrain", d, p, (500, 4), [p.last], descr, [str(i) for i in range(81)],
-                          "Keras 2 JSON + h5, BiLSTM")
+    (d / "dataloader.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "defined_as": "dataloader.MyDataset",
+                "args": {"intervals_file": {"doc": "bed3"}, "fasta_file": {"doc": "fasta"}},
+                "output_schema": {"inputs": [{"shape": "(500, 4)", "doc": "one-hot DNA"}]},
+            }
+        )
+    )
+    descr = {
+        "defined_as": "kipoi.model.KerasModel",
+        "args": {"arch": "model_files/model.json", "weights": "model_files/weights.h5"},
+        "default_dataloader": ".",
+        "info": _info("DeepFlyBrain"),
+        "schema": {
+            "inputs": [{"shape": "(500, 4)", "doc": "DNA sequence"}],
+            "targets": {"name": "topic", "shape": "(81,)", "doc": "topics"},
+        },
+    }
+    return _keras_fixture(
+        "DeepFlyBrain", d, p, (500, 4), [p.last], descr, [str(i) for i in range(81)], "Keras 2 JSON + h5, BiLSTM"
+    )
 
 
 def build_labranchor(root: Path, seed: int = 0) -> Fixture:
@@ -367,14 +480,26 @@ def build_labranchor(root: Path, seed: int = 0) -> Fixture:
     p.simple("Dropout", rate=0.2)
     p.time_dense(1, 64, activation="sigmoid")
     p.simple("Flatten")
-    descr = {"type": "keras", "args": {"weights": "model_files/model.h5", "backend": "tensorflow",
-                                       "image_dim_ordering": "tf"},
-             "info": _info("labranchor"),
-             "schema": {"inputs": {"bidirectional_1_input": {"shape": "(70, 4)", "special_type": "DNASeq",
-                                                             "doc": "one-hot RNA"}},
-                        "targets": {"shape": "(70, )", "doc": "branchpoint probability per position"}}}
-    fx = _keras_fixture("labranchor", d, p, (70, 4), [p.last], descr, [str(i) for i in range(70)],
-                        "Keras 2.0 full-model h5, BiLSTM", full_model=True)
+    descr = {
+        "type": "keras",
+        "args": {"weights": "model_files/model.h5", "backend": "tensorflow", "image_dim_ordering": "tf"},
+        "info": _info("labranchor"),
+        "schema": {
+            "inputs": {"bidirectional_1_input": {"shape": "(70, 4)", "special_type": "DNASeq", "doc": "one-hot RNA"}},
+            "targets": {"shape": "(70, )", "doc": "branchpoint probability per position"},
+        },
+    }
+    fx = _keras_fixture(
+        "labranchor",
+        d,
+        p,
+        (70, 4),
+        [p.last],
+        descr,
+        [str(i) for i in range(70)],
+        "Keras 2.0 full-model h5, BiLSTM",
+        full_model=True,
+    )
     return fx
 
 
@@ -396,14 +521,27 @@ def build_mpra_dragonn(root: Path, seed: int = 0) -> Fixture:
         c_in, n = 120, n - 4
     p.simple("Flatten")
     p.dense(12, n * 120)
-    descr = {"defined_as": "kipoi.model.KerasModel",
-             "args": {"arch": "model_files/model.json", "weights": "model_files/weights.h5"},
-             "default_dataloader": _seq_dl(145, alphabet="ACGT", alphabet_axis=1, ignore_targets=False),
-             "info": _info("MPRA-DragoNN"),
-             "schema": {"inputs": {"shape": "(145,4)", "doc": "one-hot ACGT"},
-                        "targets": {"shape": "(12,)", "doc": "12 MPRA tasks"}}}
-    return _keras_fixture("MPRA-DragoNN/ConvModel", d, p, (145, 4), [p.last], descr, [str(i) for i in range(12)],
-                          "Keras 2 JSON + h5", sigmoid=False)
+    descr = {
+        "defined_as": "kipoi.model.KerasModel",
+        "args": {"arch": "model_files/model.json", "weights": "model_files/weights.h5"},
+        "default_dataloader": _seq_dl(145, alphabet="ACGT", alphabet_axis=1, ignore_targets=False),
+        "info": _info("MPRA-DragoNN"),
+        "schema": {
+            "inputs": {"shape": "(145,4)", "doc": "one-hot ACGT"},
+            "targets": {"shape": "(12,)", "doc": "12 MPRA tasks"},
+        },
+    }
+    return _keras_fixture(
+        "MPRA-DragoNN/ConvModel",
+        d,
+        p,
+        (145, 4),
+        [p.last],
+        descr,
+        [str(i) for i in range(12)],
+        "Keras 2 JSON + h5",
+        sigmoid=False,
+    )
 
 
 OPTIMUS_CLASS = '''from kipoi.model import BaseModel
@@ -442,13 +580,28 @@ def build_optimus(root: Path, seed: int = 0) -> Fixture:
     p.dense(40, 50 * 120, activation="relu")
     p.simple("Dropout", rate=0.2)
     p.dense(1, 40)
-    descr = {"defined_as": "model.PostProcKerasmodel",
-             "args": {"weights": "model_files/model.h5", "postproc_mean": 5.58621521, "postproc_sd": 1.34657403},
-             "default_dataloader": ".", "info": _info("Optimus_5Prime"),
-             "schema": {"inputs": {"shape": "(50, 4)", "doc": "one-hot 5' UTR"},
-                        "targets": {"shape": "(1,)", "doc": "mean ribosome load"}}}
-    return _keras_fixture("Optimus_5Prime", d, p, (50, 4), [p.last], descr, ["0"],
-                          "custom class + Keras 2.1 full-model h5", full_model=True, sigmoid=False)
+    descr = {
+        "defined_as": "model.PostProcKerasmodel",
+        "args": {"weights": "model_files/model.h5", "postproc_mean": 5.58621521, "postproc_sd": 1.34657403},
+        "default_dataloader": ".",
+        "info": _info("Optimus_5Prime"),
+        "schema": {
+            "inputs": {"shape": "(50, 4)", "doc": "one-hot 5' UTR"},
+            "targets": {"shape": "(1,)", "doc": "mean ribosome load"},
+        },
+    }
+    return _keras_fixture(
+        "Optimus_5Prime",
+        d,
+        p,
+        (50, 4),
+        [p.last],
+        descr,
+        ["0"],
+        "custom class + Keras 2.1 full-model h5",
+        full_model=True,
+        sigmoid=False,
+    )
 
 
 def build_deepcpg_dna(root: Path, seed: int = 0) -> Fixture:
@@ -470,19 +623,101 @@ def build_deepcpg_dna(root: Path, seed: int = 0) -> Fixture:
     trunk = p.last
     cells = ["HepG2_1", "HepG2_2", "HepG2_3"]
     outs = [p.dense(1, 128, activation="sigmoid", inputs=[trunk], name=f"cpg_{c}") for c in cells]
-    descr = {"type": "keras", "args": {"arch": "model_files/model.json", "weights": "model_files/weights.h5",
-                                       "backend": "tensorflow", "image_dim_ordering": "tf"},
-             "default_dataloader": ".", "info": _info("DeepCpG_DNA"),
-             "schema": {"inputs": {"dna": {"shape": "(1001, 4)", "special_type": "DNASeq", "doc": "DNA"}},
-                        "targets": {f"cpg/{c}": {"shape": "(1,)", "doc": "methylation"} for c in cells}}}
-    return _keras_fixture("DeepCpG_DNA", d, p, (1001, 4), outs, descr, [f"cpg/{c}" for c in cells],
-                          "Keras 2 JSON + h5, 3 named outputs")
+    descr = {
+        "type": "keras",
+        "args": {
+            "arch": "model_files/model.json",
+            "weights": "model_files/weights.h5",
+            "backend": "tensorflow",
+            "image_dim_ordering": "tf",
+        },
+        "default_dataloader": ".",
+        "info": _info("DeepCpG_DNA"),
+        "schema": {
+            "inputs": {"dna": {"shape": "(1001, 4)", "special_type": "DNASeq", "doc": "DNA"}},
+            "targets": {f"cpg/{c}": {"shape": "(1,)", "doc": "methylation"} for c in cells},
+        },
+    }
+    return _keras_fixture(
+        "DeepCpG_DNA", d, p, (1001, 4), outs, descr, [f"cpg/{c}" for c in cells], "Keras 2 JSON + h5, 3 named outputs"
+    )
 
 
-KERAS_BUILDERS.update({
-    "DeepFlyBrain": build_deepflybrain,
-    "labranchor": build_labranchor,
-    "MPRA-DragoNN/ConvModel": build_mpra_dragonn,
-    "Optimus_5Prime": build_optimus,
-    "DeepCpG_DNA": build_deepcpg_dna,
-})
+KERAS_BUILDERS.update(
+    {
+        "DeepFlyBrain": build_deepflybrain,
+        "labranchor": build_labranchor,
+        "MPRA-DragoNN/ConvModel": build_mpra_dragonn,
+        "Optimus_5Prime": build_optimus,
+        "DeepCpG_DNA": build_deepcpg_dna,
+    }
+)
+
+
+def build_scbasset(root: Path, seed: int = 0) -> Fixture:
+    """scbasset (Yuan & Kelley 2022): ``type: keras``, tf.keras 2.8 ``Functional`` JSON (model.json) + weights,
+    ``custom_objects: custom_objects.py`` (GELU, StochasticReverseComplement with two outputs, StochasticShift,
+    SwitchReverse reading output 1 of the reverse-complement layer); input (1344, 4); 7 conv blocks (GELU,
+    Conv1D same without bias, BatchNormalization axis [2], MaxPooling1D same), a 1x1 conv block, Reshape
+    (1, 1792), Dense 32 block, Dense 2034 sigmoid; target names from ``column_labels: [buen_cells.csv]``."""
+    from keras_plan import Planner
+
+    d = root / "scbasset"
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copy(TEMPLATES / "scbasset_custom_objects.py", d / "custom_objects.py")
+    names = _labels(d / "buen_cells.csv", "BM1077-cell", 2034)
+    p = Planner(seed)
+    rc = p.simple("StochasticReverseComplement", name="stochastic_reverse_complement")
+    p.simple("StochasticShift", shift_max=3, pad="uniform", name="stochastic_shift")
+    c_in, n = 4, 1344
+    blocks = [(288, 17, 3), (288, 5, 2), (323, 5, 2), (363, 5, 2), (407, 5, 2), (456, 5, 2), (512, 5, 2)]
+    for filters, k, pool in blocks:
+        p.simple("GELU")
+        p.conv(filters, k, c_in, padding="same")
+        p.plan[-1].config["use_bias"] = False
+        p.plan[-1].weights = p.plan[-1].weights[:1]
+        p.bn(filters, axis=[2])
+        p.simple("MaxPooling1D", pool_size=[pool], strides=[pool], padding="same")
+        c_in, n = filters, -(-n // pool)
+    p.simple("GELU")
+    p.conv(256, 1, c_in, padding="same")
+    p.plan[-1].config["use_bias"] = False
+    p.plan[-1].weights = p.plan[-1].weights[:1]
+    p.bn(256, axis=[2])
+    p.simple("GELU")
+    p.simple("Reshape", target_shape=[1, n * 256])
+    p.dense(32, n * 256)
+    p.plan[-1].config["use_bias"] = False
+    p.plan[-1].weights = p.plan[-1].weights[:1]
+    p.bn(32, axis=[2])
+    p.simple("Dropout", rate=0.2)
+    p.simple("GELU")
+    p.dense(2034, 32, activation="sigmoid")
+    p.simple("SwitchReverse", inputs=[p.last, f"{rc}#1"], name="switch_reverse")
+    p.simple("Flatten")
+    descr = {
+        "type": "keras",
+        "args": {
+            "arch": "model_files/model.json",
+            "weights": "model_files/weights.h5",
+            "custom_objects": "custom_objects.py",
+        },
+        "default_dataloader": _seq_dl(1344, alphabet_axis=1, dtype="np.float32"),
+        "info": _info("scbasset"),
+        "schema": {
+            "inputs": {"name": "seq", "shape": "(1344,4)", "special_type": "DNASeq", "doc": "DNA"},
+            "targets": {
+                "name": "reads",
+                "shape": "(2034, )",
+                "doc": "accessibility",
+                "column_labels": ["buen_cells.csv"],
+            },
+        },
+    }
+    return _keras_fixture(
+        "scbasset", d, p, (1344, 4), [p.last], descr, names, "tf.keras 2.8 JSON + h5, custom layers",
+        keras_class="Functional",
+    )
+
+
+KERAS_BUILDERS["scbasset"] = build_scbasset
