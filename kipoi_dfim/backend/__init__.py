@@ -33,24 +33,33 @@ def _parse_shape(shape: Any) -> tuple:
     return tuple(shape)
 
 
+def _is_rc_pair(inputs: list) -> bool:
+    """Two inputs of one shape, the second documented as the reverse complement (DeepMEL's (fwd, rc) form)."""
+    if len(inputs) != 2 or not all(isinstance(i, dict) for i in inputs):
+        return False
+    same = str(inputs[0].get("shape")).replace(" ", "") == str(inputs[1].get("shape")).replace(" ", "")
+    doc = f"{inputs[1].get('doc', '')} {inputs[1].get('name', '')}".lower()
+    return same and ("reverse" in doc or "_rc" in doc or doc.endswith("rc"))
+
+
 def _schema(descr: dict, model_dir: Path) -> tuple[tuple | None, list[str] | None]:
-    """Input shape and target labels from a Kipoi model.yaml schema."""
+    """Input shape and target labels from a Kipoi model.yaml schema.
+
+    A second input documented as the reverse complement of the first (DeepMEL) is accepted: the adapter then
+    feeds the model (x, reverse_complement(x)), as the zoo's dataloader does.
+    """
     schema = descr.get("schema") or {}
     inputs = schema.get("inputs")
+    if isinstance(inputs, dict) and "shape" not in inputs:
+        inputs = [dict(v or {}, name=k) for k, v in inputs.items()]
     if isinstance(inputs, list):
-        if len(inputs) != 1:
+        if len(inputs) != 1 and not _is_rc_pair(inputs):
             raise UnsupportedModelError(
-                f"{model_dir}/model.yaml: kipoi-dfim scores single-input sequence models; "
-                f"this one has {len(inputs)} inputs"
+                f"{model_dir}/model.yaml: kipoi-dfim scores single-input sequence models (or a sequence plus its "
+                f"reverse complement); this one has {len(inputs)} inputs "
+                f"{[i.get('name', i.get('doc', '?')) for i in inputs if isinstance(i, dict)]}"
             )
         inputs = inputs[0]
-    elif isinstance(inputs, dict) and "shape" not in inputs:
-        if len(inputs) != 1:
-            raise UnsupportedModelError(
-                f"{model_dir}/model.yaml: kipoi-dfim scores single-input sequence models; "
-                f"this one has inputs {list(inputs)}"
-            )
-        inputs = next(iter(inputs.values()))
     in_shape = _parse_shape(inputs["shape"]) if inputs and "shape" in inputs else None
 
     targets = schema.get("targets")
@@ -131,8 +140,11 @@ def _model_type(descr: dict, yml: Path) -> tuple[str | None, list[str]]:
                 raise UnsupportedModelError(f"defined_as: {defined_as} is not a kipoi model class", path=str(yml))
             return _DEFINED_AS[cls], notes
     args = descr.get("args") or {}
-    guess = "pytorch" if (args.get("module_file") or args.get("module_class") or args.get("module_obj")) else (
-        "keras" if args.get("weights") is not None or args.get("arch") is not None else None)
+    parent, overrides = _custom_class_parent(str(defined_as or ""), yml.parent)
+    if parent is not None and not overrides:
+        return parent, notes  # e.g. TREDNet's PhaseOneModel(KerasModel): the network as kipoi serves it
+    guess = parent or ("pytorch" if (args.get("module_file") or args.get("module_class") or args.get("module_obj"))
+                       else ("keras" if args.get("weights") is not None or args.get("arch") is not None else None))
     if guess is None:
         return mtype, notes
     note = (f"model class {defined_as or args.get('object') or 'custom'} is the zoo's own class: kipoi-dfim scores "
@@ -141,6 +153,28 @@ def _model_type(descr: dict, yml: Path) -> tuple[str | None, list[str]]:
     log.warning("%s: %s", yml, note)
     warnings.warn(f"{yml}: {note}", UserWarning, stacklevel=4)
     return guess, [note]
+
+
+def _custom_class_parent(defined_as: str, model_dir: Path) -> tuple[str | None, bool]:
+    """For ``defined_as: file.Class`` in the model dir: the kipoi model class it extends (as a type name) and
+    whether it overrides ``predict_on_batch``. (None, True) when it cannot be imported or extends none."""
+    if "." not in defined_as:
+        return None, True
+    module, cls_name = defined_as.rsplit(".", 1)
+    f = model_dir / (module.replace(".", "/") + ".py")
+    if not f.is_file():
+        return None, True
+    try:
+        cls = getattr(_import_file(f, model_dir), cls_name)
+        mro = list(cls.__mro__)
+    except Exception as e:  # noqa: BLE001 - user code: any import error means "unknown class"
+        log.info("cannot import %s from %s (%s)", cls_name, f, e)
+        return None, True
+    for i, base in enumerate(mro):
+        if base.__module__ == "kipoi.model" and base.__name__ in _DEFINED_AS:
+            overrides = any("predict_on_batch" in vars(c) for c in mro[:i])
+            return _DEFINED_AS[base.__name__], overrides
+    return None, True
 
 
 def _encoding(descr: dict, model_dir: Path) -> dict[str, Any]:
@@ -209,8 +243,17 @@ def _load_dir(model_dir: Path, **kw) -> SequenceModel:
             )
         return str(model_dir / v) if v is not None else None
 
+    inputs = (descr.get("schema") or {}).get("inputs")
+    if isinstance(inputs, dict) and "shape" not in inputs:
+        inputs = list(inputs.values())
+    rc_pair = isinstance(inputs, list) and len(inputs) == 2
     if mtype == "keras":
+        if rc_pair:
+            kw["rc_input"] = True
         return _load_keras_dir(model_dir, args, path, enc, kw)
+    if rc_pair:
+        raise UnsupportedModelError(f"a (sequence, reverse complement) input pair is only supported for Keras "
+                                    f"models, not {mtype!r}", path=str(yml))
     if mtype == "pytorch":
         from kipoi_dfim.backend.layouts import layout_from_dataloader, layout_from_shape
         from kipoi_dfim.backend.torch_ import TorchModel

@@ -47,9 +47,9 @@ def _logit_tensor(tensor):
     return out, name
 
 
-def _reorder_layer(idx: list[int]) -> keras.layers.Layer:
+def _reorder_layer(idx: list[int], name: str = "to_model_alphabet") -> keras.layers.Layer:
     """A bias-free 1x1 convolution whose kernel is the permutation matrix: exactly linear for every engine."""
-    layer = keras.layers.Conv1D(4, 1, use_bias=False, trainable=False, name="to_model_alphabet")
+    layer = keras.layers.Conv1D(4, 1, use_bias=False, trainable=False, name=name)
     layer.build((None, None, 4))
     kernel = np.zeros((1, 4, 4), np.float32)
     for j, i in enumerate(idx):
@@ -58,8 +58,36 @@ def _reorder_layer(idx: list[int]) -> keras.layers.Layer:
     return layer
 
 
+def _reverse_complement_layers(seq_len: int) -> list[keras.layers.Layer]:
+    """(B, L, 4) ACGT -> its reverse complement, as bias-free linear layers with 0/1 kernels (exact, and
+    linear for every attribution engine): reverse the length axis with a Dense on the transposed tensor,
+    then swap A<->T and C<->G with a 1x1 convolution."""
+    rev = keras.layers.Dense(seq_len, use_bias=False, trainable=False, name="rc_reverse_length")
+    rev.build((None, 4, seq_len))
+    rev.set_weights([np.eye(seq_len, dtype=np.float32)[::-1].copy()])
+    comp = keras.layers.Conv1D(4, 1, use_bias=False, trainable=False, name="rc_complement")
+    comp.build((None, seq_len, 4))
+    comp.set_weights([np.eye(4, dtype=np.float32)[::-1].copy()[None]])
+    return [keras.layers.Permute((2, 1), name="rc_to_channels_first"), rev,
+            keras.layers.Permute((2, 1), name="rc_to_channels_last"), comp]
+
+
+def _to_model_input(h, layout: str, seq_len: int, alphabet: str | None, suffix: str = ""):
+    """ACGT (B, L, 4) tensor -> the model's alphabet order and layout."""
+    perm, singles = layout_spec(layout)
+    idx = alphabet_index(alphabet)
+    if idx is not None:
+        h = _reorder_layer(idx, f"to_model_alphabet{suffix}")(h)
+    if perm != (0, 1, 2):
+        h = keras.layers.Permute((2, 1), name=f"to_channels_first{suffix}")(h)
+    if singles:
+        h = keras.layers.Reshape(model_shape(layout, seq_len), name=f"add_singleton_axis{suffix}")(h)
+    return h
+
+
 def _scored_model(
-    model: keras.Model, layout: str, seq_len: int, logit: bool, alphabet: str | None = None
+    model: keras.Model, layout: str, seq_len: int, logit: bool, alphabet: str | None = None,
+    rc_input: bool = False,
 ) -> tuple[keras.Model, str | None]:
     """Model taking (B, L, 4) ACGT one-hot and returning (B, T) scored outputs."""
     outputs = list(model.outputs)
@@ -74,16 +102,14 @@ def _scored_model(
     else:
         inner = model
     inp = keras.Input((seq_len, 4), name="onehot_acgt")
-    perm, singles = layout_spec(layout)
-    h = inp
-    idx = alphabet_index(alphabet)
-    if idx is not None:
-        h = _reorder_layer(idx)(h)
-    if perm != (0, 1, 2):
-        h = keras.layers.Permute((2, 1), name="to_channels_first")(h)
-    if singles:
-        h = keras.layers.Reshape(model_shape(layout, seq_len), name="add_singleton_axis")(h)
-    ys = inner(h)
+    h = _to_model_input(inp, layout, seq_len, alphabet)
+    if rc_input:
+        rc = inp
+        for layer in _reverse_complement_layers(seq_len):
+            rc = layer(rc)
+        ys = inner([h, _to_model_input(rc, layout, seq_len, alphabet, suffix="_rc")])
+    else:
+        ys = inner(h)
     if isinstance(ys, (list, tuple)):
         ys = [keras.layers.Flatten()(y) if len(y.shape) != 2 else y for y in ys]
         y = keras.layers.Concatenate(axis=-1, name="outputs")(ys) if len(ys) > 1 else ys[0]
@@ -113,9 +139,12 @@ class KerasModel(AdapterBase):
         alphabet: str | None = None,
         alphabet_axis: int | None = None,
         notes: list[str] | None = None,
+        rc_input: bool = False,
     ):
-        if len(model.inputs) != 1:
-            raise InputError(f"kipoi-dfim scores single-input sequence models; {model.name} has {len(model.inputs)}")
+        if len(model.inputs) != (2 if rc_input else 1):
+            raise InputError(f"kipoi-dfim scores single-input sequence models (or a (sequence, reverse complement) "
+                             f"pair); {model.name} has {len(model.inputs)} inputs")
+        self.rc_input = rc_input
         shape = tuple(model.inputs[0].shape[1:])
         found, length = layout_from_shape(shape, seq_len, alphabet_axis)
         layout = layout or found
@@ -123,8 +152,10 @@ class KerasModel(AdapterBase):
         self.model = model
         self.alphabet = "".join(alphabet or "ACGT").upper()
         self.notes = list(notes or [])
-        self.raw_model, _ = _scored_model(model, layout, seq_len, logit=False, alphabet=self.alphabet)
-        self.logit_model, activation = _scored_model(model, layout, seq_len, logit=True, alphabet=self.alphabet)
+        self.raw_model, _ = _scored_model(model, layout, seq_len, logit=False, alphabet=self.alphabet,
+                                          rc_input=rc_input)
+        self.logit_model, activation = _scored_model(model, layout, seq_len, logit=True, alphabet=self.alphabet,
+                                                     rc_input=rc_input)
         self._fns = {}
         super().__init__(seq_len=seq_len, layout=layout, targets=targets, output=output,
                          activation=activation, batch_size=batch_size)

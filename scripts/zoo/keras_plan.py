@@ -36,11 +36,19 @@ def _ref(name: str) -> list:
     return [base, int(call) if call else 0, int(tensor) if tensor else 0, {}]
 
 
+def _input_names(input_shape: tuple | list) -> list[tuple[str, tuple]]:
+    """One shape -> [("input_1", shape)]; a list of shapes -> input_1, input_2, ..."""
+    if input_shape and isinstance(input_shape[0], (tuple, list)):
+        return [(f"input_{i + 1}", tuple(s)) for i, s in enumerate(input_shape)]
+    return [("input_1", tuple(input_shape))]
+
+
 def keras2_json(plan: list[L], input_shape: tuple, outputs: list[str], keras_class: str = "Model") -> dict:
     """``model.to_json()`` of a Keras 2 functional model (``Model`` in 2.0-2.2, ``Functional`` in 2.4+)."""
-    layers = [{"name": "input_1", "class_name": "InputLayer",
-               "config": {"batch_input_shape": [None, *input_shape], "dtype": "float32", "name": "input_1"},
-               "inbound_nodes": []}]
+    ins = _input_names(input_shape)
+    layers = [{"name": n, "class_name": "InputLayer",
+               "config": {"batch_input_shape": [None, *shape], "dtype": "float32", "name": n},
+               "inbound_nodes": []} for n, shape in ins]
     by_name: dict[str, dict] = {}
     for layer in plan:
         base = layer.name.partition("__call")[0]
@@ -55,12 +63,13 @@ def keras2_json(plan: list[L], input_shape: tuple, outputs: list[str], keras_cla
         by_name[base] = entry
         layers.append(entry)
     return {"class_name": keras_class, "keras_version": "2.2.4", "backend": "tensorflow",
-            "config": {"name": "model_1", "layers": layers, "input_layers": [["input_1", 0, 0]],
+            "config": {"name": "model_1", "layers": layers, "input_layers": [[n, 0, 0] for n, _ in ins],
                        "output_layers": [_ref(o)[:3] for o in outputs]}}
 
 
-def _write_weights(group: h5py.Group, plan: list[L]) -> None:
-    names = ["input_1"] + list(dict.fromkeys(p.name.partition("__call")[0] for p in plan))
+def _write_weights(group: h5py.Group, plan: list[L], n_inputs: int = 1) -> None:
+    names = [f"input_{i + 1}" for i in range(n_inputs)]
+    names += list(dict.fromkeys(p.name.partition("__call")[0] for p in plan))
     group.attrs["layer_names"] = np.array([n.encode() for n in names])
     group.attrs["backend"] = b"tensorflow"
     group.attrs["keras_version"] = b"2.2.4"
@@ -81,12 +90,12 @@ def write_keras2(plan: list[L], input_shape: tuple, outputs: list[str], arch: Pa
     with h5py.File(weights, "w") as f:
         if arch is not None:
             arch.write_text(json.dumps(cfg))
-            _write_weights(f, plan)
+            _write_weights(f, plan, len(_input_names(input_shape)))
         else:
             f.attrs["model_config"] = json.dumps({k: v for k, v in cfg.items() if k in ("class_name", "config")})
             f.attrs["keras_version"] = b"2.2.4"
             f.attrs["backend"] = b"tensorflow"
-            _write_weights(f.create_group("model_weights"), plan)
+            _write_weights(f.create_group("model_weights"), plan, len(_input_names(input_shape)))
 
 
 # ------------------------------------------------------------------------------------------- numpy oracle
@@ -195,9 +204,12 @@ def _one(layer: L, xs: list[np.ndarray], w: list[np.ndarray]) -> np.ndarray:
     raise NotImplementedError(layer.cls)
 
 
-def numpy_forward(plan: list[L], x: np.ndarray, outputs: list[str]) -> np.ndarray:
-    """The plan evaluated in float64 numpy; outputs concatenated along the last axis, (N, T)."""
-    vals: dict[str, np.ndarray] = {"input_1": np.asarray(x, np.float64)}
+def numpy_forward(plan: list[L], x: np.ndarray | list[np.ndarray], outputs: list[str]) -> np.ndarray:
+    """The plan evaluated in float64 numpy; outputs concatenated along the last axis, (N, T). Several
+    inputs are given as a list (input_1, input_2, ...)."""
+    xs = x if isinstance(x, list) else [x]
+    vals: dict[str, np.ndarray] = {f"input_{i + 1}": np.asarray(v, np.float64) for i, v in enumerate(xs)}
+    x = xs[0]
     weights = {p.name: [np.asarray(a, np.float64) for _, a in p.weights] for p in plan if "__call" not in p.name}
     for p in plan:
         vals[p.name] = _one(p, [vals[i] for i in p.inputs if "#" not in i], weights[p.name.partition("__call")[0]])

@@ -721,3 +721,55 @@ def build_scbasset(root: Path, seed: int = 0) -> Fixture:
 
 
 KERAS_BUILDERS["scbasset"] = build_scbasset
+
+
+def build_deepmel(root: Path, seed: int = 0) -> Fixture:
+    """DeepMEL (Minnoye et al. 2020): ``defined_as: kipoi.model.KerasModel``, Keras 2 JSON + HDF5, TWO inputs
+    (500, 4): the sequence and its reverse complement (the zoo's dataloader.py feeds ``seq[::-1, ::-1]``);
+    one strand tower shared by both (Conv1D 128 x 20 ReLU, MaxPooling1D 10, TimeDistributed(Dense 128 ReLU),
+    Bidirectional(LSTM 128), Flatten, Dense 256 ReLU), the two towers concatenated, Dense 24 sigmoid."""
+    from keras_plan import Planner, numpy_forward, write_keras2
+
+    d = root / "DeepMEL" / "DeepMEL"
+    d.mkdir(parents=True, exist_ok=True)
+    p = Planner(seed)
+    for strand, src in ((0, "input_1"), (1, "input_2")):
+        sfx = "" if strand == 0 else "__call1"
+        if strand == 0:
+            p.conv(128, 20, 4, activation="relu", inputs=[src], name="conv1d_1")
+            p.simple("MaxPooling1D", pool_size=[10], strides=[10], padding="valid", name="max_pooling1d_1")
+            p.time_dense(128, 128, activation="relu", name="time_distributed_1")
+            p.bilstm(128, 128, name="bidirectional_1")
+            p.simple("Flatten", name="flatten_1")
+            p.dense(256, 48 * 256, activation="relu", name="dense_1")
+        else:
+            prev = src
+            for layer in ("conv1d_1", "max_pooling1d_1", "time_distributed_1", "bidirectional_1", "flatten_1",
+                          "dense_1"):
+                p.add(next(q.cls for q in p.plan if q.name == layer),
+                      next(q.config for q in p.plan if q.name == layer), inputs=[prev], name=layer + sfx)
+                prev = layer + sfx
+    p.simple("Concatenate", axis=-1, inputs=["dense_1", "dense_1__call1"], name="concatenate_1")
+    p.dense(24, 512, activation="sigmoid", name="dense_2")
+    outputs = [p.last]
+    write_keras2(p.plan, [(500, 4), (500, 4)], outputs, d / "model_files" / "model.json",
+                 d / "model_files" / "weights.h5")
+    (d / "dataloader.yaml").write_text(yaml.safe_dump({
+        "defined_as": "dataloader.MyDataset",
+        "args": {"intervals_file": {"doc": "bed3"}, "fasta_file": {"doc": "fasta"}},
+        "output_schema": {"inputs": [{"shape": "(500, 4)", "doc": "DNA"}, {"shape": "(500, 4)", "doc": "RC"}]}}))
+    _write_yaml(d / "model.yaml", {
+        "defined_as": "kipoi.model.KerasModel",
+        "args": {"arch": "model_files/model.json", "weights": "model_files/weights.h5"},
+        "default_dataloader": ".", "info": _info("DeepMEL"),
+        "schema": {"inputs": [{"shape": "(500, 4)", "doc": "DNA sequence"},
+                              {"shape": "(500, 4)", "doc": "Reverse-complemented DNA sequence"}],
+                   "targets": {"name": "topic", "shape": "(24,)", "doc": "Topic Prediction (4-MEL, 7-MES)"}},
+    })
+    plan = p.plan
+    return Fixture("DeepMEL", d, "keras", 500, [str(i) for i in range(24)],
+                   numpy_oracle=lambda x: numpy_forward(plan, [x, x[:, ::-1, ::-1]], outputs),
+                   notes=["Keras 2 JSON + h5, (fwd, rc) inputs, shared BiLSTM tower"])
+
+
+KERAS_BUILDERS["DeepMEL"] = build_deepmel
