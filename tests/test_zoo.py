@@ -281,3 +281,35 @@ def test_zoo_harness_fast_subset(tmp_path, name):
         assert "seq_len" in row["score-variants"], row
     else:
         assert row["score-variants"].startswith("ok 7/7"), row
+
+
+def test_custom_class_extending_kipoi_keras_model_loads_silently_and_matches_kipoi(tmp_path):
+    """TREDNet-style ``defined_as: model.PhaseOneModel`` where the class only extends kipoi.model.KerasModel:
+    served as that Keras model, no post-processing warning, same predictions as kipoi."""
+    import warnings
+
+    import keras
+
+    inp = keras.Input((60, 4))
+    h = keras.layers.MaxPooling1D(3)(keras.layers.Conv1D(5, 7, activation="relu")(inp))
+    out = keras.layers.Dense(2, activation="sigmoid")(keras.layers.Flatten()(h))
+    keras.Model(inp, out).save(tmp_path / "w.h5")
+    (tmp_path / "model.py").write_text(
+        "from kipoi.model import KerasModel\n\n\nclass PhaseOneModel(KerasModel):\n"
+        "    def __init__(self, weights):\n        super().__init__(weights=weights)\n"
+    )
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump({
+        "defined_as": "model.PhaseOneModel", "args": {"weights": "w.h5"},
+        "default_dataloader": {"defined_as": "kipoiseq.dataloaders.SeqIntervalDl",
+                               "default_args": {"auto_resize_len": 60, "alphabet_axis": 1}},
+        "info": {"authors": [{"name": "t"}], "doc": "t"},
+        "schema": {"inputs": {"shape": "(60, 4)", "doc": "DNA"}, "targets": {"shape": "(2,)", "doc": "p"}},
+    }))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        m = kipoi_dfim.load_model(str(tmp_path), output="raw")
+    assert m.notes == [] and m.seq_len == 60
+    rng = np.random.default_rng(7)
+    seqs = ["".join(rng.choice(list("ACGT"), 60)) for _ in range(3)]
+    x = np.stack([ReorderedOneHot(alphabet="ACGT", dtype=np.float32)(s) for s in seqs])
+    np.testing.assert_allclose(m.predict(x), _kipoi(tmp_path).predict_on_batch(x), rtol=1e-5, atol=1e-6)

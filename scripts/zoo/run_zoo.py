@@ -41,11 +41,12 @@ from kipoi_dfim.errors import UnsupportedModelError  # noqa: E402
 #: name -> builder, in table order (flagships first).
 BUILDERS = {
     "Basset": zf.build_basset,
-    "DeepSEA/variantEffects": zf.build_deepsea_variant_effects,
     "DeepSEA/predict": zf.build_deepsea_predict,
+    "DeepSEA/variantEffects": zf.build_deepsea_variant_effects,
     "DeepSEA/beluga": zf.build_beluga,
+    **{k: zf.KERAS_BUILDERS[k] for k in ("scbasset", "DeepSTARR", "DeepBind")},
 }
-BUILDERS.update(getattr(zf, "KERAS_BUILDERS", {}))
+BUILDERS.update({k: v for k, v in zf.KERAS_BUILDERS.items() if k not in BUILDERS})
 
 COLUMNS = ["model", "format", "kipoi loads", "load_model", "predictions", "gradient vs FD", "DeepLIFT",
            "other methods", "score-variants", "time"]
