@@ -105,7 +105,8 @@ def _column_labels(cl: Any, model_dir: Path) -> list[str] | None:
     if len(cl) == 1:
         f = model_dir / cl[0]
         if f.is_file():
-            return [ln.rstrip("\r\n") for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            # as kipoi: one name per line, trailing whitespace stripped (Basset's file has trailing blanks)
+            return [ln.rstrip() for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
     return cl or None
 
 

@@ -81,9 +81,13 @@ def check_kipoi(fx: zf.Fixture) -> tuple[str, object | None]:
         return f"no: {type(e).__name__}: {msg[:70]}", None
 
 
-def check_load(fx: zf.Fixture):
+def check_load(fx: zf.Fixture, km=None):
+    """seq_len, target names (also against kipoi's own reading of column_labels) and alphabet."""
     m = kipoi_dfim.load_model(str(fx.model_dir), **fx.load_kw)
     problems = []
+    kl = getattr(getattr(getattr(km, "schema", None), "targets", None), "column_labels", None)
+    if kl and list(kl) != list(m.targets):
+        problems.append(f"targets differ from kipoi's {list(kl)[:2]}...")
     if m.seq_len != fx.seq_len:
         problems.append(f"seq_len {m.seq_len} != {fx.seq_len}")
     if list(m.targets) != list(fx.targets):
@@ -228,16 +232,16 @@ def check_cli(fx: zf.Fixture, m, rng: np.random.Generator, method: str) -> str:
         return ("ok" if kept == n else "LOST RECORDS") + f" {kept}/{n} records ({method})"
 
 
-def run_one(name: str, root: Path, seed: int = 0) -> dict[str, str]:
+def run_one(name: str, root: Path, seed: int = 0, zoo: Path | None = None) -> dict[str, str]:
     row = {c: "" for c in COLUMNS}
-    row["model"] = name
+    row["model"] = name if zoo is None else f"{name} (zoo files)"
     t0 = time.time()
     rng = np.random.default_rng(seed)
     try:
-        fx = BUILDERS[name](root, seed)
+        fx = zf.build_from_zoo(zoo, name, root, seed) if zoo is not None else BUILDERS[name](root, seed)
         row["format"] = fx.notes[0] if fx.notes else fx.framework
         row["kipoi loads"], km = check_kipoi(fx)
-        m, row["load_model"] = check_load(fx)
+        m, row["load_model"] = check_load(fx, km)
         x = _onehot(rng, 3, m.seq_len)
         row["predictions"] = check_predictions(fx, m, km, x)
         del km
@@ -278,18 +282,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--table", type=Path, default=None, help="markdown file whose zoo table is replaced")
     ap.add_argument("--workdir", type=Path, default=None, help="where fixtures are built (default: a temp dir)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--zoo-files", action="store_true",
+                    help="run on the zoo's own files of the PyTorch entries from a kipoi/models checkout named by "
+                         "the KIPOI_MODELS_DIR environment variable (weights random, made local)")
     args = ap.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    names = args.models or list(BUILDERS)
-    unknown = [n for n in names if n not in BUILDERS]
+    zoo = None
+    known = BUILDERS
+    if args.zoo_files:
+        if not os.environ.get("KIPOI_MODELS_DIR"):
+            ap.error("--zoo-files needs KIPOI_MODELS_DIR (a kipoi/models checkout)")
+        zoo, known = Path(os.environ["KIPOI_MODELS_DIR"]), zf.ZOO_TORCH
+    names = args.models or list(known)
+    unknown = [n for n in names if n not in known]
     if unknown:
-        ap.error(f"unknown models {unknown}; known: {', '.join(BUILDERS)}")
+        ap.error(f"unknown models {unknown}; known: {', '.join(known)}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = args.workdir or Path(tmp)
         for name in names:
             print(f"== {name}", file=sys.stderr, flush=True)
-            rows.append(run_one(name, root, args.seed))
+            rows.append(run_one(name, root, args.seed, zoo))
             print(markdown(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     table = markdown(rows)
     print(table)

@@ -773,3 +773,47 @@ def build_deepmel(root: Path, seed: int = 0) -> Fixture:
 
 
 KERAS_BUILDERS["DeepMEL"] = build_deepmel
+
+
+# ------------------------------------------------------------------------- the zoo's own files (optional)
+ZOO_TORCH = {  # entry -> top-level directory to copy (module files and label files live one level up)
+    "Basset": "Basset",
+    "DeepSEA/predict": "DeepSEA",
+    "DeepSEA/variantEffects": "DeepSEA",
+    "DeepSEA/beluga": "DeepSEA",
+}
+
+
+def build_from_zoo(zoo: Path, name: str, root: Path, seed: int = 0) -> Fixture:
+    """A PyTorch zoo entry from a local kipoi/models checkout (``KIPOI_MODELS_DIR``), verbatim except that the
+    weight URL becomes a local state dict of seeded random weights made by the zoo's own module file.
+
+    The expectations (length, target names, alphabet) are read the way kipoi reads them, so the harness
+    checks that kipoi-dfim reads the zoo's own yaml as kipoi does.
+    """
+    top = ZOO_TORCH[name]
+    dst = root / "zoo_files" / top
+    if not dst.exists():
+        shutil.copytree(zoo / top, dst, ignore=shutil.ignore_patterns("*.ipynb", "test*", "*.h5"))
+    d = root / "zoo_files" / name
+    descr = yaml.safe_load((d / "model.yaml").read_text())
+    args = descr["args"]
+    args["weights"] = "model_files/random_weights.pth"
+    mod = _import(d / args["module_file"])
+    obj = getattr(mod, args.get("module_obj") or args["module_class"])
+    if args.get("module_class"):
+        obj = obj(**(args.get("module_kwargs") or {}))
+    _randomise_torch(obj, seed)
+    (d / "model_files").mkdir(exist_ok=True)
+    import torch
+
+    torch.save(obj.state_dict(), d / args["weights"])
+    _write_yaml(d / "model.yaml", descr)
+    schema = descr["schema"]
+    shape = [int(v) for v in str(schema["inputs"]["shape"]).strip("() ").split(",") if v.strip()]
+    labels_file = d / schema["targets"]["column_labels"][0]
+    targets = [ln.rstrip() for ln in labels_file.read_text().splitlines() if ln.strip()]
+    alphabet = (descr.get("default_dataloader") or {}).get("default_args", {}).get("alphabet", "ACGT")
+    return Fixture(f"{name} (zoo files)", d, "pytorch", max(s for s in shape if s != 4), targets,
+                   alphabet=alphabet, sigmoid_output=name != "DeepSEA/predict",
+                   notes=["zoo's own yaml + module file"])
