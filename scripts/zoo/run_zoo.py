@@ -263,11 +263,9 @@ def markdown(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-BEGIN, END = "<!-- zoo-table:begin -->", "<!-- zoo-table:end -->"
-
-
-def write_table(path: Path, table: str) -> None:
+def write_table(path: Path, table: str, marker: str = "zoo-table") -> None:
     """Replace the table between the markers of docs/zoo.md (the rest of the page is hand-written)."""
+    BEGIN, END = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"  # noqa: N806
     text = path.read_text() if path.exists() else f"# Zoo coverage\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text:
         text += f"\n{BEGIN}\n{END}\n"
@@ -307,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(rows)
     print(table)
     if args.table:
-        write_table(args.table, table)
+        write_table(args.table, table, "zoo-files-table" if args.zoo_files else "zoo-table")
     return 0
 
 
