@@ -272,13 +272,12 @@ def _load_dir(model_dir: Path, **kw) -> SequenceModel:
             kw.setdefault("layout", layout)
             kw["seq_len"] = seq_len
         return TorchModel(module, **kw)
-    kw.pop("alphabet", None)
     if mtype == "tensorflow2":
         from kipoi_dfim.backend.tf2 import savedmodel_keras_model
 
         if not args.get("savedmodel_path"):
             raise InputError("tensorflow2 model needs args.savedmodel_path (a SavedModel directory)", path=str(yml))
-        kw.pop("notes", None)
+        kw.setdefault("alphabet_axis", enc.get("alphabet_axis"))
         return savedmodel_keras_model(path("savedmodel_path"), input_shape=in_shape, **kw)
     raise UnsupportedModelError(
         f"model type {mtype!r} is not supported; supported Kipoi model types: {', '.join(SUPPORTED_TYPES)} "
