@@ -123,8 +123,8 @@ def module_rules(module: nn.Module) -> tuple[dict[str, str], list[str]]:
     opaque: list[str] = []
     for name, sub in module.named_modules():
         label = f"'{name or '<root>'}' ({type(sub).__name__})"
-        if getattr(sub, "dfim_linear_forward", False) and name == "":
-            continue  # the adapter's own wrapper: layout/alphabet changes only
+        if getattr(type(sub), "dfim_linear_forward", False):
+            continue  # the adapter's own wrappers (layout/alphabet changes, final-activation bypass)
         if isinstance(sub, RESCALE_MODULES):
             rules[name] = "rescale"
         elif isinstance(sub, MAXPOOL_MODULES):

@@ -46,6 +46,8 @@ class _BypassFinal(nn.Module):
     returns the activation's input instead of its output, so the scored value is the logit.
     """
 
+    dfim_linear_forward = True  # its own forward adds nothing but the hook (for the module-rule DeepLIFT)
+
     def __init__(self, module: nn.Module, act_name: str):
         super().__init__()
         self.module = module
