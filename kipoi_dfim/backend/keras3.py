@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from kipoi_dfim.backend.common import AdapterBase  # noqa: E402
-from kipoi_dfim.backend.layouts import _SPEC, layout_from_shape  # noqa: E402
+from kipoi_dfim.backend.layouts import alphabet_index, layout_from_shape, layout_spec, model_shape  # noqa: E402
 from kipoi_dfim.errors import InputError  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,48 @@ def _logit_tensor(tensor):
     return out, name
 
 
-def _scored_model(model: keras.Model, layout: str, seq_len: int, logit: bool) -> tuple[keras.Model, str | None]:
+def _reorder_layer(idx: list[int], name: str = "to_model_alphabet") -> keras.layers.Layer:
+    """A bias-free 1x1 convolution whose kernel is the permutation matrix: exactly linear for every engine."""
+    layer = keras.layers.Conv1D(4, 1, use_bias=False, trainable=False, name=name)
+    layer.build((None, None, 4))
+    kernel = np.zeros((1, 4, 4), np.float32)
+    for j, i in enumerate(idx):
+        kernel[0, i, j] = 1.0
+    layer.set_weights([kernel])
+    return layer
+
+
+def _reverse_complement_layers(seq_len: int) -> list[keras.layers.Layer]:
+    """(B, L, 4) ACGT -> its reverse complement, as bias-free linear layers with 0/1 kernels (exact, and
+    linear for every attribution engine): reverse the length axis with a Dense on the transposed tensor,
+    then swap A<->T and C<->G with a 1x1 convolution."""
+    rev = keras.layers.Dense(seq_len, use_bias=False, trainable=False, name="rc_reverse_length")
+    rev.build((None, 4, seq_len))
+    rev.set_weights([np.eye(seq_len, dtype=np.float32)[::-1].copy()])
+    comp = keras.layers.Conv1D(4, 1, use_bias=False, trainable=False, name="rc_complement")
+    comp.build((None, seq_len, 4))
+    comp.set_weights([np.eye(4, dtype=np.float32)[::-1].copy()[None]])
+    return [keras.layers.Permute((2, 1), name="rc_to_channels_first"), rev,
+            keras.layers.Permute((2, 1), name="rc_to_channels_last"), comp]
+
+
+def _to_model_input(h, layout: str, seq_len: int, alphabet: str | None, suffix: str = ""):
+    """ACGT (B, L, 4) tensor -> the model's alphabet order and layout."""
+    perm, singles = layout_spec(layout)
+    idx = alphabet_index(alphabet)
+    if idx is not None:
+        h = _reorder_layer(idx, f"to_model_alphabet{suffix}")(h)
+    if perm != (0, 1, 2):
+        h = keras.layers.Permute((2, 1), name=f"to_channels_first{suffix}")(h)
+    if singles:
+        h = keras.layers.Reshape(model_shape(layout, seq_len), name=f"add_singleton_axis{suffix}")(h)
+    return h
+
+
+def _scored_model(
+    model: keras.Model, layout: str, seq_len: int, logit: bool, alphabet: str | None = None,
+    rc_input: bool = False,
+) -> tuple[keras.Model, str | None]:
     """Model taking (B, L, 4) ACGT one-hot and returning (B, T) scored outputs."""
     outputs = list(model.outputs)
     activation = None
@@ -61,15 +102,14 @@ def _scored_model(model: keras.Model, layout: str, seq_len: int, logit: bool) ->
     else:
         inner = model
     inp = keras.Input((seq_len, 4), name="onehot_acgt")
-    perm, insert = _SPEC[layout]
-    h = inp
-    if perm != (0, 1, 2):
-        h = keras.layers.Permute((2, 1), name="to_channels_first")(h)
-    if insert is not None:
-        shape = [d for d in (h.shape[1:])]
-        shape.insert(insert - 1, 1)
-        h = keras.layers.Reshape(tuple(shape), name="add_singleton_axis")(h)
-    ys = inner(h)
+    h = _to_model_input(inp, layout, seq_len, alphabet)
+    if rc_input:
+        rc = inp
+        for layer in _reverse_complement_layers(seq_len):
+            rc = layer(rc)
+        ys = inner([h, _to_model_input(rc, layout, seq_len, alphabet, suffix="_rc")])
+    else:
+        ys = inner(h)
     if isinstance(ys, (list, tuple)):
         ys = [keras.layers.Flatten()(y) if len(y.shape) != 2 else y for y in ys]
         y = keras.layers.Concatenate(axis=-1, name="outputs")(ys) if len(ys) > 1 else ys[0]
@@ -97,16 +137,26 @@ class KerasModel(AdapterBase):
         targets: list[str] | None = None,
         output: str = "logit",
         batch_size: int = 64,
+        alphabet: str | None = None,
+        alphabet_axis: int | None = None,
+        notes: list[str] | None = None,
+        rc_input: bool = False,
     ):
-        if len(model.inputs) != 1:
-            raise InputError(f"kipoi-dfim scores single-input sequence models; {model.name} has {len(model.inputs)}")
+        if len(model.inputs) != (2 if rc_input else 1):
+            raise InputError(f"kipoi-dfim scores single-input sequence models (or a (sequence, reverse complement) "
+                             f"pair); {model.name} has {len(model.inputs)} inputs")
+        self.rc_input = rc_input
         shape = tuple(model.inputs[0].shape[1:])
-        found, length = layout_from_shape(shape, seq_len)
+        found, length = layout_from_shape(shape, seq_len, alphabet_axis)
         layout = layout or found
         seq_len = seq_len or length
         self.model = model
-        self.raw_model, _ = _scored_model(model, layout, seq_len, logit=False)
-        self.logit_model, activation = _scored_model(model, layout, seq_len, logit=True)
+        self.alphabet = "".join(alphabet or "ACGT").upper()
+        self.notes = list(notes or [])
+        self.raw_model, _ = _scored_model(model, layout, seq_len, logit=False, alphabet=self.alphabet,
+                                          rc_input=rc_input)
+        self.logit_model, activation = _scored_model(model, layout, seq_len, logit=True, alphabet=self.alphabet,
+                                                     rc_input=rc_input)
         self._fns = {}
         super().__init__(seq_len=seq_len, layout=layout, targets=targets, output=output,
                          activation=activation, batch_size=batch_size)
@@ -161,10 +211,49 @@ class KerasModel(AdapterBase):
             return super()._deeplift_shared(x, references, targets)
 
 
-def load_keras_file(path: str, **kw) -> KerasModel:
-    """A Keras 3 model file (.keras, or full-model .h5)."""
+def _h5_model_config(path: str) -> dict | None:
+    """The ``model_config`` JSON a Keras 1/2 ``model.save`` wrote into the HDF5 attributes (None if absent)."""
+    import json
+
+    import h5py
+
     try:
-        model = keras.models.load_model(path, compile=False)
+        with h5py.File(path, "r") as f:
+            cfg = f.attrs.get("model_config")
+            version = f.attrs.get("keras_version")
+    except OSError:
+        return None
+    if cfg is None:
+        return None
+    cfg = json.loads(cfg.decode() if isinstance(cfg, bytes) else cfg)
+    cfg["_keras_version"] = version.decode() if isinstance(version, bytes) else version
+    return cfg
+
+
+def load_keras_file(
+    path: str,
+    custom_objects: dict | None = None,
+    backend: str | None = None,
+    image_dim_ordering: str | None = None,
+    **kw,
+) -> KerasModel:
+    """A Keras model file: Keras 3 ``.keras``/``.h5``, else a Keras 1/2 full-model ``.h5`` rebuilt by
+    :func:`~kipoi_dfim.backend.keras_legacy.build_from_legacy` from the ``model_config`` it stores.
+
+    Keras 3 reads Keras 2.3+ full-model h5 files but not the Keras <= 2.2 ones most zoo models were saved
+    as; the project's converter reads those from the architecture in the file's attributes.
+    """
+    try:
+        model = keras.models.load_model(path, compile=False, custom_objects=custom_objects)
     except Exception as e:  # noqa: BLE001 - keras raises many kinds
-        raise InputError(f"cannot load as a Keras 3 model ({type(e).__name__}: {e})", path=path) from e
+        cfg = _h5_model_config(path)
+        if cfg is None:
+            raise InputError(f"cannot load as a Keras 3 model ({type(e).__name__}: {e})", path=path) from e
+        from kipoi_dfim.backend.keras_legacy import build_from_legacy
+
+        log.info("Keras 3 cannot load %s (%s: %s); rebuilding it from its Keras %s model_config",
+                 path, type(e).__name__, e, cfg.get("_keras_version"))
+        cfg.pop("_keras_version", None)
+        model = build_from_legacy(cfg, path, backend=backend, image_dim_ordering=image_dim_ordering,
+                                  custom_objects=custom_objects)
     return KerasModel(model, **kw)

@@ -34,6 +34,7 @@ import h5py
 import keras
 import numpy as np
 
+from kipoi_dfim.backend.keras_legacy_rnn import RECURRENT_KINDS, convert_recurrent
 from kipoi_dfim.errors import InputError, UnsupportedModelError
 
 __all__ = ["build_from_legacy", "SUPPORTED_LAYERS"]
@@ -65,7 +66,12 @@ _LAYER_KINDS: dict[str, str] = {
     "Multiply": "merge",
     "Average": "merge",
     "Maximum": "merge",
+    "GlobalMaxPooling1D": "globalmaxpool1d",
+    "GlobalMaxPool1D": "globalmaxpool1d",
+    "GlobalAveragePooling1D": "globalavgpool1d",
+    "GlobalAvgPool1D": "globalavgpool1d",
     "InputLayer": "input",
+    **RECURRENT_KINDS,
 }
 
 #: Layer class names (Keras 0.3/1/2 spellings) that :func:`build_from_legacy` converts.
@@ -94,6 +100,7 @@ class _LayerSpec:
     inputs: list[str]
     keras0: bool = False  # Keras 0.3 layer dict (class in "name", name in "custom_name")
     index: int = 0  # position in a Keras 0.3 Sequential (weights group "layer_<index>")
+    key: str = ""  # name of its output tensor when not ``name`` (2nd, 3rd... call of a shared layer)
 
 
 @dataclass
@@ -128,6 +135,7 @@ def build_from_legacy(
     weights: str | os.PathLike,
     backend: str | None = None,
     image_dim_ordering: str | None = None,
+    custom_objects: dict | None = None,
 ) -> keras.Model:
     """Rebuild a Keras 0.3/1/2 model (architecture JSON + weights HDF5) as a Keras 3 model.
 
@@ -147,6 +155,10 @@ def build_from_legacy(
         attribute, else Theano if the model uses 'th' dim ordering (with a warning), else TensorFlow.
     image_dim_ordering : {"th", "tf", None}
         The keras.json default, used for layers whose ordering is "default" or unset.
+    custom_objects : dict, optional
+        Custom layer classes by name (Kipoi's ``args.custom_objects`` file, e.g. scBasset's GELU and
+        StochasticReverseComplement); a layer of such a class is rebuilt from its config and called as is
+        (in inference mode). Layers may return several outputs.
 
     Returns
     -------
@@ -170,7 +182,8 @@ def build_from_legacy(
     spec = _parse_model(arch_dict, arch_where)
     with _WeightStore(weights) as store:
         flip = _resolve_backend(backend, store, spec, image_dim_ordering, arch_where) == _THEANO
-        builder = _Builder(store, flip=flip, default_cf=_is_cf(image_dim_ordering), where=arch_where)
+        builder = _Builder(store, flip=flip, default_cf=_is_cf(image_dim_ordering), where=arch_where,
+                           custom_objects=custom_objects)
         model = builder.build(spec)
         store.check_all_used()
     return model
@@ -312,8 +325,20 @@ def _parse_sequential(layer_dicts: list[dict], where: str, name: str, prefix: st
     return _ModelSpec(inputs, layers, prev, name=name)
 
 
+def _tensor_key(layer: str, node: int, tensor: int) -> str:
+    """Key of output ``tensor`` of call ``node`` of ``layer`` (plain name for the first output of the first)."""
+    key = layer if node == 0 else f"{layer}__call{node}"
+    return key if tensor == 0 else f"{key}#{tensor}"
+
+
 def _parse_functional(cfg: dict, where: str) -> _ModelSpec:
-    """Keras 1/2 functional ``Model``: layers with inbound nodes [[name, node, tensor, kwargs], ...]."""
+    """Keras 1/2 functional ``Model``: layers with inbound nodes [[name, node, tensor, kwargs], ...].
+
+    A layer applied several times (shared weights, e.g. one convolution over the forward and the
+    reverse-complement strand) has one inbound node per call; each call becomes its own spec reading the
+    same weights, keyed ``name__call<k>``. References to the k-th output of a multi-output layer are keyed
+    ``name#k``.
+    """
     inputs, layers = [], []
     for entry in cfg["layers"]:
         lname, cls, lcfg, k0 = _layer_entry(entry)
@@ -322,23 +347,19 @@ def _parse_functional(cfg: dict, where: str) -> _ModelSpec:
             inputs.append((lname, _shape_from_config(lcfg)))
             continue
         nodes = entry.get("inbound_nodes") or []
-        if len(nodes) != 1:
-            raise UnsupportedModelError(
-                f"layer {lname!r} ({cls}) is used {len(nodes)} times; shared layers are not supported",
-                path=where,
-            )
-        srcs = []
-        for ref in nodes[0]:
-            if (ref[1] if len(ref) > 1 else 0) != 0 or (ref[2] if len(ref) > 2 else 0) != 0:
-                raise UnsupportedModelError(
-                    f"layer {lname!r}: inputs from shared layers / multi-output layers are not supported",
-                    path=where,
-                )
-            srcs.append(str(ref[0]))
-        layers.append(_LayerSpec(lname, cls, lcfg, srcs, k0))
+        if not nodes:
+            raise UnsupportedModelError(f"layer {lname!r} ({cls}) is never called", path=where)
+        for call, node in enumerate(nodes):
+            if isinstance(node, dict):  # Keras 3 style {"args": ..., "kwargs": ...}
+                raise UnsupportedModelError(f"layer {lname!r}: Keras 3 node format; load it with Keras 3",
+                                            path=where)
+            srcs = [_tensor_key(str(ref[0]), int(ref[1]) if len(ref) > 1 else 0,
+                                int(ref[2]) if len(ref) > 2 else 0) for ref in node]
+            layers.append(_LayerSpec(lname, cls, lcfg, srcs, k0, key=_tensor_key(lname, call, 0)))
     by_name = dict(inputs)
     ins = [(str(r[0]), by_name[str(r[0])]) for r in cfg["input_layers"]]
-    outs = [str(r[0]) for r in cfg["output_layers"]]
+    outs = [_tensor_key(str(r[0]), int(r[1]) if len(r) > 1 else 0, int(r[2]) if len(r) > 2 else 0)
+            for r in cfg["output_layers"]]
     return _ModelSpec(ins, layers, outs, name=str(cfg.get("name", "model")))
 
 
@@ -431,7 +452,7 @@ def _resolve_backend(
             return _TENSORFLOW
         raise InputError(f"unknown Keras backend {backend!r} (expected theano or tensorflow)", path=where)
     orderings = {_decode(c.config.get("dim_ordering") or c.config.get("data_format") or "default")
-                 for c in spec.layers if _kind(c, where) in ("conv1d", "conv2d")}
+                 for c in spec.layers if _LAYER_KINDS.get(c.class_name) in ("conv1d", "conv2d")}
     uses_th = "th" in orderings or "channels_first" in orderings or (
         "default" in orderings and _is_cf(image_dim_ordering))
     if uses_th:
@@ -476,7 +497,9 @@ def _tuple(v: Any, n: int) -> tuple[int, ...]:
 class _Builder:
     """Turns a :class:`_ModelSpec` into a Keras 3 functional model, one converter per layer kind."""
 
-    def __init__(self, store: _WeightStore, flip: bool, default_cf: bool, where: str):
+    def __init__(self, store: _WeightStore, flip: bool, default_cf: bool, where: str,
+                 custom_objects: dict | None = None):
+        self.custom_objects = dict(custom_objects or {})
         self.store = store
         self.flip = flip
         self.default_cf = default_cf
@@ -503,6 +526,12 @@ class _Builder:
             "permute": lambda s, x, w: self._plain(s, x[0], keras.layers.Permute(
                 tuple(s.config["dims"]), name=self._name(s.name))),
             "merge": lambda s, x, w: self._merge(s, x),
+            **{k: (lambda s, x, w, k=k: _Tensor(convert_recurrent(k, s, self._logical(x[0], s.name).t, w,
+                                                                   self._name, self.where)))
+               for k in RECURRENT_KINDS.values()},
+            "custom": lambda s, x, w: self._custom(s, x, w),
+            "globalmaxpool1d": lambda s, x, w: self._global_pool(s, x[0], keras.layers.GlobalMaxPooling1D),
+            "globalavgpool1d": lambda s, x, w: self._global_pool(s, x[0], keras.layers.GlobalAveragePooling1D),
         }
 
     # -- bookkeeping
@@ -524,6 +553,9 @@ class _Builder:
             if "center" in cfg or "scale" in cfg:
                 return 2 + bool(cfg.get("center", True)) + bool(cfg.get("scale", True))
             return 4
+        if kind in RECURRENT_KINDS.values() and self.store.kind == "flat":
+            raise UnsupportedModelError(f"layer {spec.name!r}: recurrent layers in a Keras 0.3 Graph are not "
+                                        "supported", path=self.where)
         return 0
 
     def build(self, spec: _ModelSpec) -> keras.Model:
@@ -538,14 +570,26 @@ class _Builder:
             inputs.append(t)
             tensors[name] = _Tensor(t)
         for layer in spec.layers:
-            kind = _kind(layer, self.where)
+            kind = "custom" if layer.class_name in self.custom_objects else _kind(layer, self.where)
             if kind == "input":
                 continue
             missing = [i for i in layer.inputs if i not in tensors]
             if missing:
                 raise InputError(f"layer {layer.name!r} reads unknown input(s) {missing}", path=self.where)
             w = self.store.take(layer, self._n_weights(layer, kind))
-            tensors[layer.name] = self.converters[kind](layer, [tensors[i] for i in layer.inputs], w)
+            try:
+                out = self.converters[kind](layer, [tensors[i] for i in layer.inputs], w)
+            except (UnsupportedModelError, InputError):
+                raise
+            except Exception as e:  # noqa: BLE001 - keras raises many kinds; name the layer
+                raise UnsupportedModelError(
+                    f"layer {layer.name!r} of class {layer.class_name!r} cannot be converted to Keras 3 "
+                    f"({type(e).__name__}: {e}); supported layer classes: {', '.join(SUPPORTED_LAYERS)}",
+                    path=self.where,
+                ) from e
+            key = layer.key or layer.name
+            for i, o in enumerate(out if isinstance(out, list) else [out]):
+                tensors[key if i == 0 else f"{key}#{i}"] = o
         outputs = [self._logical(tensors[o], o).t for o in spec.outputs]
         return keras.Model(inputs if len(inputs) > 1 else inputs[0],
                            outputs if len(outputs) > 1 else outputs[0], name=self._name(spec.name))
@@ -684,7 +728,15 @@ class _Builder:
                 f"layer {spec.name!r}: BatchNormalization mode {cfg['mode']} (batch statistics at test "
                 "time) is not supported; only mode 0", path=self.where,
             )
-        axis = int(cfg.get("axis", -1))
+        axis = cfg.get("axis", -1)
+        if isinstance(axis, (list, tuple)):  # tf.keras writes the axis as a list
+            if len(axis) != 1:
+                raise UnsupportedModelError(
+                    f"layer {spec.name!r} (BatchNormalization) normalises over several axes {axis}; only one "
+                    "axis is supported", path=self.where,
+                )
+            axis = axis[0]
+        axis = int(axis)
         logical = axis - 1 if axis > 0 else axis + x.rank
         stored = x.perm.index(logical) if x.perm is not None else logical
         eps = float(cfg.get("epsilon", 1e-3))
@@ -701,6 +753,26 @@ class _Builder:
         out = layer(x.t)
         layer.set_weights([a for a in (gamma, beta) if a is not None] + [mean, var])
         return _Tensor(out, x.perm)
+
+    def _custom(self, spec: _LayerSpec, xs: list[_Tensor], w: list[np.ndarray]) -> _Tensor | list[_Tensor]:
+        """A layer of a class from ``custom_objects``, rebuilt from its config; several outputs become a list."""
+        cls = self.custom_objects[spec.class_name]
+        cfg = {k: v for k, v in spec.config.items() if k not in ("trainable", "dtype")}
+        cfg["name"] = self._name(spec.name)
+        layer = cls.from_config(cfg) if hasattr(cls, "from_config") else cls(**cfg)
+        ins = [self._logical(x, f"{spec.name}_in{i}").t for i, x in enumerate(xs)]
+        out = layer(ins[0] if len(ins) == 1 else ins)
+        if w:
+            layer.set_weights([np.asarray(a) for a in w])
+        if isinstance(out, (list, tuple)):
+            return [_Tensor(o) for o in out]
+        return _Tensor(out)
+
+    def _global_pool(self, spec: _LayerSpec, x: _Tensor, cls: type) -> _Tensor:
+        """Global max/average pooling over the length axis of a (L, C) tensor (channels-first if declared)."""
+        x = self._logical(x, spec.name)
+        fmt = _get(spec.config, "data_format", default="channels_last")
+        return _Tensor(cls(data_format=fmt, name=self._name(spec.name))(x.t))
 
     def _merge(self, spec: _LayerSpec, xs: list[_Tensor]) -> _Tensor:
         mode = _MERGE_MODE_OF_CLASS.get(spec.class_name) or str(spec.config.get("mode", "concat"))

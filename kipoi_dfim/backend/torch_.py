@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from kipoi_dfim.backend.common import AdapterBase
-from kipoi_dfim.backend.layouts import to_model_layout
+from kipoi_dfim.backend.layouts import alphabet_index, normalise_layout, to_model_layout
 from kipoi_dfim.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 _FINAL_ACTIVATIONS = {nn.Sigmoid: "sigmoid", nn.Softmax: "softmax", nn.LogSoftmax: None}
 
 
-def _split_final_activation(module: nn.Module) -> tuple[nn.Module, str | None]:
+def _split_final_activation(module: nn.Module, probe: torch.Tensor | None = None) -> tuple[nn.Module, str | None]:
     """Return (module without its final sigmoid/softmax, name of the removed activation).
 
     Only a trailing nn.Sigmoid / nn.Softmax module of an nn.Sequential (possibly nested as its last child)
@@ -28,24 +28,75 @@ def _split_final_activation(module: nn.Module) -> tuple[nn.Module, str | None]:
         for cls, name in _FINAL_ACTIVATIONS.items():
             if isinstance(last, cls) and name is not None:
                 return nn.Sequential(*list(module.children())[:-1]), name
-        inner, name = _split_final_activation(last)
+        inner, name = _split_final_activation(last, None)
         if name is not None:
             return nn.Sequential(*list(module.children())[:-1], inner), name
         return module, None
-    return _split_traced(module)
+    return _split_traced(module, probe)
 
 
 _FINAL_FUNCTIONS = {torch.sigmoid: "sigmoid", torch.softmax: "softmax", torch.nn.functional.softmax: "softmax",
                     torch.nn.functional.sigmoid: "sigmoid"}
 
 
-def _split_traced(module: nn.Module) -> tuple[nn.Module, str | None]:
+class _BypassFinal(nn.Module):
+    """A module whose output is one call of its submodule ``act`` (a sigmoid/softmax), with that call skipped.
+
+    For modules torch.fx cannot trace (Beluga: ``Lambda`` wrappers around Python lambdas): a forward hook
+    returns the activation's input instead of its output, so the scored value is the logit.
+    """
+
+    dfim_linear_forward = True  # its own forward adds nothing but the hook (for the module-rule DeepLIFT)
+
+    def __init__(self, module: nn.Module, act_name: str):
+        super().__init__()
+        self.module = module
+        self.act_name = act_name
+
+    def forward(self, x):
+        handle = self.module.get_submodule(self.act_name).register_forward_hook(lambda m, i, o: i[0])
+        try:
+            return self.module(x)
+        finally:
+            handle.remove()
+
+
+def _split_by_probe(module: nn.Module, probe: torch.Tensor | None) -> tuple[nn.Module, str | None]:
+    """Find, by running the module once, a sigmoid/softmax module called once whose output IS the output."""
+    if probe is None:
+        return module, None
+    seen: dict[str, list] = {}
+    handles = []
+    for name, sub in module.named_modules():
+        kind = next((nm for cls, nm in _FINAL_ACTIVATIONS.items() if isinstance(sub, cls) and nm), None)
+        if kind is not None and name:
+            def hook(m, i, o, name=name):
+                seen.setdefault(name, []).append(o)
+            handles.append(sub.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            y = module(probe)
+    except Exception as e:  # noqa: BLE001 - the probe only looks; a failing module fails later, clearly
+        log.info("probe of %s failed (%s)", type(module).__name__, e)
+        return module, None
+    finally:
+        for h in handles:
+            h.remove()
+    for name, outs in seen.items():
+        if len(outs) == 1 and outs[0] is y:
+            sub = module.get_submodule(name)
+            return _BypassFinal(module, name), next(nm for cls, nm in _FINAL_ACTIVATIONS.items()
+                                                     if isinstance(sub, cls))
+    return module, None
+
+
+def _split_traced(module: nn.Module, probe: torch.Tensor | None = None) -> tuple[nn.Module, str | None]:
     """Custom modules: trace forward() with torch.fx and cut a sigmoid/softmax that produces the output."""
     try:
         gm = torch.fx.symbolic_trace(module)
     except Exception as e:  # noqa: BLE001 - data-dependent control flow cannot be traced
-        log.info("cannot trace %s to find a final activation (%s)", type(module).__name__, e)
-        return module, None
+        log.info("cannot trace %s to find a final activation (%s); probing it", type(module).__name__, e)
+        return _split_by_probe(module, probe)
     out = next(n for n in gm.graph.nodes if n.op == "output")
     src = out.args[0]
     if not isinstance(src, torch.fx.Node):
@@ -103,15 +154,24 @@ def _oom_errors() -> tuple[type[BaseException], ...]:
 
 
 class _Scored(nn.Module):
-    """(B, L, 4) ACGT one-hot -> model layout -> model -> (B, T)."""
+    """(B, L, 4) ACGT one-hot -> model alphabet order -> model layout (contiguous) -> model -> (B, T)."""
 
-    def __init__(self, module: nn.Module, layout: str):
+    dfim_linear_forward = True  # its own forward only permutes/reshapes (for the module-rule DeepLIFT)
+
+    def __init__(self, module: nn.Module, layout: str, alphabet: str | None = None):
         super().__init__()
         self.module = module
         self.layout = layout
+        idx = alphabet_index(alphabet)
+        self.reorder = idx is not None
+        self.register_buffer("alphabet_idx", torch.tensor(idx if idx is not None else [0, 1, 2, 3]))
+        param = next(iter(module.parameters()), None)
+        self.in_dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
 
     def forward(self, x):
-        y = self.module(to_model_layout(x, self.layout))
+        if self.reorder:
+            x = x[:, :, self.alphabet_idx]
+        y = self.module(to_model_layout(x, self.layout).to(self.in_dtype))
         if isinstance(y, (tuple, list)):
             y = torch.cat([t.reshape(t.shape[0], -1) for t in y], dim=1)
         return y.reshape(y.shape[0], -1)
@@ -137,6 +197,10 @@ class TorchModel(AdapterBase):
         Rows (or DeepLIFT pairs) per pass; halved automatically on out-of-memory.
     device : str
         "auto" (default: CUDA, else MPS, else CPU), "cpu", "cuda", "cuda:N" or "mps"; see ``resolve_device``.
+    alphabet : str, optional
+        The module's one-hot column order (default ``"ACGT"``; DeepSEA/Beluga use ``"AGCT"``).
+    notes : list of str, optional
+        What the loader could not honour (e.g. post-processing in a zoo model class); kept as ``.notes``.
     """
 
     framework = "pytorch"
@@ -151,14 +215,27 @@ class TorchModel(AdapterBase):
         output: str = "logit",
         batch_size: int = 64,
         device: str | torch.device | None = "auto",
+        alphabet: str | None = None,
+        notes: list[str] | None = None,
     ):
+        layout = normalise_layout(layout)
+        self.alphabet = "".join(alphabet or "ACGT").upper()
+        self.notes = list(notes or [])
         self.device = resolve_device(device)
         module = module.eval().to(self.device)
         for p in module.parameters():
             p.requires_grad_(False)
-        logit_module, activation = _split_final_activation(module)
-        self.raw_model = _Scored(module, layout).eval()
-        self.logit_model = _Scored(logit_module, layout).eval()
+        probe = None
+        if seq_len is not None:
+            probe = to_model_layout(torch.rand((2, int(seq_len), 4), generator=torch.Generator().manual_seed(0)),
+                                    layout)
+            param = next(iter(module.parameters()), None)
+            if param is not None and param.is_floating_point():
+                probe = probe.to(device=param.device, dtype=param.dtype)
+        logit_module, activation = _split_final_activation(module, probe)
+        self._fx_errors: dict[int, Exception | None] = {}
+        self.raw_model = _Scored(module, layout, self.alphabet).eval()
+        self.logit_model = _Scored(logit_module, layout, self.alphabet).eval()
         super().__init__(seq_len=seq_len, layout=layout, targets=targets, output=output,
                          activation=activation, batch_size=batch_size)
         if output == "logit" and activation is None:
@@ -197,11 +274,19 @@ class TorchModel(AdapterBase):
         return g.cpu().numpy()
 
     def _multipliers(self, x: np.ndarray, references: np.ndarray, target: int) -> np.ndarray:
+        """fx-graph DeepLIFT when torch.fx traces the module, else module-level rules (hooks)."""
         from kipoi_dfim.backend.deeplift_torch import deeplift_multipliers_torch
+        from kipoi_dfim.backend.deeplift_torch_modules import deeplift_multipliers_modules, fx_trace_error
 
-        return deeplift_multipliers_torch(
-            self._scored(self.output), x, references, target, batch_size=self.batch_size
-        )
+        scored = self._scored(self.output)
+        key = id(scored)
+        if key not in self._fx_errors:
+            self._fx_errors[key] = fx_trace_error(scored)
+        err = self._fx_errors[key]
+        if err is None:
+            return deeplift_multipliers_torch(scored, x, references, target, batch_size=self.batch_size)
+        why = f"torch.fx cannot trace {type(self.raw_model.module).__name__} ({type(err).__name__}: {err})"
+        return deeplift_multipliers_modules(scored, x, references, target, batch_size=self.batch_size, why=why)
 
 
     def _deeplift_shared(self, x: np.ndarray, references: np.ndarray, targets: list[int]) -> np.ndarray:
