@@ -277,4 +277,6 @@ def test_shipped_sim_model_kipoi_test_and_predict_equal_score_variants(tmp_path)
     assert list(got["variant_id"]) == list(want["variant_id"].astype(str))
     assert list(got["status"]) == list(want["status"])
     for c in ("max_abs_fis", "fis_at_max", "ref_pred", "alt_pred", "logit"):
-        np.testing.assert_allclose(got[c], want[c].astype(float), rtol=2e-5, atol=1e-6, err_msg=c)
+        # logit = logit(alt) - logit(ref) of float32 probabilities: batch-shape rounding reaches ~1e-5 absolute
+        np.testing.assert_allclose(got[c], want[c].astype(float), rtol=2e-5, atol=1e-4 if c == "logit" else 1e-6,
+                                   err_msg=c)
