@@ -36,6 +36,8 @@ from kipoi_dfim.backend._deeplift_common import (
     pair_batches,
 )
 from kipoi_dfim.backend.deeplift_torch import (
+    _ELEMENTWISE_MODULES,
+    _LINEAR_MODULES,
     maxpool_multiplier_torch,
     maxpool_windows_torch,
     rescale_multiplier_torch,
@@ -45,50 +47,12 @@ from kipoi_dfim.errors import InputError, UnsupportedModelError
 __all__ = ["deeplift_multipliers_modules", "fx_trace_error", "module_rules"]
 
 #: Modules with the Rescale rule (elementwise nonlinearities; Threshold is torch7's ReLU in converted models).
-RESCALE_MODULES: tuple[type, ...] = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.Sigmoid,
-    nn.Hardsigmoid,
-    nn.Tanh,
-    nn.Softplus,
-    nn.Softsign,
-    nn.Threshold,
-    nn.Hardtanh,
-)
+RESCALE_MODULES: tuple[type, ...] = (*_ELEMENTWISE_MODULES, nn.Threshold, nn.Hardtanh)
 
 MAXPOOL_MODULES: tuple[type, ...] = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
 
-#: Leaf modules that are linear in their input (exactly what the linear rule assumes).
-LINEAR_MODULES: tuple[type, ...] = (
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.Linear,
-    nn.Identity,
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.AlphaDropout,
-    nn.Flatten,
-    nn.Unflatten,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.ZeroPad1d,
-    nn.ZeroPad2d,
-    nn.ConstantPad1d,
-    nn.ConstantPad2d,
-    nn.ReflectionPad1d,
-    nn.ReplicationPad1d,
-)
+#: Leaf modules that are linear in their input (exactly what the linear rule assumes): the fx engine's list.
+LINEAR_MODULES: tuple[type, ...] = _LINEAR_MODULES
 
 #: Containers whose own forward only chains children (no op of their own).
 _PURE_CONTAINERS: tuple[type, ...] = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
