@@ -113,36 +113,38 @@ def module_rules(module: nn.Module) -> tuple[dict[str, str], list[str]]:
     return rules, opaque
 
 
-class _RescaleModule(torch.autograd.Function):
-    """Rescale rule of one module call against the recorded reference call: forward returns ``out``."""
+class _ModuleRule(torch.autograd.Function):
+    """One module call under its DeepLIFT rule, against the recorded reference call of the same module.
+
+    Forward returns the module's own output ``out``; backward replaces the module's gradient by
+    ``rule(z, z_ref, grad)``: the Rescale multiplier for elementwise nonlinearities, the shared max-pool rule
+    for max-pooling (see :func:`_rescale_rule`, :func:`_maxpool_rule`).
+    """
 
     @staticmethod
-    def forward(ctx: Any, z: torch.Tensor, out: torch.Tensor, z_ref: torch.Tensor, fn: Callable) -> torch.Tensor:
+    def forward(ctx: Any, z: torch.Tensor, out: torch.Tensor, z_ref: torch.Tensor, rule: Callable) -> torch.Tensor:
         ctx.save_for_backward(z, z_ref)
-        ctx.fn = fn
+        ctx.rule = rule
         return out.clone()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
         z, z_ref = ctx.saved_tensors
-        multiplier = rescale_multiplier_torch(ctx.fn, z.double(), z_ref.double())
-        return grad * multiplier.to(grad.dtype), None, None, None
+        return ctx.rule(z, z_ref, grad), None, None, None
 
 
-class _MaxPoolModule(torch.autograd.Function):
-    """The shared max-pool rule of one module call against the recorded reference call."""
+def _rescale_rule(fn: Callable) -> Callable:
+    def rule(z: torch.Tensor, z_ref: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        return grad * rescale_multiplier_torch(fn, z.double(), z_ref.double()).to(grad.dtype)
 
-    @staticmethod
-    def forward(ctx: Any, z: torch.Tensor, out: torch.Tensor, z_ref: torch.Tensor, make: Callable) -> torch.Tensor:
-        ctx.save_for_backward(z, z_ref)
-        ctx.make = make
-        return out.clone()
+    return rule
 
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
-        z, z_ref = ctx.saved_tensors
-        m = maxpool_multiplier_torch(ctx.make(tuple(z.shape)), z, z_ref, grad)
-        return m.to(grad.dtype), None, None, None
+
+def _maxpool_rule(make: Callable) -> Callable:
+    def rule(z: torch.Tensor, z_ref: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        return maxpool_multiplier_torch(make(tuple(z.shape)), z, z_ref, grad).to(grad.dtype)
+
+    return rule
 
 
 def _pool_windows(module: nn.Module) -> Callable:
@@ -178,7 +180,7 @@ def _hooks(module: nn.Module, rules: dict[str, str], record: dict[str, list], re
     calls: dict[str, int] = {}
 
     def make_hook(name: str, sub: nn.Module, kind: str):
-        fn = _elementwise(sub) if kind == "rescale" else _pool_windows(sub)
+        rule = _rescale_rule(_elementwise(sub)) if kind == "rescale" else _maxpool_rule(_pool_windows(sub))
 
         def hook(mod: nn.Module, args: tuple, out: Any) -> Any:
             z = args[0]
@@ -188,8 +190,7 @@ def _hooks(module: nn.Module, rules: dict[str, str], record: dict[str, list], re
             k = calls.get(name, 0)
             calls[name] = k + 1
             z_ref, _ = record[name][k]
-            op = _RescaleModule if kind == "rescale" else _MaxPoolModule
-            return op.apply(z, out.detach(), z_ref, fn)
+            return _ModuleRule.apply(z, out.detach(), z_ref, rule)
 
         return hook
 
