@@ -38,6 +38,22 @@ ELEMENTWISE = (
 )
 
 
+def _cast(x: np.ndarray, references: np.ndarray, x_shape: str, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 contiguous copies of x (``x_shape``: (N, L, 4) or (N, K, L, 4)) and references (N, R, L, 4)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    references = np.ascontiguousarray(references, dtype=np.float32)
+    ndim = x_shape.count(",") + 1
+    if x.ndim != ndim:
+        raise InputError(f"DeepLIFT: x must be {x_shape}, got shape {x.shape}")
+    if references.ndim != 4 or references.shape[0] != x.shape[0] or references.shape[2:] != x.shape[-2:]:
+        raise InputError(
+            f"DeepLIFT: references must be (N, R, L, 4) matching x {x.shape}, got shape {references.shape}"
+        )
+    if int(batch_size) < 1:
+        raise InputError(f"DeepLIFT: batch_size must be >= 1, got {batch_size}")
+    return x, references
+
+
 def check_inputs(x: np.ndarray, references: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Validate and cast the engine inputs.
 
@@ -60,16 +76,7 @@ def check_inputs(x: np.ndarray, references: np.ndarray, batch_size: int) -> tupl
     InputError
         On a shape mismatch, naming both shapes.
     """
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    references = np.ascontiguousarray(references, dtype=np.float32)
-    if x.ndim != 3:
-        raise InputError(f"DeepLIFT: x must be (N, L, 4), got shape {x.shape}")
-    if references.ndim != 4 or references.shape[0] != x.shape[0] or references.shape[2:] != x.shape[1:]:
-        raise InputError(
-            f"DeepLIFT: references must be (N, R, L, 4) matching x {x.shape}, got shape {references.shape}"
-        )
-    if int(batch_size) < 1:
-        raise InputError(f"DeepLIFT: batch_size must be >= 1, got {batch_size}")
+    x, references = _cast(x, references, "(N, L, 4)", batch_size)
     return x, references
 
 
@@ -146,19 +153,9 @@ def check_shared_inputs(
     batch_size : int
         (pair, target) rows per backward pass; must be positive.
     """
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    references = np.ascontiguousarray(references, dtype=np.float32)
-    if x.ndim != 4:
-        raise InputError(f"DeepLIFT: x must be (N, K, L, 4), got shape {x.shape}")
-    if references.ndim != 4 or references.shape[0] != x.shape[0] or references.shape[2:] != x.shape[2:]:
-        raise InputError(
-            f"DeepLIFT: references must be (N, R, L, 4) matching x {x.shape}, got shape {references.shape}"
-        )
     if not targets:
         raise InputError("DeepLIFT: at least one target is needed")
-    if int(batch_size) < 1:
-        raise InputError(f"DeepLIFT: batch_size must be >= 1, got {batch_size}")
-    return x, references
+    return _cast(x, references, "(N, K, L, 4)", batch_size)
 
 
 def variant_chunks(n: int, k: int, r: int, batch_size: int) -> Iterator[tuple[int, int]]:
