@@ -329,11 +329,12 @@ class _RowStats:
                             kind)
 
 
-def _advance(bar: tqdm, records: list, file_bytes: int) -> None:
+def _advance(bar: tqdm, records: list, file_bytes: int, header_bytes: int = 0) -> None:
     """Move the bar by a chunk's records; its total is estimated from the bytes read (no counting pass)."""
-    if records and records[-1].read_bytes > 0 and file_bytes > 0:
+    read = records[-1].read_bytes - header_bytes if records else 0
+    if read > 0 and file_bytes > header_bytes:
         done = bar.n + len(records)
-        bar.total = max(done, round(done * file_bytes / records[-1].read_bytes))
+        bar.total = max(done, round(done * (file_bytes - header_bytes) / read))
     bar.update(len(records))
 
 
@@ -345,8 +346,10 @@ class FilePass:
     (:mod:`kipoi_dfim.distributed`) hand it the same chunks in the same order, so the outputs are the same.
     """
 
-    def __init__(self, writers: list[Writer], n_targets: int, settings: Settings, bar: tqdm, file_bytes: int):
+    def __init__(self, writers: list[Writer], n_targets: int, settings: Settings, bar: tqdm, file_bytes: int,
+                 header_bytes: int = 0):
         self.writers, self.n_targets, self.bar, self.file_bytes = writers, n_targets, bar, file_bytes
+        self.header_bytes = header_bytes
         self.settings = settings
         self.acc = N.NullAccumulator(n_targets) if settings.with_null else None
         self.sampler = N.PooledNullSampler(settings.null_size, settings.seed) if settings.null == "pooled" else None
@@ -365,7 +368,7 @@ class FilePass:
             w.write_chunk(chunk)
         self.rowstats.add(rows, self.n_targets)
         self.n_rows += len(rows)
-        _advance(self.bar, records, self.file_bytes)
+        _advance(self.bar, records, self.file_bytes, self.header_bytes)
 
     def stats(self) -> N.FileStats:
         """The file-wide statistics (null, p, q), computed once after the last chunk."""
@@ -454,7 +457,7 @@ def score_variants(
         writers = open_writers(out, tsv_path, maps, header, tnames, settings, str(model), m.seq_len, command)
         try:
             with tqdm(total=None, unit="record", desc="score-variants", disable=quiet, file=sys.stderr) as bar:
-                fp = FilePass(writers, len(tidx), settings, bar, header.file_bytes)
+                fp = FilePass(writers, len(tidx), settings, bar, header.file_bytes, header.header_bytes)
                 if client is None:
                     _score_file(m, vcf, fa, fp, tidx, tnames, settings, wanted)
                 else:

@@ -261,6 +261,7 @@ class VcfHeader:
     columns: bytes
     n_lines: int
     file_bytes: int = 0  # size of the file on disk (for progress)
+    header_bytes: int = 0  # bytes of the file read with the header (for progress)
 
 
 _FIXED = ("#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO")
@@ -315,7 +316,7 @@ def read_records(path: str | os.PathLike) -> tuple[VcfHeader, Iterator[Record]]:
 
 def _read_header(path: str, lines: Iterator[tuple[int, bytes, int]]) -> VcfHeader:
     meta: list[bytes] = []
-    for n, line, _ in lines:
+    for n, line, nbytes in lines:
         text = _decode(line, path, n)
         if n == 1 and not text.startswith("##fileformat=VCF"):
             raise InputError(f"not a VCF: the first line must be '##fileformat=VCFv4.x', found {text[:60]!r}",
@@ -327,7 +328,7 @@ def _read_header(path: str, lines: Iterator[tuple[int, bytes, int]]) -> VcfHeade
         if tuple(cols[:8]) != _FIXED:
             raise InputError("expected the tab-separated header line '#CHROM POS ID REF ALT QUAL FILTER INFO' "
                              f"after the ## lines, found {text[:60]!r}", path=path, line=n)
-        return VcfHeader(meta, line, n, os.path.getsize(path))
+        return VcfHeader(meta, line, n, os.path.getsize(path), nbytes)
     raise InputError("no '#CHROM' header line", path=path)
 
 

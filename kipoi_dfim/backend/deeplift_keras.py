@@ -661,29 +661,10 @@ def deeplift_multipliers_keras(
     ``m[i, r] * (x[i] - references[i, r])``, summing over (L, 4) to ``f(x_i)[target] - f(ref_ir)[target]``;
     one RuntimeWarning counts the pairs that miss the tolerance in docs/deeplift.md.
 
-    Parameters
-    ----------
-    model : keras.Model
-        Sequential or functional Keras 3 model mapping (B, L, 4) to (B, T) scored outputs (logits). Nested
-        models are walked. Subclassed models and layers without a rule raise.
-    x : np.ndarray
-        One-hot sequences (N, L, 4), ACGT.
-    references : np.ndarray
-        References (N, R, L, 4).
-    target : int
-        Output column to explain.
-    batch_size : int
-        Pairs per pass (the model sees 2 * batch_size rows). Results do not depend on it.
-
-    Returns
-    -------
-    np.ndarray
-        float32 multipliers (N, R, L, 4).
-
-    Raises
-    ------
-    UnsupportedModelError
-        If a layer or op has no rule; the message names it.
+    ``model`` is a Sequential or functional Keras 3 model mapping (B, L, 4) to (B, T) scored outputs (logits);
+    nested models are walked; subclassed models and layers without a rule raise UnsupportedModelError naming
+    them. ``x``, ``references``, ``target``, ``batch_size`` and the returned (N, R, L, 4) float32 multipliers are
+    as documented for the PyTorch engine.
     """
     x, references = check_inputs(x, references, batch_size)
     n, r = references.shape[:2]
