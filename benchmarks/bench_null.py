@@ -3,7 +3,7 @@
 
 Usage::
 
-    python benchmarks/bench_null.py [--n-variants 5000] [--null-size 1000] [--null-shuffles 10]
+    python benchmarks/bench_null.py [--n-variants 5000] [--null-size M] [--null-shuffles 10]
         [--method grad_input] [--repeats 2] [--skip-per-variant]
 
 The model is the shipped ``model_specs/sim_torch`` (200 bp); the VCF holds SNVs on random contigs written to a
@@ -55,7 +55,7 @@ def timed(fn) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-variants", type=int, default=5000)
-    ap.add_argument("--null-size", type=int, default=1000)
+    ap.add_argument("--null-size", type=int, default=None, help="M (default: automatic, a sixth of the variants)")
     ap.add_argument("--null-shuffles", type=int, default=10)
     ap.add_argument("--method", default="grad_input")
     ap.add_argument("--repeats", type=int, default=2)
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'null':<14}{'wall s':>9}{'cpu s':>9}{'wall ratio':>12}{'cpu ratio':>11}")
     w0, c0 = best["none"]
     for name, (w, c) in best.items():
-        label = name + (f" M={a.null_size}" if name == "pooled" else f" K={a.null_shuffles}" if name != "none" else "")
+        m = a.null_size or "auto"
+        label = name + (f" M={m}" if name == "pooled" else f" K={a.null_shuffles}" if name != "none" else "")
         print(f"{label:<14}{w:9.1f}{c:9.1f}{w / w0:12.2f}{c / c0:11.2f}")
     return 0
 
