@@ -376,17 +376,18 @@ class _KerasProbe(NeuronProbe):
         return best[-1] if len(best) > 1 and k[best[0]] == spatial[best[0]] else best[0]
 
     def _build(self, keras, layout, kmodel, keep, pool_t):
-        from kipoi_dfim.backend.layouts import _SPEC
+        from kipoi_dfim.backend.layouts import layout_spec
 
         rf = self.receptive_field
         inp = keras.Input((rf, 4), name="rf_onehot_acgt")
-        perm, insert = _SPEC[layout]
+        perm, singles = layout_spec(layout)
         h = inp
         if perm != (0, 1, 2):
             h = keras.layers.Permute((2, 1))(h)
-        if insert is not None:
+        if singles:
             shape = list(h.shape[1:])
-            shape.insert(insert - 1, 1)
+            for pos in singles:  # increasing positions in the batched shape
+                shape.insert(pos - 1, 1)
             h = keras.layers.Reshape(tuple(shape))(h)
         pool_inputs = []
         for lay in keep:
