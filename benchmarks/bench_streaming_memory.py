@@ -29,7 +29,8 @@ m = kipoi_dfim.load_model(net, seq_len=L)
 d = sys.argv[1]
 t = time.time()
 kipoi_dfim.score_variants(m, d + "/in.vcf", d + "/ref.fa", out=d + "/out.vcf.gz", tsv=d + "/out.tsv",
-                          method="grad_input", quiet=True, return_table=False, batch_size=256, chunk_size=256)
+                          method="grad_input", quiet=True, return_table=False, batch_size=256, chunk_size=256,
+                          null=sys.argv[2], motifs=sys.argv[3])
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"seconds": time.time() - t, "peak_rss_mb": rss}))
 """
@@ -54,13 +55,16 @@ def write_inputs(d: Path, n: int, seed: int = 0) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--null", default="pooled", choices=["none", "pooled"], help="null of the run (default pooled)")
+    ap.add_argument("--motifs", default="jaspar", help="motif annotation (default jaspar; none to skip)")
     args = ap.parse_args()
     print(f"{'records':>10} {'seconds':>9} {'records/s':>10} {'peak RSS MB':>12}")
     for n in args.records:
         with tempfile.TemporaryDirectory() as d:
             write_inputs(Path(d), n)
             t = time.time()
-            r = subprocess.run([sys.executable, "-c", CHILD, d], capture_output=True, text=True, check=True)
+            r = subprocess.run([sys.executable, "-c", CHILD, d, args.null, args.motifs], capture_output=True, text=True,
+                               check=True)
             res = json.loads(r.stdout.strip().splitlines()[-1])
             print(f"{n:>10} {res['seconds']:>9.1f} {n / res['seconds']:>10.0f} {res['peak_rss_mb']:>12.0f}"
                   f"   (wall incl. start-up {time.time() - t:.0f} s)")
