@@ -209,22 +209,9 @@ def shared_violations(
 
 
 def hypothetical_mean(multipliers: np.ndarray, references: np.ndarray) -> np.ndarray:
-    """DeepSHAP hypothetical scores averaged over the references: mean_r (m[b] - sum_c m[c] r[c]).
-
-    Parameters
-    ----------
-    multipliers : np.ndarray
-        (n, K, T, R, L, 4).
-    references : np.ndarray
-        (n, R, L, 4).
-
-    Returns
-    -------
-    np.ndarray
-        float32 (n, K, T, L, 4).
-    """
-    dot = np.einsum("nktrlc,nrlc->nktrl", multipliers, references)
-    return (multipliers - dot[..., None]).mean(3).astype(np.float32)
+    """DeepSHAP hypothetical scores averaged over the references, float32 (n, K, T, L, 4), from multipliers
+    (n, K, T, R, L, 4) and references (n, R, L, 4): :func:`hypothetical_scores` in the shared layout."""
+    return hypothetical_scores(multipliers, references[:, None, None], axis=3).astype(np.float32)
 
 
 def pool_axis(length: int, kernel: int, stride: int, dilation: int, left: int, out: int) -> dict[str, int]:
@@ -256,12 +243,13 @@ def window_index(axes: list[dict[str, int]]) -> np.ndarray:
     return idx
 
 
-def hypothetical_scores(m: np.ndarray, references: np.ndarray) -> np.ndarray:
+def hypothetical_scores(m: np.ndarray, references: np.ndarray, axis: int = 1) -> np.ndarray:
     """DeepSHAP's hypothetical scores for genomics, averaged over references: ``mean_r (m[b] - sum_c m[c] r[c])``.
 
     ``m`` and ``references`` are (N, R, L, 4) multipliers (or path-averaged gradients) and references. Base b
     at a position gets the score it would have if it were observed; multiplied by the one-hot input this gives
     the actual contributions, whose per-position sum is ``mean_r sum_c m[c] (x[c] - r[c])``. One function for
-    DeepLIFT (every engine) and integrated gradients, so both attribute alike.
+    DeepLIFT (every engine) and integrated gradients, so both attribute alike. ``axis`` is the reference axis
+    of ``m`` (``references`` broadcast to ``m``), for layouts with more axes.
     """
-    return (m - (m * references).sum(-1, keepdims=True)).mean(1)
+    return (m - (m * references).sum(-1, keepdims=True)).mean(axis)

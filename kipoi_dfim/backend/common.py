@@ -199,6 +199,17 @@ class AdapterBase:
             return np.zeros((x.shape[0], x.shape[1], len(ts), *x.shape[2:]), np.float32)
         return self._deeplift_shared(x, references, ts)
 
+    def _fast_shared(self, engine: Callable, unavailable: type[Exception], x: np.ndarray, references: np.ndarray,
+                     targets: list[int]) -> np.ndarray:
+        """A framework's shared-reference engine (batch halved on out-of-memory); where it does not apply
+        (``unavailable`` raised), this class's pairwise default."""
+        try:
+            return self.with_halving(
+                lambda bs: engine(self._scored(self.output), x, references, targets, batch_size=bs))
+        except unavailable as err:
+            log.info("DeepLIFT: pairwise engine (%s)", err)
+            return AdapterBase._deeplift_shared(self, x, references, targets)
+
     def _deeplift_shared(self, x: np.ndarray, references: np.ndarray, targets: list[int]) -> np.ndarray:
         """Generic default: the pairwise multipliers of every window and target (no shared forward pass)."""
         n, k = x.shape[:2]

@@ -23,20 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kipoi_dfim.backend._deeplift_common import (
-    RESCALE_EPS,
-    check_inputs,
-    check_shared_inputs,
-    conservation_violations,
-    hypothetical_mean,
-    pair_batches,
-    pair_rows,
-    pool_axis,
-    shared_violations,
-    variant_chunks,
-    warn_violations,
-    window_index,
-)
+from kipoi_dfim.backend import _deeplift_common as C
 from kipoi_dfim.errors import InputError, UnsupportedModelError
 
 __all__ = ["deeplift_multipliers_keras", "deeplift_shared_keras", "maxpool_windows_tf", "window_max_tf"]
@@ -125,14 +112,9 @@ _SUPPORTED = (
 # --------------------------------------------------------------------------------------------------------
 
 
-def rescale_multiplier_tf(
-    fn: Callable[[tf.Tensor], tf.Tensor],
-    x: tf.Tensor,
-    r: tf.Tensor,
-    f_x: tf.Tensor | None = None,
-    f_r: tf.Tensor | None = None,
-) -> tf.Tensor:
-    """Rescale multiplier (fn(x) - fn(r)) / (x - r), derivative at x where |x - r| < RESCALE_EPS.
+def rescale_multiplier_tf(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, r: tf.Tensor,
+                          f_x: tf.Tensor | None = None, f_r: tf.Tensor | None = None) -> tf.Tensor:
+    """Rescale multiplier (fn(x) - fn(r)) / (x - r), derivative at x where |x - r| < C.RESCALE_EPS.
 
     The same definition as ``deeplift_torch.rescale_multiplier_torch``. ``f_x``/``f_r`` may be passed when
     already known.
@@ -146,7 +128,7 @@ def rescale_multiplier_tf(
     f_x = traced if f_x is None else f_x
     f_r = fn(r) if f_r is None else f_r
     delta = x - r
-    small = tf.abs(delta) < RESCALE_EPS
+    small = tf.abs(delta) < C.RESCALE_EPS
     secant = (f_x - f_r) / tf.where(small, tf.ones_like(delta), delta)
     return tf.where(small, tf.cast(derivative, secant.dtype), secant)
 
@@ -178,7 +160,7 @@ def _rescale_op(fn: Callable[[tf.Tensor], tf.Tensor], exact: bool) -> Callable[[
 
 class _Windows:
     """A max-pool over ``axes`` as gather/scatter over explicit windows: the TensorFlow twin of
-    ``deeplift_torch._Windows`` (same shared ``window_index``; unsorted_segment_sum plays index_add_).
+    ``deeplift_torch._Windows`` (same shared ``C.window_index``; unsorted_segment_sum plays index_add_).
 
     Only the pooled (spatial) axes need static sizes; the batch axis stays dynamic so one traced function
     serves every batch size.
@@ -190,7 +172,7 @@ class _Windows:
         self.perm = self.axes + self.others
         self.inverse = [self.perm.index(i) for i in range(rank)]
         self.spec = spec
-        self.idx = tf.constant(window_index(spec))
+        self.idx = tf.constant(C.window_index(spec))
         self.grid_size = int(np.prod([a["padded"] for a in spec]))
         a = spec[0]  # one axis, windows side by side: gather/scatter become reshapes (as in the torch twin)
         self.tiled = len(spec) == 1 and a["stride"] == a["kernel"] and a["dilation"] == 1
@@ -302,7 +284,7 @@ def maxpool_windows_tf(
             left = max((out - 1) * s + k - length, 0) // 2
         else:
             out, left = (length - k) // s + 1, 0
-        spec.append(pool_axis(length, k, s, 1, left, out))
+        spec.append(C.pool_axis(length, k, s, 1, left, out))
     return _Windows(len(shape), list(axes), spec)
 
 
@@ -322,7 +304,7 @@ def _windows_for(layer: keras.layers.Layer, shape: tuple[int | None, ...]) -> _W
     if global_:
         if any(shape[a] is None for a in axes):
             raise UnsupportedModelError(f"DeepLIFT: {_name(layer)} needs a fixed input length")
-        spec = [pool_axis(shape[a], shape[a], shape[a], 1, 0, 1) for a in axes]
+        spec = [C.pool_axis(shape[a], shape[a], shape[a], 1, 0, 1) for a in axes]
         return _Windows(len(shape), list(axes), spec)
     pool = tuple(int(v) for v in layer.pool_size)
     strides = tuple(int(v) for v in (layer.strides or layer.pool_size))
@@ -542,7 +524,7 @@ class _Mode(threading.local):
         def op(u: tf.Tensor) -> Any:
             def grad(g: tf.Tensor) -> tf.Tensor:
                 delta = tf.gather(zz, ix) - tf.gather(zz, ir)
-                small = tf.abs(delta) < RESCALE_EPS
+                small = tf.abs(delta) < C.RESCALE_EPS
                 secant = (tf.gather(yy, ix) - tf.gather(yy, ir)) / tf.where(small, tf.ones_like(delta), delta)
                 m = tf.where(small, tf.gather(dd, ix), secant)
                 return g * tf.cast(m, g.dtype)[None]
@@ -666,7 +648,7 @@ def deeplift_multipliers_keras(
     them. ``x``, ``references``, ``target``, ``batch_size`` and the returned (N, R, L, 4) float32 multipliers are
     as documented for the PyTorch engine.
     """
-    x, references = check_inputs(x, references, batch_size)
+    x, references = C.check_inputs(x, references, batch_size)
     n, r = references.shape[:2]
     run, n_out = _engine(model, tuple(x.shape[1:]))
     target = int(target)
@@ -675,11 +657,11 @@ def deeplift_multipliers_keras(
     out = np.zeros(references.shape, dtype=np.float32)
     f_x = np.zeros((n, r), dtype=np.float64)
     f_ref = np.zeros((n, r), dtype=np.float64)
-    for seq, ref in pair_batches(n, r, int(batch_size)):
+    for seq, ref in C.pair_batches(n, r, int(batch_size)):
         m, yx, yr = run(tf.constant(x[seq]), tf.constant(references[seq, ref]), tf.constant(target, tf.int32))
         out[seq, ref] = m.numpy()
         f_x[seq, ref], f_ref[seq, ref] = yx.numpy(), yr.numpy()
-    warn_violations(conservation_violations(out, x, references, f_x, f_ref), "Keras")
+    C.warn_violations(C.conservation_violations(out, x, references, f_x, f_ref), "Keras")
     return out
 
 
@@ -743,32 +725,13 @@ def deeplift_shared_keras(
     ``tf.vectorized_map`` (the layers' forward pass on one row is shared by all of them). Same rules and
     numbers as :func:`deeplift_multipliers_keras`; summation-to-delta is checked for every row.
 
-    Parameters
-    ----------
-    model : keras.Model
-        Sequential or functional Keras 3 model mapping (B, L, 4) to (B, T) scored outputs.
-    x : np.ndarray
-        (N, K, L, 4) one-hot windows.
-    references : np.ndarray
-        (N, R, L, 4) references, shared by the K windows of a variant.
-    targets : list of int
-        Output columns to explain.
-    batch_size : int
-        (window, reference, target) rows per vectorized backward pass. Results do not depend on it.
-
-    Returns
-    -------
-    np.ndarray
-        float32 (N, K, T, L, 4), averaged over the references.
-
-    Raises
-    ------
-    SharedPathUnavailable
-        If TensorFlow cannot vectorize the backward pass of some layer (use the pairwise engine).
-    UnsupportedModelError
-        If a layer or op has no rule; the message names it.
+    ``model`` is a Sequential or functional Keras 3 model mapping (B, L, 4) to (B, T) scored outputs; ``x``
+    (N, K, L, 4), ``references`` (N, R, L, 4), ``targets``, ``batch_size`` and the returned float32 (N, K, T, L, 4)
+    scores are as for ``deeplift_torch.deeplift_shared_torch``. Raises SharedPathUnavailable when TensorFlow
+    cannot vectorize the backward pass of some layer (use the pairwise engine), UnsupportedModelError naming a
+    layer or op without a rule.
     """
-    x, references = check_shared_inputs(x, references, targets, batch_size)
+    x, references = C.check_shared_inputs(x, references, targets, batch_size)
     n, k, length = x.shape[:3]
     r, t = references.shape[1], len(targets)
     forward, backward, n_out = _shared_engine(model, tuple(x.shape[2:]))
@@ -777,11 +740,11 @@ def deeplift_shared_keras(
             raise InputError(f"DeepLIFT: target {target} out of range for {n_out} model outputs")
     out = np.zeros((n, k, t, length, 4), np.float32)
     masks = []
-    for a, b in variant_chunks(n, k, r, batch_size):
+    for a, b in C.variant_chunks(n, k, r, batch_size):
         nc = b - a
         rows = np.concatenate([x[a:b].reshape(nc * k, length, 4), references[a:b].reshape(nc * r, length, 4)])
         y, records = forward(tf.constant(rows), tf.constant(nc * k, tf.int32))
-        ix, ir, it = pair_rows(nc, k, t, r)
+        ix, ir, it = C.pair_rows(nc, k, t, r)
         ir = ir + nc * k
         tsel = np.asarray(targets, dtype=np.int32)[it]
         m = np.empty((len(ix), length, 4), np.float32)
@@ -795,7 +758,7 @@ def deeplift_shared_keras(
         m = m.reshape(nc, k, t, r, length, 4)
         f = y.numpy().astype(np.float64)[:, targets]
         f_x, f_r = f[: nc * k].reshape(nc, k, t), f[nc * k:].reshape(nc, r, t)
-        masks.append(shared_violations(m, x[a:b], references[a:b], f_x, f_r).ravel())
-        out[a:b] = hypothetical_mean(m, references[a:b])
-    warn_violations(np.concatenate(masks), "Keras", "(window, reference, target) triples")
+        masks.append(C.shared_violations(m, x[a:b], references[a:b], f_x, f_r).ravel())
+        out[a:b] = C.hypothetical_mean(m, references[a:b])
+    C.warn_violations(np.concatenate(masks), "Keras", "(window, reference, target) triples")
     return out

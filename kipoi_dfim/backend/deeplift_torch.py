@@ -249,13 +249,8 @@ class _Rescale(torch.autograd.Function):
         return torch.cat([h, h]), None, None
 
 
-def rescale_multiplier_torch(
-    fn: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    r: torch.Tensor,
-    f_x: torch.Tensor | None = None,
-    f_r: torch.Tensor | None = None,
-) -> torch.Tensor:
+def rescale_multiplier_torch(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, r: torch.Tensor,
+                             f_x: torch.Tensor | None = None, f_r: torch.Tensor | None = None) -> torch.Tensor:
     """Rescale multiplier (fn(x) - fn(r)) / (x - r), derivative at x where |x - r| < RESCALE_EPS.
 
     Parameters

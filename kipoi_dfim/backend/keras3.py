@@ -202,13 +202,7 @@ class KerasModel(AdapterBase):
 
         if type(self)._multipliers is not KerasModel._multipliers:  # e.g. a SavedModel without DeepLIFT
             return super()._deeplift_shared(x, references, targets)
-        try:
-            return self.with_halving(
-                lambda bs: deeplift_shared_keras(self._scored(self.output), x, references, targets, batch_size=bs)
-            )
-        except SharedPathUnavailable as err:
-            log.info("DeepLIFT: pairwise engine (%s)", err)
-            return super()._deeplift_shared(x, references, targets)
+        return self._fast_shared(deeplift_shared_keras, SharedPathUnavailable, x, references, targets)
 
 
 def _h5_model_config(path: str) -> dict | None:

@@ -338,14 +338,9 @@ class SavedModelKerasModel(KerasModel):
         )
 
 
-def savedmodel_keras_model(
-    path: str | os.PathLike,
-    input_shape: tuple | None = None,
-    call_endpoint: str | None = None,
-    seq_len: int | None = None,
-    targets: list[str] | None = None,
-    **kw: Any,
-) -> SavedModelKerasModel:
+def savedmodel_keras_model(path: str | os.PathLike, input_shape: tuple | None = None, call_endpoint: str | None = None,
+                           seq_len: int | None = None, targets: list[str] | None = None,
+                           **kw: Any) -> SavedModelKerasModel:
     """Load a SavedModel directory (Kipoi ``tensorflow2``) as a :class:`SavedModelKerasModel`.
 
     Parameters

@@ -295,13 +295,7 @@ class TorchModel(AdapterBase):
 
         if type(self)._multipliers is not TorchModel._multipliers:  # a subclass with its own DeepLIFT
             return super()._deeplift_shared(x, references, targets)
-        try:
-            return self.with_halving(
-                lambda bs: deeplift_shared_torch(self._scored(self.output), x, references, targets, batch_size=bs)
-            )
-        except SharedPathUnavailable as err:
-            log.info("DeepLIFT: pairwise engine (%s)", err)
-            return super()._deeplift_shared(x, references, targets)
+        return self._fast_shared(deeplift_shared_torch, SharedPathUnavailable, x, references, targets)
 
 
 def load_torch_file(path: str, **kw) -> TorchModel:
