@@ -107,20 +107,12 @@ def report(title: str, timings: dict[str, tuple[float, float]], pairs: int, bare
 
 
 def torch_basset(seed: int = 0):
-    """Basset-shaped nn.Sequential with random weights, ending in a sigmoid (the adapter scores the logit)."""
-    import torch
-    from torch import nn
+    """Basset-shaped nn.Sequential with random weights, ending in a sigmoid (the adapter scores the logit): the
+    network of bench_score_variants.py, so both benchmarks measure the same model."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_score_variants import basset
 
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv1d(4, 300, 19), nn.ReLU(), nn.MaxPool1d(3),
-        nn.Conv1d(300, 200, 11), nn.ReLU(), nn.MaxPool1d(4),
-        nn.Conv1d(200, 200, 7), nn.ReLU(), nn.MaxPool1d(4),
-        nn.Flatten(),
-        nn.Linear(200 * 10, 1000), nn.ReLU(),
-        nn.Linear(1000, 1000), nn.ReLU(),
-        nn.Linear(1000, N_OUT), nn.Sigmoid(),
-    ).eval()
+    return basset(seed)
 
 
 def torch_models(batch: int, device: str) -> tuple:
