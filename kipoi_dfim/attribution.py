@@ -32,6 +32,7 @@ import numpy as np
 
 from kipoi_dfim.backend._deeplift_common import hypothetical_scores
 from kipoi_dfim.errors import InputError
+from kipoi_dfim.progress import Progress, report, share
 from kipoi_dfim.references import load_references
 from kipoi_dfim.sequence import background_frequencies
 from kipoi_dfim.shuffle import SeedLike, sequence_rngs, shuffle_codes
@@ -58,12 +59,15 @@ class Method:
     steps : bool
         Whether ``fn`` takes ``steps`` (path integrals).
     shared : callable or None
-        Optional fast path ``shared(model, W (K, N, L, 4), refs, targets, settings, positions=None)
-        -> (T, K, N, L, 4)`` actual importance of K windows per variant that share their references (DFIM's
-        reference and alternate windows) for several targets at once; None: :func:`kipoi_dfim.fis.windows_importance`
-        loops over targets with ``fn``.
+        Optional fast path ``shared(model, W (K, N, L, 4), refs, targets, settings, positions=None,
+        progress=None) -> (T, K, N, L, 4)`` actual importance of K windows per variant that share their
+        references (DFIM's reference and alternate windows) for several targets at once; None:
+        :func:`kipoi_dfim.fis.windows_importance` loops over targets with ``fn``.
     positions : bool
         ``fn`` takes ``positions`` (N, L) bool and computes importance only there (ISM: the target bases).
+    progress : bool
+        ``fn`` takes ``progress`` (a :data:`kipoi_dfim.progress.Progress` hook) and reports the fraction of
+        its work done as its model batches complete; otherwise the work is reported when ``fn`` returns.
     """
 
     name: str
@@ -73,6 +77,7 @@ class Method:
     steps: bool = False
     shared: Callable[..., np.ndarray] | None = None
     positions: bool = False
+    progress: bool = False
 
     def with_shared(self, shared: Callable[..., np.ndarray]) -> Method:
         """This entry with a fast path for windows that share references (see ``shared``)."""
@@ -97,16 +102,18 @@ class Method:
             kw["steps"] = settings.steps
         return kw
 
-    def windows(self, model, W: np.ndarray, refs, targets: Sequence, settings, positions=None) -> np.ndarray:
+    def windows(self, model, W: np.ndarray, refs, targets: Sequence, settings, positions=None,
+                progress: Progress | None = None) -> np.ndarray:
         """Actual importance (T, K, N, L, 4) of K windows per variant ``W`` (K, N, L, 4) sharing ``refs``.
 
         Uses the method's fast path (``shared``) when it has one and it applies, else one :func:`importance`
-        call per target over all K x N windows (the references repeated for each window).
+        call per target over all K x N windows (the references repeated for each window). ``progress``: a hook
+        told the fraction of the work done as model batches complete (:mod:`kipoi_dfim.progress`).
         """
         K, N, L, _ = W.shape
         pos = positions if self.positions else None
         if self.shared is not None and (self.references is None or isinstance(refs, np.ndarray)):
-            out = self.shared(model, W, refs, targets, settings, positions=pos)
+            out = self.shared(model, W, refs, targets, settings, positions=pos, progress=progress)
             if out is not None:
                 return out
         flat = W.reshape(K * N, L, 4)
@@ -114,8 +121,25 @@ class Method:
         kw = self.options(settings, r)
         if pos is not None:
             kw["positions"] = np.concatenate([pos] * K)
-        out = [importance(model, flat, t, self.name, batch_size=settings.batch_size, **kw) for t in targets]
+        out = []
+        for t in targets:
+            part = share(progress, 1 / len(targets))
+            if self.progress:
+                kw["progress"] = part
+            out.append(importance(model, flat, t, self.name, batch_size=settings.batch_size, **kw))
+            if not self.progress:
+                report(part, 1, 1)
         return np.stack(out).reshape(len(targets), K, N, L, 4) if out else np.zeros((0, K, N, L, 4), np.float32)
+
+    def window_cost(self, settings) -> float:
+        """The expected model work of one window's importance, in forward passes of one sequence (a backward
+        pass counted as two): what the progress of a run is weighted by, not a measurement."""
+        if self.positions:  # ISM: three mutants of each target base
+            return 1.0 + 3.0 * (2 * settings.window + 1)
+        R = 1
+        if self.references is not None:
+            R = settings.n_refs if self.reference_spec(settings) == "shuffle" else 1
+        return 3.0 * R * (settings.steps if self.steps else 1)
 
     def reference_spec(self, settings) -> str | None:
         """The references this method uses under ``settings`` (None: the method takes none)."""
@@ -134,17 +158,20 @@ def register(
     default_references: str | None = None,
     steps: bool = False,
     positions: bool = False,
+    progress: bool = False,
 ) -> Callable[[ImportanceFn], ImportanceFn]:
     """Decorator adding an importance function to :data:`METHODS` under ``name``.
 
     The function must accept ``(model, x, target, *, hypothetical, batch_size, seed, **kw)`` and return a
     float32 array shaped like ``x``. ``references`` names its keyword for references/baselines (with
     ``default_references``) and ``steps`` says whether it takes a number of steps; the CLI, the settings
-    and the FIS code read these declarations instead of knowing method names.
+    and the FIS code read these declarations instead of knowing method names. ``progress``: the function takes a
+    ``progress`` hook (:mod:`kipoi_dfim.progress`) and reports on it as its model batches complete.
     """
 
     def deco(fn: ImportanceFn) -> ImportanceFn:
-        METHODS[name] = Method(name, fn, references, default_references, steps, positions=positions)
+        METHODS[name] = Method(name, fn, references, default_references, steps, positions=positions,
+                               progress=progress)
         return fn
 
     return deco
@@ -181,7 +208,8 @@ def importance(
     seed : int, Generator, or one seed per sequence
         For methods that sample (shuffled references); see the module docstring.
     **kw
-        Method options (``n_refs``, ``references``, ``baseline``, ``steps``, ``gc``, ``center``).
+        Method options (``n_refs``, ``references``, ``baseline``, ``steps``, ``gc``, ``center``; ``progress``
+        for a method declaring it).
 
     Returns
     -------
@@ -219,19 +247,25 @@ def _chunks(n: int, size: int):
         yield i, min(n, i + size)
 
 
-def _gradient(model, x: np.ndarray, target, batch_size: int) -> np.ndarray:
-    """model.gradient over ``x`` in calls of at most ``batch_size`` inputs."""
+def _gradient(model, x: np.ndarray, target, batch_size: int, progress: Progress | None = None) -> np.ndarray:
+    """model.gradient over ``x`` in calls of at most ``batch_size`` inputs (each reported to ``progress``)."""
     if len(x) == 0:
         return np.zeros_like(x, dtype=np.float32)
-    return np.concatenate([model.gradient(x[a:b], target) for a, b in _chunks(len(x), batch_size)])
+    out = []
+    for a, b in _chunks(len(x), batch_size):
+        out.append(model.gradient(x[a:b], target))
+        report(progress, b - a, len(x))
+    return np.concatenate(out)
 
 
-def predict_fixed(model, x: np.ndarray, batch_size: int, output: str | None = None) -> np.ndarray:
+def predict_fixed(model, x: np.ndarray, batch_size: int, output: str | None = None,
+                  progress: Progress | None = None) -> np.ndarray:
     """model.predict over ``x`` in calls of exactly ``batch_size`` inputs (the last one padded with zeros).
 
     Why: CPU kernels (oneDNN, Eigen) pick their blocking from the batch shape, so the same sequence can come
     back with a different last digit in a call of 3 rows than in one of 64. With every call the same shape, a
     variant's prediction does not depend on how many variants share its chunk (``--chunk-size``).
+    ``progress`` is told each call's share of the work.
     """
     if len(x) == 0:
         return np.zeros((0, len(model.targets)), dtype=np.float32)
@@ -241,6 +275,7 @@ def predict_fixed(model, x: np.ndarray, batch_size: int, output: str | None = No
         if b - a < batch_size:
             xb = np.concatenate([xb, np.zeros((batch_size - (b - a),) + x.shape[1:], x.dtype)])
         out.append(np.asarray(model.predict(xb, output=output) if output else model.predict(xb))[: b - a])
+        report(progress, b - a, len(x))
     return np.concatenate(out)
 
 
@@ -322,32 +357,33 @@ def _project(hyp: np.ndarray, x: np.ndarray, hypothetical: bool) -> np.ndarray:
 # -- methods ------------------------------------------------------------------------------------------------
 
 
-@register("grad_input")
+@register("grad_input", progress=True)
 def grad_input(model, x: np.ndarray, target, *, hypothetical: bool = False, batch_size: int = 64, seed: SeedArg = 0,
-               center: bool = False) -> np.ndarray:
+               center: bool = False, progress: Progress | None = None) -> np.ndarray:
     """Gradient x input.
 
     Hypothetical scores are the gradient itself (the contribution base b would have if observed), so
     ``actual == hypothetical * x``. With ``center=True`` the gradient is first mean-centred across the four
     bases at each position (removes the component that leaves the one-hot simplex; Majdandzic et al. 2023);
-    the default keeps the plain gradient, the paper's definition.
+    the default keeps the plain gradient, the paper's definition. ``progress``: see :mod:`kipoi_dfim.progress`.
     """
-    g = _gradient(model, x, target, batch_size)
+    g = _gradient(model, x, target, batch_size, progress)
     if center:
         g = g - g.mean(-1, keepdims=True)
     return _project(g, x, hypothetical)
 
 
-@register("deeplift", references="references", default_references="shuffle")
+@register("deeplift", references="references", default_references="shuffle", progress=True)
 def deeplift(model, x: np.ndarray, target, *, hypothetical: bool = False, batch_size: int = 64, seed: SeedArg = 0,
-             references: str | np.ndarray = "shuffle", n_refs: int = 10, gc: float = 0.46) -> np.ndarray:
+             references: str | np.ndarray = "shuffle", n_refs: int = 10, gc: float = 0.46,
+             progress: Progress | None = None) -> np.ndarray:
     """DeepLIFT / DeepSHAP (rescale rule) through ``model.deeplift``, averaged over references.
 
     ``references``: ``"shuffle"`` (``n_refs`` uniform dinucleotide shuffles of each sequence, seeded per
     sequence), ``"gc"`` (the expected one-hot of a GC-``gc`` background), ``"zeros"``, ``"uniform"``, or an
     array (N, R, L, 4) / (R, L, 4). Hypothetical scores are DeepSHAP's for genomics,
     ``m[b] - sum_c m[c] r[c]`` averaged over references; actual = hypothetical * x (tangermeme's convention).
-    ``batch_size`` counts (sequence, reference) pairs.
+    ``batch_size`` counts (sequence, reference) pairs. ``progress``: see :mod:`kipoi_dfim.progress`.
     """
     refs = _References(references, x, seed, n_refs, gc, "references")
     per_chunk = max(1, batch_size // refs.R)
@@ -355,13 +391,14 @@ def deeplift(model, x: np.ndarray, target, *, hypothetical: bool = False, batch_
     for a, b in _chunks(len(x), per_chunk):
         h = model.deeplift(x[a:b], refs.get(a, b), target, hypothetical=True)
         out.append(_project(np.asarray(h), x[a:b], hypothetical))
+        report(progress, b - a, len(x))
     return np.concatenate(out) if out else np.zeros_like(x)
 
 
-@register("integrated_gradients", references="baseline", default_references="zeros", steps=True)
+@register("integrated_gradients", references="baseline", default_references="zeros", steps=True, progress=True)
 def integrated_gradients(model, x: np.ndarray, target, *, hypothetical: bool = False, batch_size: int = 64,
                          seed: SeedArg = 0, baseline: str | np.ndarray = "zeros", steps: int = 50, n_refs: int = 10,
-                         gc: float = 0.46) -> np.ndarray:
+                         gc: float = 0.46, progress: Progress | None = None) -> np.ndarray:
     """Integrated gradients (Sundararajan et al. 2017) along the straight path from a baseline.
 
     The path integral uses the Riemann midpoint rule: gradients at ``alpha_k = (k + 1/2) / steps``,
@@ -374,6 +411,7 @@ def integrated_gradients(model, x: np.ndarray, target, *, hypothetical: bool = F
     package convention the per-position sum is put on the observed base. Hypothetical:
     ``gbar[b] - sum_c gbar[c] baseline[c]`` (the DeepSHAP form with IG's path-averaged gradient ``gbar``),
     averaged over baselines, so actual = hypothetical * x. Points (sequence x baseline x step) are batched.
+    ``progress``: see :mod:`kipoi_dfim.progress`.
     """
     steps = int(steps)
     if steps < 1:
@@ -388,24 +426,27 @@ def integrated_gradients(model, x: np.ndarray, target, *, hypothetical: bool = F
         xc, base = x[a:b], refs.get(a, b)  # (n, L, 4), (n, R, L, 4)
         n = len(xc)
         pts = base[:, :, None] + alphas[None, None, :, None, None] * (xc[:, None, None] - base[:, :, None])
-        g = _gradient(model, pts.reshape(-1, L, 4), target, batch_size).reshape(n, refs.R, steps, L, 4)
+        part = share(progress, n / len(x))
+        g = _gradient(model, pts.reshape(-1, L, 4), target, batch_size, part).reshape(n, refs.R, steps, L, 4)
         gbar = g.mean(2)
         hyp = hypothetical_scores(gbar, base)
         out.append(_project(hyp, xc, hypothetical))
     return np.concatenate(out) if out else np.zeros_like(x)
 
 
-def _ism_outputs(model, x: np.ndarray, cols: Sequence[int], batch_size: int,
-                 positions: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _ism_outputs(model, x: np.ndarray, cols: Sequence[int], batch_size: int, positions: np.ndarray | None,
+                 progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Scored outputs ``cols`` of every single-base mutant: F (T, N, L, 4) (f(x) at observed bases) and f0 (T, N).
 
     Only positions where ``positions`` (N, L) is True are mutated (all when None); mutants of all sequences
     and positions are batched together, ``batch_size`` at a time, and every target reads the same calls.
+    ``progress`` is told each call's share of the predictions.
     """
     N, L, _ = x.shape
     cols = list(cols)
-    f0 = np.concatenate([model.predict(x[a:b])[:, cols] for a, b in _chunks(N, batch_size)]).T if N else \
-        np.zeros((len(cols), 0))
+    f0 = np.zeros((len(cols), 0))
+    if N:
+        f0 = np.concatenate([model.predict(x[a:b])[:, cols] for a, b in _chunks(N, batch_size)]).T
     observed = x.sum(-1) > 0
     obs_base = x.argmax(-1)
     todo = ~(x.astype(bool))
@@ -415,12 +456,14 @@ def _ism_outputs(model, x: np.ndarray, cols: Sequence[int], batch_size: int,
     F = np.zeros((len(cols), N, L, 4), dtype=np.float64)
     ii, tt = np.nonzero(observed)
     F[:, ii, tt, obs_base[ii, tt]] = f0[:, ii]
+    report(progress, N, N + len(i_idx))
     for a, b in _chunks(len(i_idx), batch_size):
         xm = x[i_idx[a:b]].copy()
         rows = np.arange(b - a)
         xm[rows, t_idx[a:b]] = 0.0
         xm[rows, t_idx[a:b], b_idx[a:b]] = 1.0
         F[:, i_idx[a:b], t_idx[a:b], b_idx[a:b]] = model.predict(xm)[:, cols].T
+        report(progress, b - a, N + len(i_idx))
     return F, f0
 
 
@@ -441,9 +484,9 @@ def _ism_scores(F: np.ndarray, f0: np.ndarray, x: np.ndarray, hypothetical: bool
     return out
 
 
-@register("ism", positions=True)
+@register("ism", positions=True, progress=True)
 def ism(model, x: np.ndarray, target, *, hypothetical: bool = False, batch_size: int = 64, seed: SeedArg = 0,
-        positions: np.ndarray | None = None) -> np.ndarray:
+        positions: np.ndarray | None = None, progress: Progress | None = None) -> np.ndarray:
     """In-silico mutagenesis importance (no gradients; works for any model).
 
     Actual: ``C[t, x_t] = f(x) - mean over the 3 mutants of f(x with t mutated)`` (0 elsewhere and at N).
@@ -453,20 +496,21 @@ def ism(model, x: np.ndarray, target, *, hypothetical: bool = False, batch_size:
     At an N position all four bases are mutants. ``f`` is the scored output (logit by default). Mutants
     are built ``batch_size`` at a time, never all at once. ``positions`` (N, L) bool: mutate only these
     positions (importance 0 elsewhere) -- DFIM reads importance only at the +-N target bases, so a variant
-    costs 3 x (2N + 1) forward passes per window instead of 3 x L.
+    costs 3 x (2N + 1) forward passes per window instead of 3 x L. ``progress``: see :mod:`kipoi_dfim.progress`.
     """
     _codes(x)  # mutagenesis needs one-hot input
-    F, f0 = _ism_outputs(model, x, [model.target_index(target)], batch_size, positions)
+    F, f0 = _ism_outputs(model, x, [model.target_index(target)], batch_size, positions, progress)
     return _ism_scores(F[0], f0[0], x, hypothetical, positions)
 
 
-def ism_shared(model, W: np.ndarray, refs, targets: Sequence[int], settings, positions=None) -> np.ndarray:
+def ism_shared(model, W: np.ndarray, refs, targets: Sequence[int], settings, positions=None,
+               progress: Progress | None = None) -> np.ndarray:
     """ISM of K windows per variant for several targets at once: the mutants are predicted once for all."""
     K, N, L, _ = W.shape
     flat = W.reshape(K * N, L, 4)
     _codes(flat)
     pos = None if positions is None else np.concatenate([positions] * K)
-    F, f0 = _ism_outputs(model, flat, [model.target_index(t) for t in targets], settings.batch_size, pos)
+    F, f0 = _ism_outputs(model, flat, [model.target_index(t) for t in targets], settings.batch_size, pos, progress)
     out = [_ism_scores(F[j], f0[j], flat, False, pos) for j in range(len(targets))]
     return np.stack(out).reshape(len(targets), K, N, L, 4)
 
@@ -474,10 +518,11 @@ def ism_shared(model, W: np.ndarray, refs, targets: Sequence[int], settings, pos
 METHODS["ism"] = METHODS["ism"].with_shared(ism_shared)
 
 
-def deeplift_shared(model, W: np.ndarray, refs: np.ndarray, targets: Sequence, settings,
-                    positions=None) -> np.ndarray | None:
+def deeplift_shared(model, W: np.ndarray, refs: np.ndarray, targets: Sequence, settings, positions=None,
+                    progress: Progress | None = None) -> np.ndarray | None:
     """DeepLIFT of K windows per variant sharing their references, all targets at once, through the backend's
     ``deeplift_shared`` (the references' forward pass runs once per variant). None when the backend has none.
+    ``progress`` is told each model call's share of the variants.
     """
     if not hasattr(model, "deeplift_shared"):
         return None
@@ -488,6 +533,7 @@ def deeplift_shared(model, W: np.ndarray, refs: np.ndarray, targets: Sequence, s
     for a, b in _chunks(N, per_chunk):
         h = np.asarray(model.deeplift_shared(x[a:b], refs[a:b], list(targets)), np.float32)  # (n, K, T, L, 4)
         out[:, :, a:b] = np.moveaxis(h * x[a:b, :, None], (0, 1, 2), (2, 1, 0))
+        report(progress, b - a, N)
     return out
 
 

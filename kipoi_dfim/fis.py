@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from kipoi_dfim.attribution import METHODS, Method, importance, shuffled_references
+from kipoi_dfim.progress import Progress
 from kipoi_dfim.references import load_references
 from kipoi_dfim.sequence import ALPHABET, background_frequencies
 from kipoi_dfim.settings import REFERENCE_KINDS
@@ -197,7 +198,7 @@ def window_references(X: np.ndarray, settings: Any, seeds: np.ndarray) -> np.nda
 
 def windows_importance(
     model: Any, W: np.ndarray, refs: np.ndarray | str | None, targets: Sequence[int], settings: Any,
-    positions: np.ndarray | None = None,
+    positions: np.ndarray | None = None, progress: Progress | None = None,
 ) -> np.ndarray:
     """Importance of K windows per variant that share their references: ``W`` (K, N, L, 4) -> (T, K, N, L, 4).
 
@@ -205,9 +206,9 @@ def windows_importance(
     :func:`window_references`. All K windows of a variant use the same references, so that
     ``C_X - C_X'`` measures the mutation and not a change of references (the paper's FIS). ``positions``
     (N, L) bool marks the bases whose importance is read (the targets); a method that can restrict its work
-    to them (ISM) does, the others ignore it.
+    to them (ISM) does, the others ignore it. ``progress`` is told the fraction done as model batches complete.
     """
-    return METHODS[settings.method].windows(model, W, refs, targets, settings, positions)
+    return METHODS[settings.method].windows(model, W, refs, targets, settings, positions, progress)
 
 
 def fis_tracks(C: np.ndarray) -> np.ndarray:

@@ -34,6 +34,7 @@ from statsmodels.stats.multitest import multipletests
 from kipoi_dfim import fis as F
 from kipoi_dfim import indels
 from kipoi_dfim.errors import InputError
+from kipoi_dfim.progress import Progress
 from kipoi_dfim.shuffle import dinucleotide_shuffle, variant_seeds
 from kipoi_dfim.variants import windows
 
@@ -310,13 +311,14 @@ def variant_backgrounds(
 
 def variant_null(
     model: Any, X: np.ndarray, Xalt: np.ndarray, variants: Sequence, targets: Sequence[int], settings: Any,
-    K: int | None = None,
+    K: int | None = None, progress: Progress | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """maxAbsFIS of every variant on K (default ``settings.null_shuffles``) shuffled backgrounds, per target.
 
     A variant's backgrounds and their references are seeded by (seed, record, ALT, stream), so the null does
     not depend on chunking or batching. Returns ``max_abs`` (T, N*K) and, per target, the per-base FIS at the
-    target positions (for the per-base test of the maps).
+    target positions (for the per-base test of the maps). ``progress`` is told the fraction done as the model
+    batches of the backgrounds' importance complete (:mod:`kipoi_dfim.progress`).
     """
     K = settings.null_shuffles if K is None else int(K)
     spans = [slice(v.offset, v.offset + len(v.ref)) for v in variants]
@@ -329,7 +331,7 @@ def variant_null(
     offsets = np.array([v.offset for v in rep])
     mask = F.target_mask(nref.shape[1], offsets, np.array([len(v.ref) for v in rep]), settings.window)
     C = F.windows_importance(model, np.stack([nref, nalt]), refs, targets, settings,
-                             positions=F.read_positions(mask, rep))
+                             positions=F.read_positions(mask, rep), progress=progress)
     C, _, aligned = indels.align_to_reference(C, nalt, rep)  # indels: aligned pairs, as the scores
     fis = F.fis_tracks(C)[:, 0]  # (T, N*K, L)
     mask &= aligned

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from kipoi_dfim import __version__, indels
 from kipoi_dfim import fis as F
 from kipoi_dfim import null as N
-from kipoi_dfim.attribution import predict_fixed
+from kipoi_dfim.attribution import METHODS, predict_fixed
 from kipoi_dfim.backend import load_model
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.ism import ISM_COLUMNS, ism_scores
@@ -42,6 +42,7 @@ from kipoi_dfim.output.maps import MapsWriter
 from kipoi_dfim.output.tsv import ALL_COLUMNS, MOTIF_COLUMNS, TsvWriter, read_table
 from kipoi_dfim.output.vcf import VcfWriter
 from kipoi_dfim.paths import check_paths
+from kipoi_dfim.progress import Progress, split
 from kipoi_dfim.sequence import ALPHABET, reverse_complement
 from kipoi_dfim.settings import Settings
 from kipoi_dfim.shuffle import variant_seeds
@@ -86,14 +87,29 @@ class ChunkScores:
     all_alts: list[dict] | None = None  # per target: maxFIS over the three alternative bases
 
 
-def _ism(model: Any, X: np.ndarray, Xalt: np.ndarray, rc: bool) -> dict[str, np.ndarray]:
+def _ism(model: Any, X: np.ndarray, Xalt: np.ndarray, rc: bool,
+         progress: Progress | None = None) -> dict[str, np.ndarray]:
     """kipoi-veff's ISM scores from the raw outputs of the same windows (and their reverse complements)."""
     n, bs = len(X), getattr(model, "batch_size", 64)
-    P = predict_fixed(model, np.concatenate([X, Xalt]), bs, output="raw").astype(np.float64)
+    fwd, rev = split(progress, [1, 1]) if rc else (progress, None)
+    P = predict_fixed(model, np.concatenate([X, Xalt]), bs, output="raw", progress=fwd).astype(np.float64)
     if not rc:
         return ism_scores(P[:n], P[n:])
-    Prc = predict_fixed(model, reverse_complement(np.concatenate([X, Xalt])), bs, output="raw").astype(np.float64)
+    Prc = predict_fixed(model, reverse_complement(np.concatenate([X, Xalt])), bs, output="raw",
+                        progress=rev).astype(np.float64)
     return ism_scores(P[:n], P[n:], Prc[:n], Prc[n:])
+
+
+def chunk_costs(model: Any, ok: Sequence[Variant], settings: Settings, null: bool) -> list[float]:
+    """The expected model work of scoring variants ``ok``, in forward passes of one sequence, by part: importance
+    of the reference and alternate windows, the three alternative bases (``--all-alts``), the ISM predictions,
+    and the per-variant null (``null``). What the progress bar weighs the parts by (:mod:`kipoi_dfim.progress`).
+    """
+    n, bs = len(ok), getattr(model, "batch_size", 64)
+    c = METHODS[settings.method].window_cost(settings)
+    snvs = sum(len(v.ref) == len(v.alt) == 1 for v in ok) if settings.all_alts else 0
+    preds = -(-2 * n // bs) * bs * (2 if settings.rc else 1)  # predict_fixed pads every call to the batch size
+    return [2 * n * c, 3 * snvs * c, preds, 2 * n * settings.null_shuffles * c if null else 0.0]
 
 
 def _snv_mutants(X: np.ndarray, variants: Sequence[Variant]) -> tuple[np.ndarray, list[list[str]]]:
@@ -110,12 +126,13 @@ def _snv_mutants(X: np.ndarray, variants: Sequence[Variant]) -> tuple[np.ndarray
     return (np.stack(muts) if muts else np.zeros((0,) + X.shape[1:], np.float32)), bases
 
 
-def _all_alts(model, X, Cref, refs, ok, targets, settings, mask) -> list[dict]:
+def _all_alts(model, X, Cref, refs, ok, targets, settings, mask, progress=None) -> list[dict]:
     """The paper's maxFIS(t) = max over the three mutants g of FIS_g(t), per target; summary max |maxFIS|."""
     Xm, bases = _snv_mutants(X, ok)
     counts = [len(b) for b in bases]
     refs_m = np.repeat(refs, counts, axis=0) if isinstance(refs, np.ndarray) else refs
-    Cm = F.windows_importance(model, Xm[None], refs_m, targets, settings, positions=np.repeat(mask, counts, 0))[:, 0]
+    Cm = F.windows_importance(model, Xm[None], refs_m, targets, settings, positions=np.repeat(mask, counts, 0),
+                              progress=progress)[:, 0]
     starts = np.concatenate([[0], np.cumsum(counts)])
     out = []
     for slot in range(len(targets)):
@@ -132,19 +149,23 @@ def _all_alts(model, X, Cref, refs, ok, targets, settings, mask) -> list[dict]:
 
 
 def score_ok(model: Any, X: np.ndarray, Xalt: np.ndarray, ok: Sequence[Variant], targets: Sequence[int],
-             settings: Settings) -> ChunkScores:
-    """FIS, summaries and ISM scores of variants whose windows ``X``/``Xalt`` are extracted (status ok)."""
+             settings: Settings, progress: Progress | None = None) -> ChunkScores:
+    """FIS, summaries and ISM scores of variants whose windows ``X``/``Xalt`` are extracted (status ok).
+
+    ``progress`` is told the fraction done as model batches complete (:mod:`kipoi_dfim.progress`).
+    """
+    p_imp, p_alts, p_ism = split(progress, chunk_costs(model, ok, settings, null=False)[:3])
     refs = F.window_references(X, settings, variant_seeds(settings.seed, ok, 0))  # once, for every target
     offsets = np.array([v.offset for v in ok])
     mask = F.target_mask(X.shape[1], offsets, np.array([len(v.ref) for v in ok]), settings.window)
     C = F.windows_importance(model, np.stack([X, Xalt]), refs, targets, settings,
-                             positions=F.read_positions(mask, ok))
+                             positions=F.read_positions(mask, ok), progress=p_imp)
     C, Xal, aligned = indels.align_to_reference(C, Xalt, ok)  # indels: C_X[t] - C_X'[align(t)]
     fis = F.fis_tracks(C)[:, 0]
     mask &= aligned
     summary = [F.max_abs_summary(f, X, mask, offsets) for f in fis]
-    alts = _all_alts(model, X, C[:, 0], refs, ok, targets, settings, mask) if settings.all_alts else None
-    return ChunkScores(X, Xal, C, fis, summary, _ism(model, X, Xalt, settings.rc), alts)
+    alts = _all_alts(model, X, C[:, 0], refs, ok, targets, settings, mask, p_alts) if settings.all_alts else None
+    return ChunkScores(X, Xal, C, fis, summary, _ism(model, X, Xalt, settings.rc, p_ism), alts)
 
 
 # ------------------------------------------------------------------------------------------------ rows
@@ -222,16 +243,22 @@ def chunk_rows(variants: Sequence[Variant], s: ChunkScores | None, targets: Sequ
 
 def score_windows(model: Any, variants: Sequence[Variant], X: np.ndarray, Xalt: np.ndarray,
                   targets: Sequence[int], tnames: Sequence[str], settings: Settings,
-                  acc: N.NullAccumulator | None = None) -> tuple[list[dict], list[dict | None]]:
+                  acc: N.NullAccumulator | None = None,
+                  progress: Progress | None = None) -> tuple[list[dict], list[dict | None]]:
     """Score variants whose windows are extracted: ``X``/``Xalt`` hold the windows of the ok ones, in order.
 
     Returns (TSV rows, maps rows). Used by :func:`score_variants` and by the Kipoi model that
     ``kipoi-dfim kipoi-spec`` writes. With ``acc`` the per-variant null of these variants is added to it.
+    ``progress`` is told the fraction of the work done as model batches complete, the scores and the null
+    weighted by their expected cost (:func:`chunk_costs`), so that a bar moves per variant, not per call.
     """
     ok = [v for v in variants if v.ok]
-    s = score_ok(model, X, Xalt, ok, targets, settings) if ok else None
-    if ok and acc is not None and settings.null == "per-variant":
-        max_abs, per_base = N.variant_null(model, X, Xalt, ok, targets, settings)
+    with_null = bool(ok) and acc is not None and settings.null == "per-variant"
+    costs = chunk_costs(model, ok, settings, with_null)
+    p_scores, p_null = split(progress, [sum(costs[:3]), costs[3]])
+    s = score_ok(model, X, Xalt, ok, targets, settings, p_scores) if ok else None
+    if with_null:
+        max_abs, per_base = N.variant_null(model, X, Xalt, ok, targets, settings, progress=p_null)
         for slot in range(len(targets)):
             acc.add(slot, max_abs[slot], per_base[slot])
     flank = maps_flank(settings.window, model.seq_len)
@@ -257,17 +284,19 @@ def annotate_rows(rows: list[dict], maps_rows: list[dict | None], motifs: MotifS
 
 
 def score_chunk(model: Any, variants: Sequence[Variant], fasta: Fasta, targets: Sequence[int],
-                tnames: Sequence[str], settings: Settings) -> tuple[list[dict], list[dict | None], N.NullRecord | None]:
+                tnames: Sequence[str], settings: Settings,
+                progress: Progress | None = None) -> tuple[list[dict], list[dict | None], N.NullRecord | None]:
     """Score one chunk of a VCF's variants: (TSV rows, maps rows, the chunk's per-variant null values or None).
 
     Why one function: the single-process run and every Dask worker (:mod:`kipoi_dfim.distributed`) score a
     chunk with this same code, and the null values come back as a :class:`~kipoi_dfim.null.NullRecord` that
     the caller adds to the file's accumulator in input order, so both runs give the same numbers.
+    ``progress``: see :func:`score_windows`.
     """
     ok = [v for v in variants if v.ok]
     X, Xalt = windows(ok, fasta, model.seq_len)
     part = N.NullRecord() if settings.null == "per-variant" else None
-    rows, maps_rows = score_windows(model, variants, X, Xalt, targets, tnames, settings, part)
+    rows, maps_rows = score_windows(model, variants, X, Xalt, targets, tnames, settings, part, progress)
     return rows, maps_rows, part
 
 
@@ -329,21 +358,33 @@ class _RowStats:
                             kind)
 
 
-def _advance(bar: tqdm, records: list, file_bytes: int, header_bytes: int = 0) -> None:
-    """Move the bar by a chunk's records; its total is estimated from the bytes read (no counting pass)."""
+class RecordBar(tqdm):
+    """The score-variants bar: counts records, fractions of a record within a chunk, shows whole records."""
+
+    BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+
+    @property
+    def format_dict(self) -> dict:
+        d = super().format_dict
+        d["n_fmt"] = str(int(d["n"] or 0))  # records finished, not 12.3333
+        return d
+
+
+def _estimate_total(bar: tqdm, done: int, records: list, file_bytes: int, header_bytes: int = 0) -> None:
+    """The bar's total, estimated from the bytes read up to the ``done``-th record (no counting pass)."""
     read = records[-1].read_bytes - header_bytes if records else 0
     if read > 0 and file_bytes > header_bytes:
-        done = bar.n + len(records)
         bar.total = max(done, round(done * (file_bytes - header_bytes) / read))
-    bar.update(len(records))
 
 
 class FilePass:
     """The client's side of one pass over a VCF: takes scored chunks in input order and feeds the writers.
 
     It keeps what the file-wide statistics need (row maxAbsFIS, the null accumulator, the pooled-null sampler)
-    and moves the progress bar. Why a class: the single-process loop and the Dask client
-    (:mod:`kipoi_dfim.distributed`) hand it the same chunks in the same order, so the outputs are the same.
+    and moves the progress bar: by a chunk's records when it is taken and, when the chunk was announced with
+    :meth:`begin` (the single-process loop), by fractions of them while it is scored. Why a class: the
+    single-process loop and the Dask client (:mod:`kipoi_dfim.distributed`) hand it the same chunks in the same
+    order, so the outputs are the same.
     """
 
     def __init__(self, writers: list[Writer], n_targets: int, settings: Settings, bar: tqdm, file_bytes: int,
@@ -354,6 +395,23 @@ class FilePass:
         self.acc = N.NullAccumulator(n_targets) if settings.with_null else None
         self.sampler = N.PooledNullSampler(settings.null_size, settings.seed) if settings.null == "pooled" else None
         self.rowstats, self.n_rows, self.seen = _RowStats(), 0, False
+        self.done, self.size, self.frac = 0, 0, 0.0  # records taken; the chunk being scored, its fraction done
+
+    def begin(self, records: list) -> Progress | None:
+        """Announce the next chunk before it is scored: the bar's total counts its records from now on, and the
+        returned hook (:mod:`kipoi_dfim.progress`) moves the bar across its records as its work is done, never
+        past them (None when the bar is off)."""
+        self.size, self.frac = len(records), 0.0
+        _estimate_total(self.bar, self.done + len(records), records, self.file_bytes, self.header_bytes)
+        return None if self.bar.disable else self._within
+
+    def _within(self, increment: float) -> None:
+        self.frac = min(1.0, self.frac + max(0.0, increment))
+        self._move_to(self.done + self.frac * self.size)
+
+    def _move_to(self, position: float) -> None:
+        if position > self.bar.n:
+            self.bar.update(position - self.bar.n)
 
     def take(self, records: list, variants: list[Variant], rows: list[dict], maps_rows: list[dict | None],
              part: N.NullRecord | None) -> None:
@@ -368,7 +426,11 @@ class FilePass:
             w.write_chunk(chunk)
         self.rowstats.add(rows, self.n_targets)
         self.n_rows += len(rows)
-        _advance(self.bar, records, self.file_bytes, self.header_bytes)
+        end = self.done + len(records)
+        _estimate_total(self.bar, end, records, self.file_bytes, self.header_bytes)
+        self._move_to(end)
+        self.bar.n = self.done = end  # whole records again (no float residue), also when the bar is off
+        self.size, self.frac = 0, 0.0
 
     def stats(self) -> N.FileStats:
         """The file-wide statistics (null, p, q), computed once after the last chunk."""
@@ -384,7 +446,8 @@ def file_chunks(vcf, fa: Fasta, seq_len: int, settings: Settings,
 
 def _score_file(model, vcf, fa, fp: FilePass, tidx, tnames, settings, wanted) -> None:
     for records, variants in file_chunks(vcf, fa, model.seq_len, settings, wanted):
-        fp.take(records, variants, *score_chunk(model, variants, fa, tidx, tnames, settings))
+        hook = fp.begin(records)
+        fp.take(records, variants, *score_chunk(model, variants, fa, tidx, tnames, settings, hook))
     if fp.sampler is not None:
         _pooled_null(model, fa, fp.sampler, tidx, settings, fp.acc, fp.bar.disable)
 
@@ -456,7 +519,8 @@ def score_variants(
     with _table_path(tsv, return_table) as tsv_path:
         writers = open_writers(out, tsv_path, maps, header, tnames, settings, str(model), m.seq_len, command)
         try:
-            with tqdm(total=None, unit="record", desc="score-variants", disable=quiet, file=sys.stderr) as bar:
+            with RecordBar(total=None, unit="record", desc="score-variants", disable=quiet, file=sys.stderr,
+                           bar_format=RecordBar.BAR_FORMAT) as bar:
                 fp = FilePass(writers, len(tidx), settings, bar, header.file_bytes, header.header_bytes)
                 if client is None:
                     _score_file(m, vcf, fa, fp, tidx, tnames, settings, wanted)
