@@ -363,6 +363,12 @@ class RecordBar(tqdm):
 
     BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 
+    @classmethod
+    def records(cls, quiet: bool) -> RecordBar:
+        """The bar of a score-variants run on stderr (its total is set as the VCF is read)."""
+        return cls(total=None, unit="record", desc="score-variants", disable=quiet, file=sys.stderr,
+                   bar_format=cls.BAR_FORMAT)
+
     @property
     def format_dict(self) -> dict:
         d = super().format_dict
@@ -513,14 +519,13 @@ def score_variants(
     model_path = model if isinstance(model, str | os.PathLike) else None
     check_paths(inputs={"--vcf": vcf, "--fasta": fasta, "model": model_path},
                 outputs={"-o": out, "--tsv": tsv, "--maps": maps})
-    m = _load(model, source, settings)
+    m = _load(model, source, settings, with_motifs=client is None)
     tidx, tnames = _resolve_targets(m, settings)
     wanted = set(variant_ids) if variant_ids is not None else None
     with _table_path(tsv, return_table) as tsv_path:
         writers = open_writers(out, tsv_path, maps, header, tnames, settings, str(model), m.seq_len, command)
         try:
-            with RecordBar(total=None, unit="record", desc="score-variants", disable=quiet, file=sys.stderr,
-                           bar_format=RecordBar.BAR_FORMAT) as bar:
+            with RecordBar.records(quiet) as bar:
                 fp = FilePass(writers, len(tidx), settings, bar, header.file_bytes, header.header_bytes)
                 if client is None:
                     _score_file(m, vcf, fa, fp, tidx, tnames, settings, wanted)
@@ -540,8 +545,13 @@ def score_variants(
         return read_table(tsv_path) if return_table else None
 
 
-def _load(model: Any, source: str | None, settings: Settings) -> Any:
-    """The model as the settings need it (a model object loaded otherwise is refused, not silently used)."""
+def _load(model: Any, source: str | None, settings: Settings, with_motifs: bool = False) -> Any:
+    """The model as the settings need it (a model object loaded otherwise is refused, not silently used).
+
+    ``with_motifs``: also load the motif set (cached), so that loading it is not a stall of the bar in chunk 1.
+    """
+    if with_motifs:
+        resolve_motifs(settings.motifs)
     m = load_model(model, source=source, **load_options(settings))
     if getattr(m, "output", settings.output) != settings.output and getattr(m, "activation", None):
         raise InputError(f"the model object was loaded with output={m.output!r} but the settings ask for "
