@@ -34,7 +34,7 @@ from statsmodels.stats.multitest import multipletests
 from kipoi_dfim import fis as F
 from kipoi_dfim import indels
 from kipoi_dfim.errors import InputError
-from kipoi_dfim.progress import Progress
+from kipoi_dfim.progress import Progress, share
 from kipoi_dfim.shuffle import dinucleotide_shuffle, variant_seeds
 from kipoi_dfim.variants import windows
 
@@ -432,22 +432,26 @@ def pooled_batches(sampler: PooledNullSampler, step: int) -> list[tuple[int, lis
 
 
 def background_null(model: Any, fasta: Any, batch: Sequence, k: int, targets: Sequence[int], settings: Any,
-                    acc: Any) -> None:
+                    acc: Any, progress: Progress | None = None) -> None:
     """Score ``k`` shuffled backgrounds of each variant of ``batch`` and add them to ``acc`` (anything with
-    :meth:`NullAccumulator.add`)."""
+    :meth:`NullAccumulator.add`); ``progress`` as in :func:`variant_null`."""
     X, Xalt = windows(list(batch), fasta, model.seq_len)
-    max_abs, per_base = variant_null(model, X, Xalt, batch, targets, settings, K=k)
+    max_abs, per_base = variant_null(model, X, Xalt, batch, targets, settings, K=k, progress=progress)
     for slot in range(len(targets)):
         acc.add(slot, max_abs[slot], per_base[slot])
 
 
 def pooled_null(model: Any, fasta: Any, sampler: PooledNullSampler, targets: Sequence[int], settings: Any,
-                acc: NullAccumulator, progress: Callable[[int], None] | None = None) -> None:
-    """Score the pooled null's backgrounds (batched across variants) and add them to ``acc``."""
-    for k, batch in pooled_batches(sampler, max(64, settings.chunk_size)):
-        background_null(model, fasta, batch, k, targets, settings, acc)
-        if progress is not None:
-            progress(len(batch) * k)
+                acc: NullAccumulator, progress: Progress | None = None) -> None:
+    """Score the pooled null's backgrounds (batched across variants) and add them to ``acc``.
+
+    ``progress`` is told the fraction of the backgrounds done as model batches complete
+    (:mod:`kipoi_dfim.progress`).
+    """
+    batches = pooled_batches(sampler, max(64, settings.chunk_size))
+    total = sum(len(batch) * k for k, batch in batches)
+    for k, batch in batches:
+        background_null(model, fasta, batch, k, targets, settings, acc, share(progress, len(batch) * k / total))
 
 
 class NullRecord:

@@ -359,7 +359,7 @@ class _RowStats:
 
 
 class RecordBar(tqdm):
-    """The score-variants bar: counts records, fractions of a record within a chunk, shows whole records."""
+    """The score-variants bars: count records (backgrounds), fractions of one while it is scored, show whole ones."""
 
     BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 
@@ -368,6 +368,15 @@ class RecordBar(tqdm):
         """The bar of a score-variants run on stderr (its total is set as the VCF is read)."""
         return cls(total=None, unit="record", desc="score-variants", disable=quiet, file=sys.stderr,
                    bar_format=cls.BAR_FORMAT)
+
+    def advance(self, increment: float) -> None:
+        """Move by ``increment`` >= 0, never past the total; ending exactly on it."""
+        position = self.n + max(0.0, increment)
+        position = min(position, self.total) if self.total is not None else position
+        if position > self.n:
+            self.update(position - self.n)
+        if self.total is not None and position >= self.total:
+            self.n = self.total
 
     @property
     def format_dict(self) -> dict:
@@ -460,8 +469,10 @@ def _score_file(model, vcf, fa, fp: FilePass, tidx, tnames, settings, wanted) ->
 
 def _pooled_null(model, fa, sampler: N.PooledNullSampler, tidx, settings, acc, quiet: bool) -> None:
     total = sum(k for _, k in sampler.draws())
-    with tqdm(total=total, unit="background", desc="pooled null", disable=quiet, file=sys.stderr) as bar:
-        N.pooled_null(model, fa, sampler, tidx, settings, acc, progress=bar.update)
+    with RecordBar(total=total, unit="background", desc="pooled null", disable=quiet, file=sys.stderr,
+                   bar_format=RecordBar.BAR_FORMAT) as bar:
+        N.pooled_null(model, fa, sampler, tidx, settings, acc, progress=lambda f: bar.advance(f * total))
+        bar.advance(total)  # the float residue of the fractions
 
 
 def score_variants(

@@ -78,7 +78,7 @@ def test_quiet_prints_nothing_but_errors(capfd, tmp_path):
     assert capfd.readouterr().err == ""
     assert main([*args, "-o", str(tmp_path / "o.vcf")]) == 0  # the same run with its bars
     err = capfd.readouterr().err
-    assert "score-variants" in err and "50/50" in err and "pooled null" in err
+    assert "score-variants" in err and "| 50/50 [" in err and "pooled null" in err and "| 20/20 [" in err
     rc = main([*args, "-o", str(tmp_path / "o.vcf"), "--window", "-3", "--quiet"])
     err = capfd.readouterr().err
     assert rc != 0 and len(err.strip().splitlines()) == 1 and "--window" in err
@@ -162,3 +162,22 @@ def test_split_weights_parts_by_cost():
     c(1.0)
     assert got == [0.25, 0.375, 0.0]
     assert split(None, [1, 2]) == [None, None]
+
+
+def test_pooled_null_reports_each_model_call(model):
+    from kipoi_dfim import null as N
+
+    settings = Settings(method="grad_input", window=3, batch_size=8, null="pooled", null_size=20, motifs="none")
+    fa = Fasta(SIM_FASTA)
+    sampler = N.PooledNullSampler(20, 0)
+    for _, variants in iter_chunks(SIM_VCF, fa, model.seq_len, chunk_size=16):
+        sampler.offer([v for v in variants if v.ok])
+    steps: list[float] = []
+    with_hook, without = N.NullAccumulator(1), N.NullAccumulator(1)
+    N.pooled_null(model, fa, sampler, [0], settings, with_hook, progress=steps.append)
+    N.pooled_null(model, fa, sampler, [0], settings, without)
+    assert np.array_equal(with_hook.null(0), without.null(0))
+    assert sum(steps) == pytest.approx(1.0, abs=1e-12) and all(s > 0 for s in steps)
+    batches = N.pooled_batches(sampler, 64)
+    assert len(steps) == sum(-(-2 * len(b) * k // 8) for k, b in batches)  # reference + alternate windows, 8 a call
+    assert len(steps) > len(batches)
