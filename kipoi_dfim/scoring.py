@@ -250,7 +250,7 @@ def score_windows(model: Any, variants: Sequence[Variant], X: np.ndarray, Xalt: 
     Returns (TSV rows, maps rows). Used by :func:`score_variants` and by the Kipoi model that
     ``kipoi-dfim kipoi-spec`` writes. With ``acc`` the per-variant null of these variants is added to it.
     ``progress`` is told the fraction of the work done as model batches complete, the scores and the null
-    weighted by their expected cost (:func:`chunk_costs`), so that a bar moves per variant, not per call.
+    weighted by their expected cost (:func:`chunk_costs`), so that a bar moves with every model call, not per chunk.
     """
     ok = [v for v in variants if v.ok]
     with_null = bool(ok) and acc is not None and settings.null == "per-variant"
