@@ -10,6 +10,10 @@ any discovery. p-values: ``empirical`` (1 + b) / (1 + M), ``gpd`` (the default t
 tail), ``gpd_plugin`` (the GPD at its fitted parameters, the rule before), ``gev``. Usage::
 
     python scripts/calibration_study.py [--files 2000] [--seed 13] [--kinds empirical gpd gpd_plugin]
+
+``--power NPZ ...`` instead re-evaluates saved ``scripts/power_study.py`` runs (``<config>.npz``; give the same
+``--n-int/--n-bg/--n-dis`` and power seed) with each p-value rule, the null thinned to ``--null-k`` shuffles
+per variant: the share of interacting variants at BH q < 0.05 in the file and alone among the negatives.
 """
 
 from __future__ import annotations
@@ -58,12 +62,54 @@ def study(kind: str, pooled: bool, n_files: int, seed: int) -> dict:
             "p_any_se": any_rej.std() / np.sqrt(n_files)}
 
 
+def power_rows(path: str, cls: np.ndarray, null_k: int, thin: int, kinds: list[str]) -> list[str]:
+    """Table rows (config, K, statistic, rule: interacting / interacting alone %) of one saved power run."""
+    z = np.load(path)
+    name = os.path.basename(path)[: -len(".npz")]
+    is_int = cls == "int"
+    rows = []
+    for st in ("maxabs", "signed", "span6", "maxfis", "span6_alts"):
+        s = z[f"obs_{st}"]
+        nv = z[f"null_{st}"].reshape(len(s), null_k)[:, :thin].ravel()
+        cells = []
+        for kind in kinds:
+            p = pvals(kind, s, nv)
+            q = bh_qvalues(p)
+            alone = np.mean([bh_qvalues(np.r_[pi, p[~is_int]])[0] < 0.05 for pi in p[is_int]])
+            cells.append(f"{100 * (q[is_int] < 0.05).mean():.0f} / {100 * alone:.0f}")
+        rows.append(f"| {name} | {thin} ({len(nv)}) | {st} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def power_main(a: argparse.Namespace) -> None:
+    """Re-evaluate saved power-study runs with each p-value rule and thinned nulls."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from power_study import make_variants
+
+    cls = make_variants(a.n_int, a.n_bg, a.power_seed, a.n_dis).cls.to_numpy()
+    print("% at q < 0.05: interacting / interacting alone (sparse file)")
+    print("| configuration | K (M) | statistic | " + " | ".join(a.kinds) + " |")
+    print("| --- | --- | --- | " + " | ".join("---" for _ in a.kinds) + " |")
+    for path in a.power:
+        for thin in a.thin or [a.null_k]:
+            print("\n".join(power_rows(path, cls, a.null_k, thin, a.kinds)), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--kinds", nargs="+", default=["empirical", "gpd", "gpd_plugin"], choices=KINDS)
+    ap.add_argument("--power", nargs="+", metavar="NPZ", help="re-evaluate saved power_study.py runs instead")
+    ap.add_argument("--n-int", type=int, default=100)
+    ap.add_argument("--n-bg", type=int, default=100)
+    ap.add_argument("--n-dis", type=int, default=50)
+    ap.add_argument("--power-seed", type=int, default=4, help="power_study.py's --seed")
+    ap.add_argument("--null-k", type=int, default=20, help="power_study.py's --null-k of the saved runs")
+    ap.add_argument("--thin", type=int, nargs="+", help="shuffles per variant kept (default: all)")
     a = ap.parse_args(argv)
+    if a.power:
+        return power_main(a)
     print(f"{a.files} files per cell, seed {a.seed}")
     print("| null | p-value | KS p | FDR of BH at 5 % (+- s.e.) | power | P(any discovery), complete null |")
     print("| --- | --- | --- | --- | --- | --- |")
