@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.special import logsumexp
 from scipy.stats import genextreme, genpareto, gumbel_r, norm
 from statsmodels.stats.multitest import multipletests
 
@@ -594,6 +595,7 @@ def tail_pvalues(
     *,
     min_exceed: int = 10,
     n_tail: int | None = None,
+    predictive: bool = True,
     pool: str | int = "global",
     groups: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
@@ -606,9 +608,17 @@ def tail_pvalues(
 
     * ``"gpd"`` (default, chosen by simulation, see docs/statistics.md): a generalized Pareto distribution
       fitted by maximum likelihood to the ``n_tail`` largest null values above the threshold u (the next
-      one), ``p = (n_tail / M) * GPD.sf(x - u)``; the shape is constrained to ``>= 0`` (exponential or heavier
+      one), ``p = (n_tail / M) * P(Y >= x - u)``; the shape is constrained to ``>= 0`` (exponential or heavier
       tail: conservative, and a maximum of Gaussian-like values has an exponential-type tail, shape 0).
-      ``n_tail`` default ``clip(M // 4, 30, 250)``.
+      ``n_tail`` default ``clip(M // 4, 30, 250)``. ``P(Y >= y)`` is the *predictive* tail probability
+      (``predictive=True``, default): the GPD survival function averaged over the likelihood of its shape
+      and scale (flat prior on (shape, log scale), shape >= 0; :func:`_gpd_predictive_logsf`), not the
+      survival function at the maximum-likelihood fit. Why: the empirical p ``(1 + b) / (1 + M)`` is itself
+      the probability that one more null draw reaches the score; the plug-in GPD p ignores that the shape is
+      estimated from ~250 values and, the survival function being convex in the shape far in the tail, is
+      too small on average: null vs null with a pooled null, BH at 5 % had FDR 0.052 +- 0.002 on plug-in
+      p-values and 0.047 +- 0.002 on predictive ones (nominal 0.045; docs/statistics.md section 2).
+      ``predictive=False`` gives the plug-in value (kept for comparison).
     * ``"gev"`` / ``"gumbel"``: ``scipy.stats.genextreme`` / ``gumbel_r`` fitted to all null values; a GEV fit
       with a bounded upper tail (scipy ``c > 0``, which would give p = 0 beyond the endpoint) is refitted as
       Gumbel.
@@ -629,6 +639,8 @@ def tail_pvalues(
         Number of null values >= score from which the empirical p is trusted.
     n_tail : int, optional
         Exceedances used by the GPD fit.
+    predictive : bool
+        GPD only: the predictive tail probability (default) or the plug-in one at the fitted parameters.
 
     Returns
     -------
@@ -640,12 +652,13 @@ def tail_pvalues(
         raise InputError(f"min_exceed must be >= 1, got {min_exceed}")
 
     def fn(s: np.ndarray, nv: np.ndarray) -> np.ndarray:
-        return _tail_p(s, nv, model, int(min_exceed), n_tail)
+        return _tail_p(s, nv, model, int(min_exceed), n_tail, bool(predictive))
 
     return _apply(scores, null, pool, groups, fn)
 
 
-def _tail_p(s: np.ndarray, nv: np.ndarray, model: str, min_exceed: int, n_tail: int | None) -> np.ndarray:
+def _tail_p(s: np.ndarray, nv: np.ndarray, model: str, min_exceed: int, n_tail: int | None,
+            predictive: bool = True) -> np.ndarray:
     """Empirical p where >= min_exceed null values reach the score, else the capped tail-model p."""
     M = len(nv)
     if M == 0:
@@ -655,7 +668,7 @@ def _tail_p(s: np.ndarray, nv: np.ndarray, model: str, min_exceed: int, n_tail: 
     p = (1.0 + b) / (1.0 + M)
     far = np.isfinite(s) & (b < min_exceed)
     if far.any() and M >= 30 and srt[-1] > srt[0]:
-        logp = _tail_logsf(s[far], srt, model, n_tail)
+        logp = _tail_logsf(s[far], srt, model, n_tail, predictive)
         if logp is not None:
             # never above the empirical p of the same score: that p is valid on its own, and a fitted tail
             # heavier than the null's own top values (a shape fitted to a mixture of "model off" and "model
@@ -664,7 +677,8 @@ def _tail_p(s: np.ndarray, nv: np.ndarray, model: str, min_exceed: int, n_tail: 
     return np.where(np.isnan(s), np.nan, p)
 
 
-def _tail_logsf(x: np.ndarray, srt: np.ndarray, model: str, n_tail: int | None) -> np.ndarray | None:
+def _tail_logsf(x: np.ndarray, srt: np.ndarray, model: str, n_tail: int | None,
+                predictive: bool = True) -> np.ndarray | None:
     """log P(X >= x) under the tail model fitted to the sorted null ``srt``; None if the fit is degenerate."""
     M = len(srt)
     if model == "gpd":
@@ -677,7 +691,10 @@ def _tail_logsf(x: np.ndarray, srt: np.ndarray, model: str, n_tail: int | None) 
         c, _, scale = genpareto.fit(exc, floc=0)
         if c < 0:  # bounded tail: refit as exponential (shape 0), conservative beyond the largest null value
             c, scale = 0.0, float(exc.mean())
-        return np.log(k / M) + genpareto.logsf(np.maximum(x - u, 0.0), c, loc=0, scale=scale)
+        y = np.maximum(x - u, 0.0)
+        if predictive:
+            return np.log(k / M) + _gpd_predictive_logsf(y, exc, float(c), float(scale))
+        return np.log(k / M) + genpareto.logsf(y, c, loc=0, scale=scale)
     if model == "gev":
         params = genextreme.fit(srt)
         if params[0] <= 0:  # scipy's c <= 0: Gumbel or heavier tail
@@ -686,3 +703,42 @@ def _tail_logsf(x: np.ndarray, srt: np.ndarray, model: str, n_tail: int | None) 
     params = gumbel_r.fit(srt)  # gumbel, or a GEV with a bounded tail (c > 0) refitted as Gumbel (conservative)
     out = gumbel_r.logsf(x, *params)
     return np.where(np.isfinite(out), out, np.log(_TINY))
+
+
+def _gpd_terms(y: np.ndarray, shape: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``log1p(shape * y / scale) / shape`` for shapes >= 0 (grid (G,), values (n,) -> (G, n)); y / scale at 0.
+
+    It is minus the GPD log survival function; the log density is ``-log(scale) - (1 + shape) * this``. A
+    shape below 1e-12 is computed as 1e-12 (relative error ~1e-12 * y / scale, far below float32 inputs).
+    """
+    sh = np.maximum(shape, 1e-12)[:, None]
+    return np.log1p(sh * (y[None] / scale[:, None])) / sh
+
+
+def _gpd_predictive_logsf(y: np.ndarray, exc: np.ndarray, shape: float, scale: float, n_grid: int = 81,
+                          span: float = 10.0) -> np.ndarray:
+    """log of the predictive GPD survival function at ``y``: ``log E[sf(y; shape, scale) | exceedances]``.
+
+    The posterior of (shape, log scale) under a flat prior restricted to shape >= 0 (the constraint of the
+    fit) is evaluated exactly (GPD log-likelihood of ``exc``) on an ``n_grid`` x ``n_grid`` grid spanning
+    +-``span`` standard deviations of the maximum-likelihood estimate's asymptotic normal around the fit
+    ``(shape, scale)``: covariance ``(1 + shape) / k * [[1 + shape, -1], [-1, 2]]`` (Hosking & Wallis 1987;
+    k = number of exceedances). The average of the survival function over the grid weights is a deterministic
+    quadrature (same data, same p-value). Measured against finer integrations of the same integral (scipy's
+    adaptive ``dblquad``: 2 % low at k = 60, tests/test_null.py; a 1201 x 1201 grid: within 3 % at k = 250,
+    up to 10 % low at k = 30-60, at 5 to 80 scale units beyond the threshold): the grid misses
+    a little of the far heavy-tail side, an error far below the statistical one.
+    """
+    k = len(exc)
+    cov = (1.0 + shape) / k * np.array([[1.0 + shape, -1.0], [-1.0, 2.0]])
+    g = np.linspace(-span, span, n_grid)
+    Z = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    P = np.array([shape, np.log(scale)]) + Z @ np.linalg.cholesky(cov).T
+    P = P[P[:, 0] >= 0]
+    sh, sc = P[:, 0], np.exp(P[:, 1])
+    loglik = -k * np.log(sc) - (1.0 + sh) * _gpd_terms(exc, sh, sc).sum(1)
+    logw = loglik - logsumexp(loglik)
+    out = np.empty(len(y))
+    for a in range(0, len(y), 2048):  # bounded memory: (grid, 2048) at a time
+        out[a:a + 2048] = logsumexp(logw[:, None] - _gpd_terms(y[a:a + 2048], sh, sc), axis=0)
+    return out

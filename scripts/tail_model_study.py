@@ -16,6 +16,7 @@ size M with every model, and the error log10(p_hat / p_true) is summarised (medi
 replicates anti-conservative by more than 3x). Usage::
 
     python scripts/tail_model_study.py [--reps 100] [--sizes 720 2000] [--fis-null /tmp/stats/fis_null.npy]
+        [--kinds iid mixture ar1 fis] [--methods empirical gaussian gumbel gev gpd_plugin gpd]
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from kipoi_dfim.null import empirical_pvalues_upper, gaussian_pvalues, tail_pval
 D = 30
 SIG = 0.5
 P_TRUE = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
-METHODS = ("empirical", "gaussian", "gumbel", "gev", "gpd")
+METHODS = ("empirical", "gaussian", "gumbel", "gev", "gpd_plugin", "gpd")
 
 
 def sf_iid(x: float, s: float = 1.0) -> float:
@@ -80,21 +81,24 @@ def phat(method: str, x: np.ndarray, null: np.ndarray) -> np.ndarray:
         return empirical_pvalues_upper(x, null)
     if method == "gaussian":
         return gaussian_pvalues(x, null, two_sided=False)
+    if method == "gpd_plugin":  # the GPD at its fitted parameters (the rule before the predictive p)
+        return tail_pvalues(x, null, model="gpd", predictive=False)
     return tail_pvalues(x, null, model=method)
 
 
-def study(kind: str, M: int, reps: int, seed: int, fis: np.ndarray | None) -> list[dict]:
+def study(kind: str, M: int, reps: int, seed: int, fis: np.ndarray | None,
+          methods: tuple[str, ...] = METHODS) -> list[dict]:
     rng = np.random.default_rng(seed)
     xs, sampler = quantiles(kind, rng, fis)
     ps = np.array(list(xs))
     x = np.array([xs[p] for p in ps])
-    err = {m: [] for m in METHODS}
+    err = {m: [] for m in methods}
     for _ in tqdm(range(reps), desc=f"{kind} M={M}", leave=False):
         null = sampler(M)
-        for m in METHODS:
+        for m in methods:
             err[m].append(np.log10(np.maximum(phat(m, x, null), 1e-320)) - np.log10(ps))
     rows = []
-    for m in METHODS:
+    for m in methods:
         e = np.array(err[m])  # (reps, n_p)
         for j, p in enumerate(ps):
             rows.append({"null": kind, "M": len(sampler(M)) if kind == "fis" else M, "p_true": p, "method": m,
@@ -110,6 +114,7 @@ def main(argv=None) -> None:
     ap.add_argument("--kinds", nargs="+", default=["iid", "mixture", "ar1", "fis"])
     ap.add_argument("--fis-null", default="/tmp/stats/fis_null.npy")
     ap.add_argument("--seed", type=int, default=13)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     a = ap.parse_args(argv)
     import os
 
@@ -122,14 +127,14 @@ def main(argv=None) -> None:
             print(f"skipping the real FIS null: {a.fis_null} not found (run scripts/power_study.py --save-null)")
             continue
         for M in a.sizes:
-            rows += study(kind, M, a.reps, a.seed, fis)
+            rows += study(kind, M, a.reps, a.seed, fis, tuple(a.methods))
     df = pd.DataFrame(rows)
     pd.set_option("display.width", 200)
     for (kind, M), g in df.groupby(["null", "M"], sort=False):
         print(f"\n## null={kind} M={M}: log10(p_hat/p_true) median [5%, 95%]; share anti-conservative > 3x")
         t = g.assign(cell=g.apply(lambda r: f"{r['median']:+.2f} [{r.q05:+.2f},{r.q95:+.2f}] {r.anti3x:.0%}",
                                   axis=1))
-        print(t.pivot(index="method", columns="p_true", values="cell").loc[list(METHODS)].to_string())
+        print(t.pivot(index="method", columns="p_true", values="cell").loc[a.methods].to_string())
 
 
 if __name__ == "__main__":
