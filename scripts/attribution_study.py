@@ -138,12 +138,18 @@ def scores(model, x: np.ndarray, method: str, seed: int, batch_size: int = 128) 
 
 
 def evaluate(actual: np.ndarray, hyp: np.ndarray, x: np.ndarray, mask: np.ndarray) -> dict:
-    """Motif-detection AUROC (per sequence, averaged; and pooled) and Avg.Match% over motif positions."""
+    """Motif-detection AUROC (per sequence, averaged; and pooled) and Avg.Match% over motif positions.
+
+    ``auroc_se`` and ``avg_match_se``: standard errors over sequences (of the per-sequence AUROC and match %).
+    """
     per_pos = actual.sum(-1)
     aucs = [auroc(mask[i].astype(int), per_pos[i]) for i in range(len(x))]
     match = hyp.argmax(-1) == x.argmax(-1)
+    per_seq = [100 * match[i][mask[i]].mean() for i in range(len(x))]
+    se = float(np.std(aucs, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+    se_match = float(np.std(per_seq, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
     return {"auroc": float(np.mean(aucs)), "auroc_pooled": auroc(mask.ravel().astype(int), per_pos.ravel()),
-            "avg_match_pct": float(100 * match[mask].mean())}
+            "avg_match_pct": float(100 * match[mask].mean()), "auroc_se": se, "avg_match_se": se_match}
 
 
 def plot_example(name: str, x: np.ndarray, mask: np.ndarray, res: dict, out: str) -> list[str]:
@@ -177,6 +183,27 @@ def plot_example(name: str, x: np.ndarray, mask: np.ndarray, res: dict, out: str
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return [path]
+
+
+def markdown_tables(df: pd.DataFrame, methods: list[str], datasets: list[str]) -> str:
+    """The doc's tables (training, AUROC, Avg.Match%, seconds) as markdown, methods x data sets."""
+    cols = [d for d in datasets if d in set(df["dataset"])]
+    head = "| {} | {} |\n| --- |{}\n".format("{}", " | ".join(cols), " --- |" * len(cols))
+    first = df.groupby("dataset").first()
+    out = [head.format("data set")
+           + "| test balanced accuracy | " + " | ".join(f"{100 * first.test_bacc[d]:.1f} %" for d in cols) + " |\n"
+           + "| epochs | " + " | ".join(str(first.epochs[d]) for d in cols) + " |\n"]
+    for col, se, fmt in (("auroc", "auroc_se", "{:.3f}"), ("avg_match_pct", "avg_match_se", "{:.1f}"),
+                         ("seconds", None, "{:.1f}")):
+        piv = df.pivot(index="method", columns="dataset", values=col)
+        err = df.pivot(index="method", columns="dataset", values=se) if se else None
+
+        def cell(m: str, d: str, piv=piv, err=err, fmt=fmt) -> str:
+            return fmt.format(piv.loc[m, d]) + ("" if err is None else " ± " + fmt.format(err.loc[m, d]))
+
+        rows = [f"| {m} | " + " | ".join(cell(m, d) for d in cols) + " |" for m in methods if m in piv.index]
+        out.append(f"{col}:\n\n" + head.format("method") + "\n".join(rows) + "\n")
+    return "\n".join(out)
 
 
 def run_dataset(d: int, name: str, a: argparse.Namespace) -> list[dict]:
@@ -230,6 +257,8 @@ def main(argv=None) -> None:
            "n_cpus": os.cpu_count(), "args": vars(a)}
     with open(os.path.join(a.out, "run.json"), "w") as fh:
         json.dump(run, fh, indent=1)
+    with open(os.path.join(a.out, "tables.md"), "w") as fh:
+        fh.write(markdown_tables(df, a.methods, a.datasets))
     pd.set_option("display.width", 200)
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     for col in ("auroc", "avg_match_pct"):

@@ -86,11 +86,14 @@ def test_evaluate_against_sklearn():
     actual = hyp * x
     res = study.evaluate(actual, hyp, x, mask)
     per_pos = actual.sum(-1)
-    expect = np.mean([roc_auc_score(mask[i], per_pos[i]) for i in range(N)])
-    assert res["auroc"] == pytest.approx(expect, abs=1e-12)
+    aucs = [roc_auc_score(mask[i], per_pos[i]) for i in range(N)]
+    assert res["auroc"] == pytest.approx(np.mean(aucs), abs=1e-12)
+    assert res["auroc_se"] == pytest.approx(np.std(aucs, ddof=1) / 2, abs=1e-12)
     assert res["auroc_pooled"] == pytest.approx(roc_auc_score(mask.ravel(), per_pos.ravel()), abs=1e-12)
     match = [hyp[i, t].argmax() == x[i, t].argmax() for i in range(N) for t in range(10, 20)]
     assert res["avg_match_pct"] == pytest.approx(100 * np.mean(match))
+    per_seq = 100 * np.mean(np.reshape(match, (N, 10)), axis=1)
+    assert res["avg_match_se"] == pytest.approx(np.std(per_seq, ddof=1) / 2)
     assert res["avg_match_pct"] >= 50
 
 
@@ -116,8 +119,9 @@ def test_script_table_does_not_depend_on_batch_size(tmp_path):
         assert (out / "attribution_lowest.png").stat().st_size > 10_000
         run = json.loads((out / "run.json").read_text())
         assert run["wall_s"] > 0 and run["args"]["batch_size"] == bs
+        assert "| ism | " in (out / "tables.md").read_text()
     a, b = tables
     assert list(a["method"]) == ["ig_shuffle", "deeplift_gc", "grad_input", "ism"]
-    for col in ("auroc", "auroc_pooled", "avg_match_pct", "test_bacc", "epochs"):
+    for col in ("auroc", "auroc_pooled", "avg_match_pct", "auroc_se", "avg_match_se", "test_bacc", "epochs"):
         np.testing.assert_allclose(a[col], b[col], rtol=0, atol=1e-9, err_msg=col)
     assert ((a["auroc"] > 0) & (a["auroc"] <= 1)).all()
