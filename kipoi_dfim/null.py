@@ -23,6 +23,7 @@ NaN in ``scores`` gives NaN; NaN (and inf) in ``null`` is ignored.
 from __future__ import annotations
 
 import heapq
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,16 +35,19 @@ from statsmodels.stats.multitest import multipletests
 
 from kipoi_dfim import fis as F
 from kipoi_dfim import indels
+from kipoi_dfim.attribution import predict_fixed
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.progress import Progress, share
 from kipoi_dfim.shuffle import dinucleotide_shuffle, variant_seeds
 from kipoi_dfim.variants import windows
 
 PVALUE_KINDS = ("tail", "empirical", "gaussian")
+log = logging.getLogger(__name__)
 
 __all__ = ["pvalues", "tail_pvalues", "gaussian_pvalues", "empirical_pvalues", "bh_qvalues", "pooled_pvalues",
-           "pooled_qvalues", "map_null", "variant_null", "PooledNullSampler", "pooled_batches", "background_null",
-           "pooled_null", "NullRecord", "NullAccumulator", "FileStats", "file_stats", "per_base_pvalues"]
+           "pooled_qvalues", "map_null", "variant_null", "effect_bounded_backgrounds", "PooledNullSampler",
+           "pooled_batches", "background_null", "pooled_null", "NullRecord", "NullAccumulator", "FileStats",
+           "file_stats", "per_base_pvalues"]
 
 
 def gaussian_pvalues(scores: np.ndarray, null: np.ndarray, two_sided: bool = True, *, pool: str | int = "global",
@@ -310,6 +314,81 @@ def variant_backgrounds(
     return nref.reshape(N * K, L, 4), nalt.reshape(N * K, L, 4)
 
 
+def _backgrounds(X: np.ndarray, Xalt: np.ndarray, variants: Sequence, K: int,
+                 seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """K shuffled backgrounds per variant (:func:`variant_backgrounds`), indels applied to each background."""
+    spans = [slice(v.offset, v.offset + len(v.ref)) for v in variants]
+    nref, nalt = variant_backgrounds(X, Xalt, spans, K, seeds)
+    return nref, indels.null_alternates(nref, nalt, Xalt, variants, K)
+
+
+#: rounds of K candidate shuffles drawn per variant by :func:`effect_bounded_backgrounds` before it gives up
+EFFECT_ROUNDS = 8
+_REDRAW_STREAM = 1 << 40  # seed streams of the redraws (round r: this + r), apart from references (2 + k)
+
+
+def effect_bounded_backgrounds(
+    model: Any, X: np.ndarray, Xalt: np.ndarray, variants: Sequence, K: int, targets: Sequence[int], settings: Any,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """K shuffled backgrounds per variant on which the substitution has (almost) no effect of its own.
+
+    Why: a dinucleotide shuffle keeps the variant's base and sometimes rebuilds, around it, a motif the model
+    uses and a (partial) partner; the substitution then breaks a real interaction *in the background*, and
+    these few null values (a fraction of a percent) decide the p-values a sparse file needs. Bounding the
+    substitution's own effect removes them: a background is kept only if ``|f(ALT) - f(REF)| < TAU`` (TAU =
+    ``settings.null_max_effect``, scored units) for every scored target. The null hypothesis becomes "the
+    variant's FIS is what the same substitution gives in shuffled sequence of the window's composition in
+    which the substitution itself does nothing", so a significant variant has an effect *or* an interaction;
+    read the ISM columns with it (docs/statistics.md, section 3).
+
+    Candidates come in rounds of K shuffles (round 0: the plain null's own backgrounds, seed stream 1; round
+    r: stream ``2**40 + r``), the first K accepted in draw order are kept, so with no rejection the null is the
+    plain one; a variant with fewer than K after :data:`EFFECT_ROUNDS` rounds is filled with its least-affected
+    candidates (logged). Predictions are made in fixed-shape calls (``predict_fixed``), so the choice does not
+    depend on the chunk or on the other variants.
+
+    Returns
+    -------
+    nref, nalt : ndarray (N*K, L, 4)
+        Reference and alternate backgrounds, variant by variant.
+    effect : ndarray (N*K,)
+        The largest ``|f(ALT) - f(REF)|`` over the scored targets on each kept background.
+    """
+    tau, cols, bs = float(settings.null_max_effect), list(targets), int(getattr(model, "batch_size", 64))
+    cand: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in variants]
+    need = list(range(len(variants)))
+    for r in range(EFFECT_ROUNDS):
+        if not need:
+            break
+        vs = [variants[i] for i in need]
+        nref, nalt = _backgrounds(X[need], Xalt[need], vs, K, variant_seeds(settings.seed, vs,
+                                                                             1 if r == 0 else _REDRAW_STREAM + r))
+        f = predict_fixed(model, np.concatenate([nref, nalt]), bs)[:, cols].astype(np.float64)
+        eff = np.abs(f[len(nref):] - f[: len(nref)]).max(1)
+        for j, i in enumerate(need):
+            blk = slice(j * K, (j + 1) * K)
+            cand[i].append((nref[blk], nalt[blk], eff[blk]))
+        need = [i for i in need if sum(int((c[2] < tau).sum()) for c in cand[i]) < K]
+    out = [_first_accepted(c, K, tau, v) for c, v in zip(cand, variants, strict=True)]
+    if not out:
+        L = X.shape[1]
+        return np.zeros((0, L, 4), np.float32), np.zeros((0, L, 4), np.float32), np.zeros(0)
+    return tuple(np.concatenate(a) for a in zip(*out, strict=True))  # type: ignore[return-value]
+
+
+def _first_accepted(cand: list, K: int, tau: float, v: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first K candidates (draw order) with effect < tau; too few: filled with the least-affected ones."""
+    nref, nalt, eff = (np.concatenate(c) for c in zip(*cand, strict=True))
+    ok = np.flatnonzero(eff < tau)
+    if len(ok) < K:
+        log.warning("null: only %d of %d shuffles of record %d keep the substitution's effect below %g; filled "
+                    "with the least-affected ones", len(ok), len(eff), v.record_index + 1, tau)
+        rest = np.setdiff1d(np.arange(len(eff)), ok)
+        ok = np.sort(np.r_[ok, rest[np.argsort(eff[rest], kind="stable")][: K - len(ok)]])
+    keep = ok[:K]
+    return nref[keep], nalt[keep], eff[keep]
+
+
 def variant_null(
     model: Any, X: np.ndarray, Xalt: np.ndarray, variants: Sequence, targets: Sequence[int], settings: Any,
     K: int | None = None, progress: Progress | None = None,
@@ -322,9 +401,10 @@ def variant_null(
     batches of the backgrounds' importance complete (:mod:`kipoi_dfim.progress`).
     """
     K = settings.null_shuffles if K is None else int(K)
-    spans = [slice(v.offset, v.offset + len(v.ref)) for v in variants]
-    nref, nalt = variant_backgrounds(X, Xalt, spans, K, variant_seeds(settings.seed, variants, 1))
-    nalt = indels.null_alternates(nref, nalt, Xalt, variants, K)  # indels: the event applied to each background
+    if settings.null_max_effect is None:
+        nref, nalt = _backgrounds(X, Xalt, variants, K, variant_seeds(settings.seed, variants, 1))
+    else:
+        nref, nalt, _ = effect_bounded_backgrounds(model, X, Xalt, variants, K, targets, settings)
     rep = [v for v in variants for _ in range(K)]
     nseeds = np.array([variant_seeds(settings.seed, [v], 2 + k)[0] for v in variants for k in range(K)],
                       dtype=np.uint64)

@@ -53,6 +53,10 @@ class Settings:
     null_shuffles, null_size : int
         K backgrounds per variant; M backgrounds per file (None: a sixth of the file's scored variants,
         within [100, 1000]).
+    null_max_effect : float or None
+        TAU: keep only null backgrounds on which the substitution changes every scored output by less than TAU
+        (|f(ALT) - f(REF)|, in the scored units, logit by default); the others are replaced by further shuffles
+        (:func:`kipoi_dfim.null.effect_bounded_backgrounds`; docs/statistics.md section 3). None: every shuffle.
     pvalue : str
         The test of a score against its null: ``tail`` (empirical p where the null resolves it, a generalized
         Pareto tail fitted to the null beyond; docs/statistics.md), ``empirical`` or ``gaussian`` (the paper's
@@ -86,6 +90,7 @@ class Settings:
     null: str | None = None
     null_shuffles: int = 0
     null_size: int | None = None
+    null_max_effect: float | None = None
     pvalue: str = "tail"
     seed: int = 0
     batch_size: int = 64
@@ -119,6 +124,10 @@ class Settings:
         _at_least("--null-shuffles", self.null_shuffles, 0)
         if self.null_size is not None:
             _at_least("--null-size", self.null_size, 1)
+        if self.null_max_effect is not None and not (
+                isinstance(self.null_max_effect, int | float) and not isinstance(self.null_max_effect, bool)
+                and 0 < self.null_max_effect < float("inf")):
+            raise InputError(f"--null-max-effect must be a number > 0, got {self.null_max_effect!r}")
         _at_least("--batch-size", self.batch_size, 1)
         _at_least("--chunk-size", self.chunk_size, 1)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
@@ -200,6 +209,10 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "null_shuffles": (("--null-shuffles",), {"type": int, "help": "shuffled backgrounds per variant/record"}),
     "null_size": (("--null-size",), {"type": int, "help": "backgrounds of the pooled null, M, for the whole file "
                                       "(default: a sixth of the scored variants, within [100, 1000])"}),
+    "null_max_effect": (("--null-max-effect",), {
+        "type": float, "metavar": "TAU",
+        "help": "null backgrounds only where the substitution changes each scored output by less than TAU "
+                "(logit units by default); other shuffles are replaced (default: every shuffle)"}),
     "pvalue": (("--pvalue",), {"choices": PVALUES, "help": "test of a score against the null: tail (empirical, "
                                "with a generalized Pareto tail beyond the null), empirical, or gaussian (the "
                                "paper's normal fit)"}),
@@ -223,8 +236,8 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 # which settings each command exposes
 COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
     "score-variants": ("targets", "output", "method", "references", "gc", "n_refs", "steps", "window", "null",
-                       "null_shuffles", "null_size", "pvalue", "seed", "batch_size", "chunk_size", "rc",
-                       "all_alts", "device", "motifs"),
+                       "null_shuffles", "null_size", "null_max_effect", "pvalue", "seed", "batch_size",
+                       "chunk_size", "rc", "all_alts", "device", "motifs"),
     "interactions": ("targets", "output", "method", "references", "gc", "n_refs", "steps", "null_shuffles",
                      "pvalue", "seed", "batch_size", "fill", "device"),
     "plot": ("targets", "output", "method", "references", "gc", "n_refs", "steps", "window", "seed", "batch_size",

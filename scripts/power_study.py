@@ -58,23 +58,26 @@ CONFIGS = {
 }
 
 
-def make_variants(n_int: int, n_bg: int, seed: int, n_dis: int = 0) -> pd.DataFrame:
-    """SNVs with known class in fresh positive sequences; one variant per sequence (rows: seq, pos, alt, cls).
+def make_variants(n_int: int, n_bg: int, seed: int, n_dis: int = 0, n_lone: int = 0) -> pd.DataFrame:
+    """SNVs with known class in fresh sequences; one variant per sequence (rows: seq, pos, alt, cls).
 
     ``int``: a core base of a pair motif; ``dis``: a core base of a distractor (CTCF-like or AP-1) motif, a
-    motif the model ignores (negative control); ``bg``: plain background >= 20 bp from every motif.
+    motif the model ignores (negative control); ``bg``: plain background >= 20 bp from every motif (these three
+    in positive sequences); ``lone``: a core base of the single GATA or TAL1 motif of a negative sequence (a
+    variant with an effect on the output but no partner: the main-effect-without-interaction control). The lone
+    variants come last, so adding them leaves the other rows of a seed unchanged.
     """
     rows = []
     i = 0
-    wanted = ["int"] * n_int + ["dis"] * n_dis + ["bg"] * n_bg
+    wanted = ["int"] * n_int + ["dis"] * n_dis + ["bg"] * n_bg + ["lone"] * n_lone
     while len(rows) < len(wanted):
         rng = np.random.default_rng(np.random.SeedSequence([seed, i]))
         i += 1
         want = wanted[len(rows)]
-        seq, sites = simulate_sequence(1, rng, distractor_prob=1.0 if want == "dis" else 0.5)
+        seq, sites = simulate_sequence(0 if want == "lone" else 1, rng, distractor_prob=1.0 if want == "dis" else 0.5)
         partner = None
-        if want in ("int", "dis"):
-            names = INTERACTING_PAIR if want == "int" else DISTRACTORS
+        if want in ("int", "dis", "lone"):
+            names = DISTRACTORS if want == "dis" else INTERACTING_PAIR
             cand = [m for m in sites if m.name in names]
             s = cand[int(rng.integers(len(cand)))]
             cons = MOTIFS[s.name] if s.strand == "+" else _revcomp_iupac(MOTIFS[s.name])
@@ -170,30 +173,61 @@ def run_config(model, name: str, var: pd.DataFrame, K: int, seed: int) -> tuple[
                                     nseeds[a: a + 64])
                          for a in tqdm(range(0, len(npos), 64), desc=f"{name} null", leave=False)])
     null = summaries(Fn, npos, nalt)
+    null["effect"] = substitution_effect(model, bg.reshape(-1, *X.shape[1:]), npos, nalt)
     return obs, null
 
 
-def evaluate(var: pd.DataFrame, obs: dict, null: dict) -> list[dict]:
-    """Share of int / bg variants at q < 0.05 per statistic and p-value model, and the int-vs-bg AUROC."""
-    is_int = (var.cls == "int").to_numpy()
-    is_dis = (var.cls == "dis").to_numpy()
-    is_bg = (var.cls == "bg").to_numpy()
+def substitution_effect(model, B: np.ndarray, pos: np.ndarray, alt_g: np.ndarray, batch: int = 512) -> np.ndarray:
+    """|f(ALT window) - f(REF window)| of the scored output (logit) on each background: the quantity that
+    ``--null-max-effect`` bounds (kipoi_dfim.null.effect_filtered_backgrounds)."""
+    Ba = B.copy()
+    for j in range(len(B)):
+        obs = int(B[j, pos[j]].argmax())
+        Ba[j, pos[j]] = np.eye(4, dtype=np.float32)[[b for b in range(4) if b != obs][alt_g[j]]]
+    f = [np.concatenate([model.predict(A[a: a + batch])[:, 0] for a in range(0, len(A), batch)]) for A in (B, Ba)]
+    return np.abs(f[1] - f[0]).astype(np.float64)
+
+
+def evaluate(var: pd.DataFrame, obs: dict, null: dict, max_effects: tuple = (None,)) -> list[dict]:
+    """Share of each class at q < 0.05 per null design, statistic and p-value model, and the int-vs-bg AUROC.
+
+    ``max_effects``: null designs; None is the plain shuffled null, a number TAU keeps only the backgrounds on
+    which the substitution changes the logit by less than TAU (``--null-max-effect``; the accepted backgrounds
+    are i.i.d. draws of the conditional null, as the pipeline's redraws are). Sparse file (``*_alone``): each
+    interacting (or lone-motif) variant tested alone with the background and distractor variants.
+    """
+    cls = var.cls.to_numpy()
+    is_int, is_lone = cls == "int", cls == "lone"
+    neg_only = (cls == "bg") | (cls == "dis")
     rows = []
-    for st in STATS:
-        s, nv = obs[st], null[st]
-        for pm, p in (("gaussian", gaussian_pvalues(s, nv, two_sided=False)),
-                      ("empirical", empirical_pvalues_upper(s, nv)), ("gpd", tail_pvalues(s, nv))):
-            q = bh_qvalues(p)
-            # a sparse file: each interacting variant alone among all negatives (1 signal in 1 + n_neg tests)
-            neg = p[~is_int]
-            alone = [bh_qvalues(np.r_[pi, neg])[0] < 0.05 for pi in p[is_int]]
-            rows.append({"stat": st, "pvalue": pm, "int_q05": float((q[is_int] < 0.05).mean()),
-                         "int_alone_q05": float(np.mean(alone)),
-                         "bg_q05": float((q[is_bg] < 0.05).mean()),
-                         "dis_q05": float((q[is_dis] < 0.05).mean()) if is_dis.any() else np.nan,
-                         "auroc": auroc(is_int[~is_dis].astype(int), s[~is_dis]),
-                         "min_p": float(np.nanmin(p))})
+    for tau in max_effects:
+        keep = np.ones(len(null["maxabs"]), bool) if tau is None else null["effect"] < tau
+        for st in STATS:
+            s, nv = obs[st], null[st][keep]
+            tests = (("gaussian", gaussian_pvalues(s, nv, two_sided=False)),
+                     ("empirical", empirical_pvalues_upper(s, nv)), ("gpd", tail_pvalues(s, nv)))
+            for pm, p in tests:
+                q = bh_qvalues(p)
+                neg = p[neg_only]
+                rows.append({"design": "shuffle" if tau is None else f"effect<{tau:g}", "M": int(keep.sum()),
+                             "stat": st, "pvalue": pm, "int_q05": _share(q, cls == "int"),
+                             "int_alone_q05": _alone(p[is_int], neg), "bg_q05": _share(q, cls == "bg"),
+                             "dis_q05": _share(q, cls == "dis"), "lone_q05": _share(q, is_lone),
+                             "lone_alone_q05": _alone(p[is_lone], neg),
+                             "auroc": auroc(is_int[neg_only | is_int].astype(int), s[neg_only | is_int]),
+                             "min_p": float(np.nanmin(p))})
     return rows
+
+
+def _share(q: np.ndarray, sel: np.ndarray) -> float:
+    return float((q[sel] < 0.05).mean()) if sel.any() else np.nan
+
+
+def _alone(p_signal: np.ndarray, p_neg: np.ndarray) -> float:
+    """Share of ``p_signal`` at q < 0.05 when each is tested alone with all of ``p_neg`` (a sparse file)."""
+    if not len(p_signal):
+        return np.nan
+    return float(np.mean([bh_qvalues(np.r_[pi, p_neg])[0] < 0.05 for pi in p_signal]))
 
 
 def main(argv=None) -> None:
@@ -202,6 +236,9 @@ def main(argv=None) -> None:
     ap.add_argument("--n-int", type=int, default=60)
     ap.add_argument("--n-bg", type=int, default=60)
     ap.add_argument("--n-dis", type=int, default=30)
+    ap.add_argument("--n-lone", type=int, default=0, help="lone-motif variants (main effect, no partner)")
+    ap.add_argument("--null-max-effect", type=float, nargs="*", default=[],
+                    help="also evaluate the effect-bounded null with these TAU (logit units; docs/statistics.md)")
     ap.add_argument("--null-k", type=int, default=10)
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--seed", type=int, default=4)
@@ -225,34 +262,36 @@ def main(argv=None) -> None:
     for name in CONFIGS:
         if CONFIGS[name][0] == "integrated_gradients":
             CONFIGS[name][1]["steps"] = a.ig_steps
-    var = make_variants(a.n_int, a.n_bg, a.seed, a.n_dis)
+    var = make_variants(a.n_int, a.n_bg, a.seed, a.n_dis, a.n_lone)
+    designs = (None, *a.null_max_effect)
     if a.evaluate:
-        return report(var, a, [evaluate_npz(var, path) for path in a.evaluate])
+        return report(var, a, [evaluate_npz(var, path, designs) for path in a.evaluate])
     rows = []
     for name in a.configs:
         t0 = time.time()
         obs, null = run_config(model, name, var, a.null_k, a.seed)
         np.savez(os.path.join(a.out, f"{name}.npz"), **{f"obs_{k}": v for k, v in obs.items()},
                  **{f"null_{k}": v for k, v in null.items()})
-        rows.append([{"config": name, **r, "seconds": round(time.time() - t0)} for r in evaluate(var, obs, null)])
+        secs = round(time.time() - t0)
+        rows.append([{"config": name, **r, "seconds": secs} for r in evaluate(var, obs, null, designs)])
         print(json.dumps({"config": name, "seconds": round(time.time() - t0)}), flush=True)
     report(var, a, rows)
 
 
-def evaluate_npz(var: pd.DataFrame, path: str) -> list[dict]:
+def evaluate_npz(var: pd.DataFrame, path: str, designs: tuple = (None,)) -> list[dict]:
     """Rows of the table from a saved ``<config>.npz`` (observed and null statistics)."""
     z = np.load(path)
     obs = {k: z[f"obs_{k}"] for k in STATS}
-    null = {k: z[f"null_{k}"] for k in STATS}
+    null = {k: z[f"null_{k}"] for k in (*STATS, "effect") if f"null_{k}" in z}
     name = os.path.basename(path)[: -len(".npz")]
-    return [{"config": name, **r, "M": len(null["maxabs"])} for r in evaluate(var, obs, null)]
+    return [{"config": name, **r} for r in evaluate(var, obs, null, designs)]
 
 
 def report(var: pd.DataFrame, a: argparse.Namespace, rows: list[list[dict]]) -> None:
     df = pd.DataFrame([r for rr in rows for r in rr])
     df.to_csv(os.path.join(a.out, "power.tsv"), sep="\t", index=False)
     pd.set_option("display.width", 200)
-    print(f"{a.n_int} interacting + {a.n_dis} distractor + {a.n_bg} background variants")
+    print(f"{a.n_int} interacting + {a.n_dis} distractor + {a.n_bg} background + {a.n_lone} lone-motif variants")
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 

@@ -67,8 +67,8 @@ def _score(case, **kw):
 
 # -- the command line reaches Settings ----------------------------------------------------------------------
 _VALUES = {"method": "integrated_gradients", "references": "gc", "gc": 0.3, "n_refs": 3, "steps": 7, "window": 4,
-           "null": "pooled", "null_shuffles": 2, "null_size": 9, "seed": 5, "batch_size": 3, "chunk_size": 2,
-           "output": "raw", "fill": "zero", "targets": ["sum"], "device": "cpu",
+           "null": "pooled", "null_shuffles": 2, "null_size": 9, "null_max_effect": 0.5, "seed": 5, "batch_size": 3,
+           "chunk_size": 2, "output": "raw", "fill": "zero", "targets": ["sum"], "device": "cpu",
            "pvalue": "empirical", "motifs": "none"}
 
 
