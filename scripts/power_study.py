@@ -153,55 +153,72 @@ def _span(a: np.ndarray, k: int) -> np.ndarray:
     return (c[:, k:] - c[:, :-k]).max(1)
 
 
-def run_config(model, name: str, var: pd.DataFrame, K: int, seed: int) -> tuple[dict, dict]:
-    """Observed and pooled-null statistics of one method/reference configuration."""
+def _arrays(var: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One-hot windows, variant positions and the ALT's index among the three mutant bases."""
     X = one_hot(list(var.seq))
     pos = var.pos.to_numpy()
     obs_base = X[np.arange(len(X)), pos].argmax(-1)
     alt_b = np.array(["ACGT".index(a) for a in var.alt])
-    alt_g = alt_b - (alt_b > obs_base)
-    cfg = CONFIGS[name]
-    seeds = np.array([np.random.SeedSequence([seed, i, 0]).generate_state(1)[0] for i in range(len(X))], np.uint64)
-    obs = summaries(fis_tracks(model, X, pos, cfg, seeds), pos, alt_g)
+    return X, pos, alt_b - (alt_b > obs_base)
+
+
+def null_backgrounds(X: np.ndarray, pos: np.ndarray, K: int, seed: int) -> np.ndarray:
+    """K dinucleotide shuffles of each window with the variant base kept: (N * K, L, 4)."""
     bg = dinucleotide_shuffle(X, n=K, seed=np.array([np.random.SeedSequence([seed, i, 1]).generate_state(1)[0]
                                                      for i in range(len(X))], np.uint64))  # (N, K, L, 4)
     bg[np.arange(len(X)), :, pos] = X[np.arange(len(X)), pos][:, None]
+    return bg.reshape(-1, *X.shape[1:])
+
+
+def run_config(model, name: str, var: pd.DataFrame, K: int, seed: int) -> tuple[dict, dict]:
+    """Observed and pooled-null statistics of one method/reference configuration."""
+    X, pos, alt_g = _arrays(var)
+    cfg = CONFIGS[name]
+    seeds = np.array([np.random.SeedSequence([seed, i, 0]).generate_state(1)[0] for i in range(len(X))], np.uint64)
+    obs = summaries(fis_tracks(model, X, pos, cfg, seeds), pos, alt_g)
+    B = null_backgrounds(X, pos, K, seed)
     npos, nalt = np.repeat(pos, K), np.repeat(alt_g, K)
     nseeds = np.array([np.random.SeedSequence([seed, i, 2 + k]).generate_state(1)[0]
                        for i in range(len(X)) for k in range(K)], np.uint64)
-    Fn = np.concatenate([fis_tracks(model, bg.reshape(-1, *X.shape[1:])[a: a + 64], npos[a: a + 64], cfg,
-                                    nseeds[a: a + 64])
+    Fn = np.concatenate([fis_tracks(model, B[a: a + 64], npos[a: a + 64], cfg, nseeds[a: a + 64])
                          for a in tqdm(range(0, len(npos), 64), desc=f"{name} null", leave=False)])
     null = summaries(Fn, npos, nalt)
-    null["effect"] = substitution_effect(model, bg.reshape(-1, *X.shape[1:]), npos, nalt)
+    null.update(background_outputs(model, var, K, seed))
     return obs, null
 
 
-def substitution_effect(model, B: np.ndarray, pos: np.ndarray, alt_g: np.ndarray, batch: int = 512) -> np.ndarray:
-    """|f(ALT window) - f(REF window)| of the scored output (logit) on each background: the quantity that
-    ``--null-max-effect`` bounds (kipoi_dfim.null.effect_filtered_backgrounds)."""
+def background_outputs(model, var: pd.DataFrame, K: int, seed: int, batch: int = 512) -> dict[str, np.ndarray]:
+    """On each null background: ``effect`` = |f(ALT) - f(REF)| of the scored logit (what ``--null-max-effect``
+    bounds, kipoi_dfim.null.effect_bounded_backgrounds) and ``logit`` = max(f(REF), f(ALT)) (is the model
+    "on"?). Forward passes only: recomputed cheaply for saved runs that lack them."""
+    X, pos, alt_g = _arrays(var)
+    B = null_backgrounds(X, pos, K, seed)
+    npos, nalt = np.repeat(pos, K), np.repeat(alt_g, K)
     Ba = B.copy()
     for j in range(len(B)):
-        obs = int(B[j, pos[j]].argmax())
-        Ba[j, pos[j]] = np.eye(4, dtype=np.float32)[[b for b in range(4) if b != obs][alt_g[j]]]
-    f = [np.concatenate([model.predict(A[a: a + batch])[:, 0] for a in range(0, len(A), batch)]) for A in (B, Ba)]
-    return np.abs(f[1] - f[0]).astype(np.float64)
+        obs = int(B[j, npos[j]].argmax())
+        Ba[j, npos[j]] = np.eye(4, dtype=np.float32)[[b for b in range(4) if b != obs][nalt[j]]]
+    f = [np.concatenate([model.predict(A[a: a + batch])[:, 0] for a in range(0, len(A), batch)]).astype(np.float64)
+         for A in (B, Ba)]
+    return {"effect": np.abs(f[1] - f[0]), "logit": np.maximum(f[0], f[1])}
 
 
-def evaluate(var: pd.DataFrame, obs: dict, null: dict, max_effects: tuple = (None,)) -> list[dict]:
+def evaluate(var: pd.DataFrame, obs: dict, null: dict, designs: tuple = (None,)) -> list[dict]:
     """Share of each class at q < 0.05 per null design, statistic and p-value model, and the int-vs-bg AUROC.
 
-    ``max_effects``: null designs; None is the plain shuffled null, a number TAU keeps only the backgrounds on
-    which the substitution changes the logit by less than TAU (``--null-max-effect``; the accepted backgrounds
-    are i.i.d. draws of the conditional null, as the pipeline's redraws are). Sparse file (``*_alone``): each
-    interacting (or lone-motif) variant tested alone with the background and distractor variants.
+    ``designs``: None is the plain shuffled null; ``("effect", TAU)`` keeps only the backgrounds on which the
+    substitution changes the logit by less than TAU (``--null-max-effect``), ``("logit", T)`` those on which
+    the model's logit stays below T in both windows (the model is "off"). The kept backgrounds are i.i.d. draws
+    of the conditional null, as the pipeline's redraws are. Sparse file (``*_alone``): each interacting (or
+    lone-motif) variant tested alone with the background and distractor variants.
     """
     cls = var.cls.to_numpy()
     is_int, is_lone = cls == "int", cls == "lone"
     neg_only = (cls == "bg") | (cls == "dis")
     rows = []
-    for tau in max_effects:
-        keep = np.ones(len(null["maxabs"]), bool) if tau is None else null["effect"] < tau
+    for design in designs:
+        keep = np.ones(len(null["maxabs"]), bool) if design is None else null[design[0]] < design[1]
+        label = "shuffle" if design is None else f"{design[0]}<{design[1]:g}"
         for st in STATS:
             s, nv = obs[st], null[st][keep]
             tests = (("gaussian", gaussian_pvalues(s, nv, two_sided=False)),
@@ -209,7 +226,7 @@ def evaluate(var: pd.DataFrame, obs: dict, null: dict, max_effects: tuple = (Non
             for pm, p in tests:
                 q = bh_qvalues(p)
                 neg = p[neg_only]
-                rows.append({"design": "shuffle" if tau is None else f"effect<{tau:g}", "M": int(keep.sum()),
+                rows.append({"design": label, "M": int(keep.sum()),
                              "stat": st, "pvalue": pm, "int_q05": _share(q, cls == "int"),
                              "int_alone_q05": _alone(p[is_int], neg), "bg_q05": _share(q, cls == "bg"),
                              "dis_q05": _share(q, cls == "dis"), "lone_q05": _share(q, is_lone),
@@ -239,6 +256,8 @@ def main(argv=None) -> None:
     ap.add_argument("--n-lone", type=int, default=0, help="lone-motif variants (main effect, no partner)")
     ap.add_argument("--null-max-effect", type=float, nargs="*", default=[],
                     help="also evaluate the effect-bounded null with these TAU (logit units; docs/statistics.md)")
+    ap.add_argument("--null-max-logit", type=float, nargs="*", default=[],
+                    help="also evaluate the 'model off' null: backgrounds whose logit stays below these values")
     ap.add_argument("--null-k", type=int, default=10)
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--seed", type=int, default=4)
@@ -263,9 +282,9 @@ def main(argv=None) -> None:
         if CONFIGS[name][0] == "integrated_gradients":
             CONFIGS[name][1]["steps"] = a.ig_steps
     var = make_variants(a.n_int, a.n_bg, a.seed, a.n_dis, a.n_lone)
-    designs = (None, *a.null_max_effect)
+    designs = (None, *[("effect", t) for t in a.null_max_effect], *[("logit", t) for t in a.null_max_logit])
     if a.evaluate:
-        return report(var, a, [evaluate_npz(var, path, designs) for path in a.evaluate])
+        return report(var, a, [evaluate_npz(model, var, path, designs, a.null_k, a.seed) for path in a.evaluate])
     rows = []
     for name in a.configs:
         t0 = time.time()
@@ -278,13 +297,41 @@ def main(argv=None) -> None:
     report(var, a, rows)
 
 
-def evaluate_npz(var: pd.DataFrame, path: str, designs: tuple = (None,)) -> list[dict]:
-    """Rows of the table from a saved ``<config>.npz`` (observed and null statistics)."""
+def evaluate_npz(model, var: pd.DataFrame, path: str, designs: tuple, K: int, seed: int) -> list[dict]:
+    """Rows of the table from a saved ``<config>.npz`` (observed and null statistics; the same variant options
+    and ``--null-k`` as the run that wrote it). Background outputs missing from older files are recomputed."""
     z = np.load(path)
     obs = {k: z[f"obs_{k}"] for k in STATS}
-    null = {k: z[f"null_{k}"] for k in (*STATS, "effect") if f"null_{k}" in z}
+    null = {k: z[f"null_{k}"] for k in STATS}
+    if len(null["maxabs"]) != len(var) * K:
+        raise SystemExit(f"{path}: {len(null['maxabs'])} null values, expected {len(var)} variants x K = {K}")
+    if designs != (None,):
+        null.update({k: z[f"null_{k}"] for k in ("effect", "logit") if f"null_{k}" in z})
+        if "logit" not in null:
+            null.update(background_outputs(model, var, K, seed))
     name = os.path.basename(path)[: -len(".npz")]
+    if designs != (None,):
+        print(calibration(null, len(var), K, designs).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return [{"config": name, **r} for r in evaluate(var, obs, null, designs)]
+
+
+def calibration(null: dict, n: int, K: int, designs: tuple, reps: int = 3) -> pd.DataFrame:
+    """Null vs null with the real model's null values: "observed" = background j of each variant (a file of n
+    null variants, j = 0..reps-1), null = the other K - 1 backgrounds, the GPD tail p. For each design, the
+    observed draws either from the plain shuffles or from the backgrounds the design accepts (its own H0)."""
+    rows = []
+    for design in designs[1:]:
+        acc = (null[design[0]] < design[1]).reshape(n, K)
+        for st in ("maxabs", "span6_alts"):
+            v = null[st].reshape(n, K)
+            for j in range(reps):
+                rest, racc = np.delete(v, j, 1), np.delete(acc, j, 1)
+                for h0, o in (("plain shuffle", v[:, j]), ("accepted", v[acc[:, j], j])):
+                    p = tail_pvalues(o, rest[racc])
+                    rows.append({"design": f"{design[0]}<{design[1]:g}", "stat": st, "rep": j, "H0 windows": h0,
+                                 "n": len(o), "p<0.05": np.mean(p < 0.05), "p<0.01": np.mean(p < 0.01),
+                                 "p<1e-3": np.mean(p < 1e-3), "BH discoveries": int((bh_qvalues(p) < 0.05).sum())})
+    return pd.DataFrame(rows)
 
 
 def report(var: pd.DataFrame, a: argparse.Namespace, rows: list[list[dict]]) -> None:
