@@ -112,3 +112,13 @@ def test_bounded_null_is_calibrated_null_vs_null(model):
         assert kstest(p, "uniform", alternative="greater").pvalue > 0.01
         assert kstest(pv(obs[on], null[null > 0]), "uniform").pvalue > 0.01
         assert (bh_qvalues(p) < 0.05).sum() == 0
+
+
+def test_option_reaches_the_pooled_null_and_output_is_chunk_and_batch_independent(model):
+    kw = dict(method="grad_input", null="pooled", null_size=40, motifs="none", quiet=True)
+    a = kipoi_dfim.score_variants(model, VCF, FA, chunk_size=3, null_max_effect=TAU, **kw)
+    b = kipoi_dfim.score_variants(model, VCF, FA, chunk_size=64, batch_size=17, null_max_effect=TAU, **kw)
+    np.testing.assert_array_equal(a["pval"].to_numpy(), b["pval"].to_numpy())
+    plain = kipoi_dfim.score_variants(model, VCF, FA, chunk_size=64, **kw)
+    assert a["pval"].notna().sum() > 30
+    assert not np.array_equal(a["pval_empirical"].to_numpy(), plain["pval_empirical"].to_numpy())
