@@ -253,3 +253,15 @@ def test_rc_averages_ism_scores_with_the_reverse_complement(case):
         assert row.alt_pred == pytest.approx(float(exp_alt), rel=1e-5)
     # the DFIM columns do not depend on --rc
     pd.testing.assert_series_equal(df.max_abs_fis, fwd.max_abs_fis)
+
+
+@pytest.mark.parametrize("pvalue, words", [("tail", "GPD tail model"), ("empirical", "(empirical (1+b)/(1+M))"),
+                                           ("gaussian", "Gaussian fit")])
+def test_vcf_header_names_the_pvalue_test(pvalue, words):
+    """The INFO description of _P says which test made the p-values (it said "Gaussian fit" for every test)."""
+    from kipoi_dfim.output.vcf import info_header_lines
+
+    lines = info_header_lines(["t1"], 15, "deeplift", with_null=True, pvalue=pvalue)
+    (p_line,) = [h for h in lines if "ID=DFIM_t1_P," in h]
+    assert words in p_line
+    assert ("Gaussian" in p_line) == (pvalue == "gaussian")

@@ -55,7 +55,7 @@ INFO_FIELDS = (
     ("OFFSET", "Integer", "offset (bp, target - variant) of the max |FIS| base", "max_fis_offset"),
     ("BASE", "String", "observed base at the max |FIS| position", "max_fis_base"),
     ("FIS", "Float", "signed FIS at the max |FIS| position", "fis_at_max"),
-    ("P", "Float", "p-value of MAXABS under the dinucleotide-shuffled null (Gaussian fit)", "pval"),
+    ("P", "Float", "p-value of MAXABS under the dinucleotide-shuffled null ({pvalue})", "pval"),
     ("Q", "Float", "Benjamini-Hochberg q-value of P across the file", "qval"),
     ("REFPRED", "Float", "model output for the reference window (ISM ref)", "ref_pred"),
     ("ALTPRED", "Float", "model output for the alternate window (ISM alt)", "alt_pred"),
@@ -81,9 +81,16 @@ def info_fields(with_motifs: bool) -> tuple:
     return INFO_FIELDS + (MOTIF_FIELDS if with_motifs else ())
 
 
+PVALUE_DESCRIPTIONS = {
+    "tail": "empirical (1+b)/(1+M); a GPD tail model where fewer than 10 null values reach it",
+    "empirical": "empirical (1+b)/(1+M)",
+    "gaussian": "Gaussian fit",
+}
+
+
 def info_header_lines(targets: list[str], window: int, method: str, with_null: bool,
-                      with_motifs: bool = False) -> list[str]:
-    """The ``##INFO`` lines of the DFIM fields."""
+                      with_motifs: bool = False, pvalue: str = "tail") -> list[str]:
+    """The ``##INFO`` lines of the DFIM fields; ``pvalue`` names the p-value test in P's description."""
     lines = [
         '##INFO=<ID=DFIM_STATUS,Number=A,Type=String,Description="kipoi-dfim: ok, or why this ALT was not '
         f'scored ({", ".join(NOT_SCORED)})">'
@@ -93,7 +100,7 @@ def info_header_lines(targets: list[str], window: int, method: str, with_null: b
         for suffix, typ, desc, _col in info_fields(with_motifs):
             if suffix in ("P", "Q") and not with_null:
                 continue
-            d = desc.format(w=window)
+            d = desc.format(w=window, pvalue=PVALUE_DESCRIPTIONS.get(pvalue, pvalue))
             lines.append(
                 f'##INFO=<ID=DFIM_{tid}_{suffix},Number=A,Type={typ},Description="kipoi-dfim ({method}), '
                 f'target {t}: {d}">'
@@ -172,7 +179,7 @@ class VcfWriter:
         for h in self.fixer.header_lines():
             out.write(h.encode() + b"\n")
         s = self.settings
-        for h in info_header_lines(self.targets, s.window, s.method, s.with_null, self.with_motifs):
+        for h in info_header_lines(self.targets, s.window, s.method, s.with_null, self.with_motifs, s.pvalue):
             out.write(h.encode() + b"\n")
         if self.command:
             out.write(f"##kipoi-dfimCommand={self.command}\n".encode())
