@@ -1111,8 +1111,8 @@ def _relu_pool_factor(rows: dict[str, Any], xs: Callable[[torch.Tensor], torch.T
     small = torch.lt(delta.abs(), RESCALE_EPS) if buffers is None else torch.lt(
         torch.abs(delta, out=_buffer(buffers, key + "_abs", shape, zx)), RESCALE_EPS,
         out=_buffer(buffers, key + "_small", shape, zx, torch.bool))
-    idx = small.nonzero(as_tuple=True) if bool(small.any()) else None
-    if idx is not None:  # the pairwise formula at the few elements where z_x ~ z_r
+    idx = small.nonzero(as_tuple=True)  # one pass; usually a handful of elements
+    if len(idx[0]):  # the pairwise formula at the few elements where z_x ~ z_r
         y = relu["y"]
         dy = (xs(y).unflatten(-1, (-1, kernel)).expand(shape)[idx]
               - rs(y).unflatten(-1, (-1, kernel)).expand(shape)[idx])
@@ -1120,7 +1120,7 @@ def _relu_pool_factor(rows: dict[str, Any], xs: Callable[[torch.Tensor], torch.T
         pool_m = torch.where(dy == 0, fallback, num[idx] / torch.where(dy == 0, torch.ones_like(dy), dy))
         fixed = pool_m * xs(relu["d"]).unflatten(-1, (-1, kernel)).expand(shape)[idx]
     num.div_(delta)
-    if idx is not None:
+    if len(idx[0]):
         num[idx] = fixed
     return num
 
@@ -1132,42 +1132,45 @@ def _relu_pool_pairs(rows: dict[str, Any], pairs: _Pairs, g: torch.Tensor, buffe
     The multiplier is g (pooled cotangent, per pair and target) times a factor of the (window, reference)
     pair alone (``_relu_pool_factor``), formed once for all targets. The factor of window 0 is formed for
     every reference; windows k > 0 reuse it and only the pooled-window slice where their pool input differs
-    from window 0's (``rows["spans"]``, from the shared forward pass) is formed for them, unless the slices
-    are wide (windows that are not one variant's alleles), in which case every window's factor is formed.
+    from window 0's (``rows["spans"]``, from the shared forward pass; one slice per k, the union over the
+    block's variants, so a block costs a fixed number of ops) is formed for them, unless the slices are wide
+    (windows that are not one variant's alleles), in which case every window's factor is formed.
     """
     z = rows["relu"]["z"]
     kernel, out = rows["is_max"].shape[-1], rows["top"].shape[-1]
     v0, v1, k = pairs.v0, pairs.v1, pairs.k
     spans = rows["spans"][v0:v1]
     gg = pairs.grid(g.reshape(pairs.p, *rows["top"].shape[1:])).unsqueeze(-1)  # (V, K, Tb, R, ..., out, 1)
-    shared = k > 1 and int((spans[..., 1] - spans[..., 0]).max()) * 2 <= out
+    has = spans[..., 1] > spans[..., 0]  # (V, K)
+    lo = np.where(has, spans[..., 0], out).min(0)  # per window: the union of the block's variants' slices
+    hi = np.where(has, spans[..., 1], 0).max(0)
+    shared = k > 1 and int((hi - lo).max()) * 2 <= out
     xs, rs = _pool_selectors(pairs, out, kernel, slice(0, 1) if shared else slice(None))
     factor = _relu_pool_factor(rows, xs, rs, buffers)
     m = torch.mul(gg, factor, out=_buffer(buffers, "m", torch.broadcast_shapes(gg.shape, factor.shape), factor))
-    for v, w in np.argwhere(spans[..., 1] > spans[..., 0]) if shared else ():
-        lo, hi = (int(s) for s in spans[v, w])
-        xs, rs = _pool_selectors(pairs, out, kernel, slice(w, w + 1), v, (lo, hi))
-        m[v, w, ..., lo:hi, :] = gg[v, w, ..., lo:hi, :] * _relu_pool_factor(rows, xs, rs)[0, 0]
+    for w in np.flatnonzero(hi > lo) if shared else ():
+        a, b = int(lo[w]), int(hi[w])
+        xs, rs = _pool_selectors(pairs, out, kernel, slice(w, w + 1), (a, b))
+        m[:, w, ..., a:b, :] = gg[:, w, ..., a:b, :] * _relu_pool_factor(rows, xs, rs)[:, 0]
     m = m.reshape(*m.shape[:-2], out * kernel)
     if out * kernel < z.shape[-1]:  # positions after the last window receive nothing
         m = F.pad(m, (0, z.shape[-1] - out * kernel))
     return m.reshape(pairs.p, *z.shape[1:])
 
 
-def _pool_selectors(pairs: _Pairs, out: int, kernel: int, windows: slice, variant: int | None = None,
-                    span: tuple[int, int] | None = None) -> tuple[Callable, Callable]:
+def _pool_selectors(pairs: _Pairs, out: int, kernel: int, windows: slice, span: tuple[int, int] | None = None
+                    ) -> tuple[Callable, Callable]:
     """Row selectors for ``_relu_pool_factor``: the block's windows (``windows`` of each variant) and its
-    references, cropped to the pooled windows, optionally of one variant and a pooled-window slice ``span``.
+    references, cropped to the pooled windows, optionally to a pooled-window slice ``span``.
 
     Pooled tensors end in an axis of ``out`` windows, the others in positions (``out * kernel`` used).
     """
     lo, hi = span if span is not None else (0, out)
-    rows = slice(None) if variant is None else slice(variant, variant + 1)
 
     def crop(t: torch.Tensor) -> torch.Tensor:
         return t[..., lo:hi] if t.shape[-1] == out else t[..., lo * kernel: hi * kernel]
 
-    return (lambda t: pairs.window(crop(t))[rows, windows]), (lambda t: pairs.reference(crop(t))[rows])
+    return (lambda t: pairs.window(crop(t))[:, windows]), (lambda t: pairs.reference(crop(t)))
 
 
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
