@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/bench_peers.py [--quick] [--variants 12] [--refs 10] [--batch-size 64] [--threads 2]
-        [--repeats 3] [--device auto] [--skip-keras] [--skip-torch]
+        [--repeats 3] [--device auto] [--skip-keras] [--skip-torch] [--skip-gradients] [--grad-variants 32]
+        [--ig-variants 2] [--grad-targets 4] [--steps 50]
 
 What is timed (every method on the SAME (window, reference) pairs; the methods are interleaved in each of
 ``--repeats`` rounds and the fastest round of each is kept, so a busy machine slows all of them alike):
@@ -31,9 +32,19 @@ Keras 3 (TensorFlow), the same architecture (channels last):
 - ``shap DeepExplainer``: every window with its variant's references as background (shap explains one
   sample at a time).
 
+grad_input and integrated gradients (PyTorch, ``--grad-targets`` targets, skipped with ``--skip-gradients``):
+the 2 x ``--grad-variants`` windows (grad_input) and the 2 x ``--ig-variants`` windows x ``--steps`` path
+points from a zero baseline (IG) as
+
+- ``bare fwd+bwd``: an autograd pass per target over the same rows, batches of ``--batch-size``;
+- ``before``: the code before this release (one ``model.gradient`` pass per target; IG in calls holding the
+  path points of ``batch // steps`` windows, i.e. 50 of 64 rows at 50 steps);
+- ``now``: ``fis.windows_importance`` (the registry's fast paths: all windows, all baselines and steps in
+  full calls, one forward pass per call shared by every target through ``model.gradients``).
+
 Printed: the device, threads and versions, then per framework a table of seconds, pairs/s and the ratio of
 each method's throughput to the bare pass, and a matrix of every pairwise throughput ratio.
-``--quick`` (3 variants, 2 rounds) runs in under two minutes on 2 CPU threads.
+``--quick`` (3 variants, 2 rounds) runs in a few minutes on 2 CPU threads.
 """
 
 from __future__ import annotations
@@ -324,7 +335,7 @@ def keras_methods(models: tuple, x: np.ndarray, refs: np.ndarray, batch: int) ->
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="3 variants, 2 rounds (< 2 min on 2 CPU threads)")
+    ap.add_argument("--quick", action="store_true", help="3 variants, 2 rounds (a few minutes on 2 CPU threads)")
     ap.add_argument("--variants", type=int, default=12)
     ap.add_argument("--refs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=64)
