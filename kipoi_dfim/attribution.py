@@ -515,6 +515,8 @@ METHODS["deeplift"] = METHODS["deeplift"].with_shared(deeplift_shared)
 
 def _all_targets_gradients(model, x: np.ndarray, targets: Sequence, batch_size: int) -> np.ndarray:
     """(T, N, L, 4) gradients of every target, calls of ``batch_size`` inputs, the forward shared by targets."""
+    if len(x) == 0:
+        return np.zeros((len(targets), *x.shape), np.float32)
     return np.concatenate([model.gradients(x[a:b], list(targets)) for a, b in _chunks(len(x), batch_size)], 1)
 
 

@@ -107,3 +107,11 @@ def test_path_points_span_calls_without_changing_the_sums():
     # mean over the midpoints of 2 (t + 1) (b + a (x - b)) = 2 (t + 1) (b + (x - b) / 2)
     want = np.stack([2.0 * (t + 1) * (base + 0.5 * (x[:, None] - base)) for t in (0, 2)])
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["grad_input", "integrated_gradients"])
+def test_no_windows_give_an_empty_result(model, method):
+    st = Settings(method=method, steps=2)
+    W = np.zeros((2, 0, L, 4), np.float32)
+    assert fis.windows_importance(model, W, fis.window_references(W[0], st, np.arange(0)), [0, 1], st).shape == \
+        (2, 2, 0, L, 4)
