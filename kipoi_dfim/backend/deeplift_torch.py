@@ -908,27 +908,26 @@ class SharedPlan:
             if not isinstance(values[name], torch.Tensor) or values[name].shape[0] != len(z):
                 raise SharedPathUnavailable(f"node {name} is not batch-major")
         acts: dict[str, Any] = {}
-        with _rule_threads(z.device):  # elementwise work: see _rule_threads
-            for step in self.steps:
-                if step.kind == "rescale":
-                    acts[step.name] = self._rescale_rows(step, values[step.inputs[0]], values[step.name], n_windows)
-                elif step.kind in ("maxpool", "relupool"):
-                    zin = values[step.fused.name if step.fused is not None else step.inputs[0]]
-                    windows = step.windows(tuple(zin.shape))
-                    if check_pools and not self.pools_checked:
-                        mine, theirs = windows.pooled(zin), values[step.name]
-                        if mine.numel() != theirs.numel() or not torch.equal(theirs, mine.reshape(theirs.shape)):
-                            raise UnsupportedModelError(
-                                f"DeepLIFT: max-pooling {step.label}: this pooling configuration is not supported"
-                            )
-                    acts[step.name] = _pool_rows(windows, zin, values[step.name])
-                    if step.fused is not None:
-                        rows = acts[step.name]
-                        rows["relu"] = self._rescale_rows(step.fused, values[step.inputs[0]], zin, n_windows)
-                        if rows["tiled"]:
-                            out, kernel = rows["is_max"].shape[-2:]
-                            rows["is_max_flat"] = rows["is_max"].flatten(-2)
-                            rows["spans"] = _window_spans(rows["relu"]["z"], n_windows // k, k, out, kernel)
+        for step in self.steps:
+            if step.kind == "rescale":
+                acts[step.name] = self._rescale_rows(step, values[step.inputs[0]], values[step.name], n_windows)
+            elif step.kind in ("maxpool", "relupool"):
+                zin = values[step.fused.name if step.fused is not None else step.inputs[0]]
+                windows = step.windows(tuple(zin.shape))
+                if check_pools and not self.pools_checked:
+                    mine, theirs = windows.pooled(zin), values[step.name]
+                    if mine.numel() != theirs.numel() or not torch.equal(theirs, mine.reshape(theirs.shape)):
+                        raise UnsupportedModelError(
+                            f"DeepLIFT: max-pooling {step.label}: this pooling configuration is not supported"
+                        )
+                acts[step.name] = _pool_rows(windows, zin, values[step.name])
+                if step.fused is not None:
+                    rows = acts[step.name]
+                    rows["relu"] = self._rescale_rows(step.fused, values[step.inputs[0]], zin, n_windows)
+                    if rows["tiled"]:
+                        out, kernel = rows["is_max"].shape[-2:]
+                        rows["is_max_flat"] = rows["is_max"].flatten(-2)
+                        rows["spans"] = _window_spans(rows["relu"]["z"], n_windows // k, k, out, kernel)
         self.pools_checked = self.pools_checked or check_pools
         return acts, y
 
@@ -959,45 +958,20 @@ class SharedPlan:
                 continue
             if step.kind == "linear":
                 grads = torch.vmap(step.vjp)(g)
+            elif step.kind == "rescale":
+                grads = (_rescale_pairs(acts[step.name], pairs, g[:, 0]).unsqueeze(1),)
+            elif step.kind == "maxpool" or not acts[step.name]["tiled"]:
+                grads = (_pool_pairs(acts[step.name], pairs, g[:, 0]).unsqueeze(1),)
+                if step.fused is not None:
+                    grads = (_rescale_pairs(acts[step.name]["relu"], pairs, grads[0][:, 0]).unsqueeze(1),)
             else:
-                with _rule_threads(g.device):
-                    grads = (self._rule(step, acts[step.name], pairs, g[:, 0]).unsqueeze(1),)
+                buffers = self.buffers.setdefault((threading.get_ident(), step.name), {})
+                grads = (_relu_pool_pairs(acts[step.name], pairs, g[:, 0], buffers).unsqueeze(1),)
             for name, grad in zip(step.inputs, grads, strict=True):
                 cot[name] = grad if name not in cot else torch.utils._pytree.tree_map(torch.add, cot[name], grad)
         if self.input not in cot:  # the target does not depend on the input
             return torch.zeros(p, *self.input_shape, dtype=self.dtype, device=pairs.targets.device)
         return cot[self.input][:, 0]
-
-
-    def _rule(self, step: _Step, rows: dict[str, Any], pairs: _Pairs, g: torch.Tensor) -> torch.Tensor:
-        """The pair cotangent g (P, ...) through a nonlinear step's rule."""
-        if step.kind == "rescale":
-            return _rescale_pairs(rows, pairs, g)
-        if step.kind == "maxpool" or not rows["tiled"]:
-            g = _pool_pairs(rows, pairs, g)
-            return _rescale_pairs(rows["relu"], pairs, g) if step.fused is not None else g
-        buffers = self.buffers.setdefault((threading.get_ident(), step.name), {})
-        return _relu_pool_pairs(rows, pairs, g, buffers)
-
-
-@contextlib.contextmanager
-def _rule_threads(device: torch.device) -> Iterator[None]:
-    """Run the rules' elementwise ops on one CPU thread (the convolutions keep every thread).
-
-    Each of the many elementwise ops of the rules wakes PyTorch's other intra-op threads, which then
-    spin-wait: measured on the Basset benchmark with 2 threads, the rules' CPU time was 4-6x their one-thread
-    time and the call ran at 0.5-0.7x the bare pass; with the rules on one thread, 1.1x (benchmarks/README.md).
-    The thread count is restored on exit; elementwise results do not depend on it.
-    """
-    n = torch.get_num_threads()
-    if device.type != "cpu" or n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _rescale_pairs(rows: dict[str, torch.Tensor], pairs: _Pairs, g: torch.Tensor) -> torch.Tensor:
