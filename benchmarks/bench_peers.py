@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/bench_peers.py [--quick] [--variants 12] [--refs 10] [--batch-size 64] [--threads 2]
-        [--repeats 3] [--device auto] [--skip-keras] [--skip-torch]
+        [--repeats 3] [--device auto] [--skip-keras] [--skip-torch] [--skip-gradients] [--grad-variants 32]
+        [--ig-variants 2] [--grad-targets 4] [--steps 50]
 
 What is timed (every method on the SAME (window, reference) pairs; the methods are interleaved in each of
 ``--repeats`` rounds and the fastest round of each is kept, so a busy machine slows all of them alike):
@@ -31,9 +32,19 @@ Keras 3 (TensorFlow), the same architecture (channels last):
 - ``shap DeepExplainer``: every window with its variant's references as background (shap explains one
   sample at a time).
 
+grad_input and integrated gradients (PyTorch, ``--grad-targets`` targets, skipped with ``--skip-gradients``):
+the 2 x ``--grad-variants`` windows (grad_input) and the 2 x ``--ig-variants`` windows x ``--steps`` path
+points from a zero baseline (IG) as
+
+- ``bare fwd+bwd``: an autograd pass per target over the same rows, batches of ``--batch-size``;
+- ``before``: the code before this release (one ``model.gradient`` pass per target; IG in calls holding the
+  path points of ``batch // steps`` windows, i.e. 50 of 64 rows at 50 steps);
+- ``now``: ``fis.windows_importance`` (the registry's fast paths: all windows, all baselines and steps in
+  full calls, one forward pass per call shared by every target through ``model.gradients``).
+
 Printed: the device, threads and versions, then per framework a table of seconds, pairs/s and the ratio of
 each method's throughput to the bare pass, and a matrix of every pairwise throughput ratio.
-``--quick`` (3 variants, 2 rounds) runs in under two minutes on 2 CPU threads.
+``--quick`` (3 variants, 2 rounds) runs in a few minutes on 2 CPU threads.
 """
 
 from __future__ import annotations
@@ -171,6 +182,75 @@ def torch_methods(models: tuple, x: np.ndarray, refs: np.ndarray, batch: int) ->
             "tangermeme deep_lift_shap": tangermeme, "captum DeepLiftShap": captum_dls}
 
 
+def gradient_methods(models: tuple, x: np.ndarray, targets: list[int], steps: int, batch: int,
+                     ig_variants: int) -> dict:
+    """grad_input and integrated gradients of the DFIM windows x (N, 2, L, 4) for ``targets``: a bare autograd
+    pass per target over the same rows, the code before this release (one target per pass, IG in calls of
+    the path points of ``batch // steps`` windows), and the registry's fast paths (all windows, all steps in
+    full calls, one forward pass per call for all targets)."""
+    import torch
+
+    from kipoi_dfim import fis
+    from kipoi_dfim.attribution import _chunks
+    from kipoi_dfim.settings import Settings
+
+    model, logit = models
+    dev = model.device
+    n = x.shape[0]
+    W = np.ascontiguousarray(np.moveaxis(x, 1, 0))  # (2, N, L, 4)
+    flat = W.reshape(2 * n, L, 4)
+    alphas = ((np.arange(steps) + 0.5) / steps).astype(np.float32)
+    W_ig = W[:, :ig_variants]
+    flat_ig = W_ig.reshape(-1, L, 4)
+    pts = (alphas[None, :, None, None] * flat_ig[:, None]).reshape(-1, L, 4)  # zero baseline
+    rows = {"grad_input": torch.from_numpy(flat.transpose(0, 2, 1).copy()).to(dev),
+            "integrated_gradients": torch.from_numpy(pts.transpose(0, 2, 1).copy()).to(dev)}
+
+    def bare(method: str) -> Callable[[], None]:
+        def run() -> None:
+            for t in targets:
+                for a in range(0, len(rows[method]), batch):
+                    xb = rows[method][a: a + batch].clone().requires_grad_(True)
+                    (g,) = torch.autograd.grad(logit(xb)[:, t].sum(), xb)
+                _ = g.cpu()
+        return run
+
+    def before_grad_input() -> None:
+        for t in targets:
+            _ = np.concatenate([model.gradient(flat[a:b], t) for a, b in _chunks(len(flat), batch)]) * flat
+
+    def before_ig() -> None:
+        for t in targets:
+            for a, b in _chunks(len(flat_ig), max(1, batch // steps)):
+                p = (alphas[None, :, None, None] * flat_ig[a:b, None]).reshape(-1, L, 4)
+                g = np.concatenate([model.gradient(p[c:d], t) for c, d in _chunks(len(p), batch)])
+                _ = g.reshape(b - a, steps, L, 4).mean(1) * flat_ig[a:b]
+
+    def now(method: str) -> Callable[[], None]:
+        st = Settings(method=method, batch_size=batch, steps=steps)
+        if method == "grad_input":
+            return lambda: fis.windows_importance(model, W, None, targets, st)
+        return lambda: fis.windows_importance(model, W_ig, "zeros", targets, st)
+
+    return {"bare fwd+bwd, grad_input rows": bare("grad_input"), "grad_input before": before_grad_input,
+            "grad_input now": now("grad_input"), "bare fwd+bwd, IG path points": bare("integrated_gradients"),
+            "integrated gradients before": before_ig, "integrated gradients now": now("integrated_gradients")}
+
+
+def report_gradients(timings: dict[str, tuple[float, float]], n_windows: int, n_ig: int, targets: int,
+                     steps: int) -> None:
+    """Windows per second of grad_input / IG before and now, each as a ratio to its bare pass."""
+    print(f"\n## grad_input ({n_windows} windows) / integrated gradients ({n_ig} windows, {steps} steps, zero "
+          f"baseline), PyTorch, {targets} target(s)\n")
+    print("| method | wall s | windows/s | ratio to bare | CPU s | CPU ratio to bare |")
+    print("|---|---|---|---|---|---|")
+    for name, (wall, cpu) in timings.items():
+        grad = "grad_input" in name
+        bare = timings["bare fwd+bwd, grad_input rows" if grad else "bare fwd+bwd, IG path points"]
+        print(f"| {name} | {wall:.2f} | {(n_windows if grad else n_ig) / wall:.1f} | {bare[0] / wall:.2f} | "
+              f"{cpu:.2f} | {bare[1] / cpu:.2f} |")
+
+
 # ------------------------------------------------------------------------------------------------ Keras
 
 
@@ -255,7 +335,7 @@ def keras_methods(models: tuple, x: np.ndarray, refs: np.ndarray, batch: int) ->
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="3 variants, 2 rounds (< 2 min on 2 CPU threads)")
+    ap.add_argument("--quick", action="store_true", help="3 variants, 2 rounds (a few minutes on 2 CPU threads)")
     ap.add_argument("--variants", type=int, default=12)
     ap.add_argument("--refs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -265,9 +345,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--skip-keras", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-gradients", action="store_true", help="no grad_input / IG table")
+    ap.add_argument("--grad-variants", type=int, default=32, help="variants of the grad_input / IG table")
+    ap.add_argument("--grad-targets", type=int, default=4, help="targets of the grad_input / IG table")
+    ap.add_argument("--steps", type=int, default=50, help="integrated-gradients steps")
+    ap.add_argument("--ig-variants", type=int, default=2, help="variants of the integrated-gradients rows")
     a = ap.parse_args(argv)
     if a.quick:
-        a.variants, a.repeats = 3, 2
+        a.variants, a.repeats, a.grad_variants, a.ig_variants = 3, 2, 8, 1
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -290,6 +375,14 @@ def main(argv: list[str] | None = None) -> int:
         best_of(torch_methods(models, *warm, a.batch_size), 1)  # warm-up on one variant
         report(f"PyTorch ({dev})", best_of(torch_methods(models, x, refs, a.batch_size), a.repeats), pairs,
                "bare fwd+bwd")
+        if not a.skip_gradients:
+            gx, _ = make_pairs(a.grad_variants, 1, a.seed + 1)
+            targets = [TARGET + 10 * j for j in range(a.grad_targets)]
+            best_of(gradient_methods(models, gx[:1], targets, a.steps, a.batch_size, 1), 1)  # warm-up
+            timings = best_of(gradient_methods(models, gx, targets, a.steps, a.batch_size, a.ig_variants),
+                              a.repeats)
+            report_gradients(timings, 2 * a.grad_variants, 2 * min(a.ig_variants, a.grad_variants), len(targets),
+                             a.steps)
     if not a.skip_keras:
         gpus = tf.config.list_physical_devices("GPU")
         print(f"\nTensorFlow device: {'GPU ' + gpus[0].name if gpus else 'CPU'}")

@@ -61,8 +61,8 @@ class Method:
     shared : callable or None
         Optional fast path ``shared(model, W (K, N, L, 4), refs, targets, settings, positions=None,
         progress=None) -> (T, K, N, L, 4)`` actual importance of K windows per variant that share their
-        references (DFIM's reference and alternate windows) for several targets at once; None:
-        :func:`kipoi_dfim.fis.windows_importance` loops over targets with ``fn``.
+        references (DFIM's reference and alternate windows) for several targets at once (it returns None where
+        it does not apply); None: :func:`kipoi_dfim.fis.windows_importance` loops over targets with ``fn``.
     positions : bool
         ``fn`` takes ``positions`` (N, L) bool and computes importance only there (ISM: the target bases).
     progress : bool
@@ -112,7 +112,7 @@ class Method:
         """
         K, N, L, _ = W.shape
         pos = positions if self.positions else None
-        if self.shared is not None and (self.references is None or isinstance(refs, np.ndarray)):
+        if self.shared is not None:
             out = self.shared(model, W, refs, targets, settings, positions=pos, progress=progress)
             if out is not None:
                 return out
@@ -417,21 +417,40 @@ def integrated_gradients(model, x: np.ndarray, target, *, hypothetical: bool = F
     if steps < 1:
         raise InputError(f"steps must be >= 1, got {steps}")
     refs = _References(baseline, x, seed, n_refs, gc, "baseline")
+    if len(x) == 0:
+        return np.zeros_like(x)
+    base = refs.get(0, len(x))
+    hyp = hypothetical_scores(_path_gradients(model, x, base, [target], steps, batch_size, progress)[0], base)
+    return _project(hyp, x, hypothetical)
+
+
+def _path_gradients(model, x: np.ndarray, base: np.ndarray, targets: Sequence, steps: int,
+                    batch_size: int, progress: Progress | None = None) -> np.ndarray:
+    """Path-averaged gradients of integrated gradients, (T, N, R, L, 4), for x (N, L, 4), baselines base (N, R,
+    L, 4) (or (N, 1, L, 4) broadcast) and several targets.
+
+    The N x R x steps path points of all sequences form one stream cut into model calls of ``batch_size``
+    points (each call's forward pass shared by the targets when the model has ``gradients``), so calls are
+    full whatever N, R and steps are; points are built call by call, never all at once. Gradients are summed
+    per (sequence, baseline) in float64, so the result does not depend on where the calls cut the stream.
+    """
+    N, R, L, _ = base.shape
     alphas = ((np.arange(steps) + 0.5) / steps).astype(np.float32)
-    per_seq = refs.R * steps
-    per_chunk = max(1, batch_size // per_seq)
-    L = x.shape[1]
-    out = []
-    for a, b in _chunks(len(x), per_chunk):
-        xc, base = x[a:b], refs.get(a, b)  # (n, L, 4), (n, R, L, 4)
-        n = len(xc)
-        pts = base[:, :, None] + alphas[None, None, :, None, None] * (xc[:, None, None] - base[:, :, None])
-        part = share(progress, n / len(x))
-        g = _gradient(model, pts.reshape(-1, L, 4), target, batch_size, part).reshape(n, refs.R, steps, L, 4)
-        gbar = g.mean(2)
-        hyp = hypothetical_scores(gbar, base)
-        out.append(_project(hyp, xc, hypothetical))
-    return np.concatenate(out) if out else np.zeros_like(x)
+    gsum = np.zeros((len(targets), N * R, L, 4), np.float64)
+    for a, b in _chunks(N * R * steps, batch_size):
+        idx = np.arange(a, b)
+        seg = idx // steps  # (sequence, baseline) of each point
+        i, r = seg // R, seg % R
+        bb = base[i, r]
+        pts = bb + alphas[idx % steps, None, None] * (x[i] - bb)
+        if hasattr(model, "gradients"):
+            g = model.gradients(pts, list(targets))
+        else:
+            g = np.stack([model.gradient(pts, t) for t in targets])
+        starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])
+        gsum[:, seg[starts]] += np.add.reduceat(g.astype(np.float64), starts, axis=1)
+        report(progress, b - a, N * R * steps)
+    return (gsum / steps).astype(np.float32).reshape(len(targets), N, R, L, 4)
 
 
 def _ism_outputs(model, x: np.ndarray, cols: Sequence[int], batch_size: int, positions: np.ndarray | None,
@@ -524,7 +543,7 @@ def deeplift_shared(model, W: np.ndarray, refs: np.ndarray, targets: Sequence, s
     ``deeplift_shared`` (the references' forward pass runs once per variant). None when the backend has none.
     ``progress`` is told each model call's share of the variants.
     """
-    if not hasattr(model, "deeplift_shared"):
+    if not hasattr(model, "deeplift_shared") or not isinstance(refs, np.ndarray):
         return None
     K, N, L, _ = W.shape
     x = np.ascontiguousarray(np.moveaxis(W, 0, 1))  # (N, K, L, 4)
@@ -538,3 +557,50 @@ def deeplift_shared(model, W: np.ndarray, refs: np.ndarray, targets: Sequence, s
 
 
 METHODS["deeplift"] = METHODS["deeplift"].with_shared(deeplift_shared)
+
+
+def _all_targets_gradients(model, x: np.ndarray, targets: Sequence, batch_size: int,
+                           progress: Progress | None = None) -> np.ndarray:
+    """(T, N, L, 4) gradients of every target, calls of ``batch_size`` inputs, the forward shared by targets
+    (each call reported to ``progress``)."""
+    if len(x) == 0:
+        return np.zeros((len(targets), *x.shape), np.float32)
+    out = []
+    for a, b in _chunks(len(x), batch_size):
+        out.append(model.gradients(x[a:b], list(targets)))
+        report(progress, b - a, len(x))
+    return np.concatenate(out, 1)
+
+
+def grad_input_shared(model, W: np.ndarray, refs, targets: Sequence, settings, positions=None,
+                      progress: Progress | None = None) -> np.ndarray | None:
+    """Gradient x input of the K x N windows for every target: all windows in full batches, one forward pass
+    per batch for all targets (``model.gradients``). None when the model has no ``gradients``."""
+    if not hasattr(model, "gradients") or not len(targets):
+        return None
+    K, N, L, _ = W.shape
+    flat = W.reshape(K * N, L, 4)
+    g = _all_targets_gradients(model, flat, targets, settings.batch_size, progress)
+    return (g * flat).astype(np.float32).reshape(len(targets), K, N, L, 4)
+
+
+METHODS["grad_input"] = METHODS["grad_input"].with_shared(grad_input_shared)
+
+
+def integrated_gradients_shared(model, W: np.ndarray, refs, targets: Sequence, settings,
+                                positions=None, progress: Progress | None = None) -> np.ndarray | None:
+    """Integrated gradients of the K x N windows for every target in one stream of path points (all windows,
+    all baselines, all steps; :func:`_path_gradients`), the baselines of a variant shared by its K windows.
+    None when the model has no ``gradients``."""
+    if not hasattr(model, "gradients") or not len(targets):
+        return None
+    K, N, L, _ = W.shape
+    flat = W.reshape(K * N, L, 4)
+    spec = np.concatenate([refs] * K) if isinstance(refs, np.ndarray) else (refs or settings.references or "zeros")
+    base = _References(spec, flat, 0, settings.n_refs, settings.gc, "baseline").get(0, K * N)
+    gbar = _path_gradients(model, flat, base, targets, settings.steps, settings.batch_size, progress)
+    hyp = np.stack([hypothetical_scores(gbar[j], base) for j in range(len(targets))])
+    return (hyp * flat).astype(np.float32).reshape(len(targets), K, N, L, 4)
+
+
+METHODS["integrated_gradients"] = METHODS["integrated_gradients"].with_shared(integrated_gradients_shared)

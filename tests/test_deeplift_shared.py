@@ -153,3 +153,39 @@ def test_threads_sharing_a_model_get_their_own_results():
         together = list(pool.map(lambda job: m.deeplift_shared(*job, TARGETS), jobs))
     for a, b in zip(alone, together, strict=True):
         assert_close(a, b, rtol=1e-6)
+
+
+class _OddPool(nn.Module):
+    """conv-relu-maxpool whose windows leave the conv's last position out (27 = 13 * 2 + 1), then dense."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.net = nn.Sequential(nn.Conv1d(4, 6, 4), nn.ReLU(), nn.MaxPool1d(2), nn.Flatten(), nn.Linear(6 * 13, 2))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_windows_reuse_window_zero_only_where_their_activations_agree():
+    """Windows k > 0 of a variant take window 0's relu-pool factor outside the slice where their activations
+    differ (an edge base, the middle base); a window unrelated to window 0 gets its own factor everywhere.
+    Oracle: the pairwise engine (every window against every reference)."""
+    model = load_model(_OddPool(), seq_len=30, layout="(4,L)", batch_size=64, device="cpu")
+    rng = np.random.default_rng(5)
+    ref = np.eye(4, dtype=np.float32)[rng.integers(0, 4, (3, 30))]
+    windows = [ref]
+    for pos in (0, 29, 15):
+        w = ref.copy()
+        w[:, pos] = np.roll(w[:, pos], 1, axis=-1)
+        windows.append(w)
+    windows.append(np.eye(4, dtype=np.float32)[rng.integers(0, 4, (3, 30))])
+    x = np.stack(windows, 1)
+    refs = shuffled_references(ref, 4, [np.random.default_rng([5, i]) for i in range(3)])
+    for k in (2, 4, 5):  # narrow slices only (the shared factor), then with the unrelated window (every factor)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            fast = model.deeplift_shared(x[:, :k], refs, [1, 0])
+        slow = AdapterBase._deeplift_shared(model, x[:, :k], refs, [1, 0])
+        assert np.abs(slow[:, 1:]).max() > 1e-3
+        assert_close(fast, slow)

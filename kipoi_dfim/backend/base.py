@@ -41,6 +41,10 @@ class SequenceModel(Protocol):
         """d output[target] / d x, (N, L, 4), of the scored output (logit by default)."""
         ...
 
+    def gradients(self, x: np.ndarray, targets: list[int | str]) -> np.ndarray:
+        """Gradients (T, N, L, 4) of several scored outputs, the forward pass shared by the targets."""
+        ...
+
     def deeplift(
         self, x: np.ndarray, references: np.ndarray, target: int | str, hypothetical: bool = False
     ) -> np.ndarray:

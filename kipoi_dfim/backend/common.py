@@ -124,6 +124,24 @@ class AdapterBase:
             lambda bs: np.concatenate([self._gradient_batch(x[i : i + bs], t) for i in range(0, len(x), bs)])
         )
 
+    def gradients(self, x: np.ndarray, targets: list[int | str]) -> np.ndarray:
+        """Gradients of several scored outputs, (T, N, L, 4): one forward pass per batch shared by all targets.
+
+        Numerically ``np.stack([gradient(x, t) for t in targets])``; adapters run one backward pass per target
+        on the batch's forward graph (``_gradients_batch``), the generic default one gradient call per target.
+        """
+        x = self._check_x(x)
+        ts = [self.target_index(t) for t in targets]
+        if len(x) == 0 or not ts:
+            return np.zeros((len(ts), *x.shape), np.float32)
+        return self.with_halving(
+            lambda bs: np.concatenate([self._gradients_batch(x[i : i + bs], ts) for i in range(0, len(x), bs)], 1)
+        )
+
+    def _gradients_batch(self, x: np.ndarray, targets: list[int]) -> np.ndarray:
+        """(T, B, L, 4) gradients of one batch; adapters override it to share the forward pass."""
+        return np.stack([self._gradient_batch(x, t) for t in targets])
+
     def deeplift_multipliers(self, x: np.ndarray, references: np.ndarray, target: int | str) -> np.ndarray:
         """DeepLIFT multipliers (N, R, L, 4) of each (sequence, reference) pair."""
         x = self._check_x(x)

@@ -894,11 +894,11 @@ class SharedPlan:
 
     # -- phase 1: the shared forward pass ------------------------------------------------------------------
     def forward(
-        self, z: torch.Tensor, n_windows: int, check_pools: bool
+        self, z: torch.Tensor, n_windows: int, check_pools: bool, k: int = 1
     ) -> tuple[dict[str, Any], torch.Tensor]:
         """Per-row quantities the rules need, and the (rows, n_out) outputs, for the rows z (no autograd).
 
-        z holds the n_windows window rows first, then the reference rows.
+        z holds the n_windows window rows first (K consecutive windows per variant), then the reference rows.
         """
         rec = _Recorder(self.gm, self.rules, self.keep)
         with torch.no_grad():
@@ -922,8 +922,12 @@ class SharedPlan:
                         )
                 acts[step.name] = _pool_rows(windows, zin, values[step.name])
                 if step.fused is not None:
-                    acts[step.name]["relu"] = self._rescale_rows(
-                        step.fused, values[step.inputs[0]], zin, n_windows)
+                    rows = acts[step.name]
+                    rows["relu"] = self._rescale_rows(step.fused, values[step.inputs[0]], zin, n_windows)
+                    if rows["tiled"]:
+                        out, kernel = rows["is_max"].shape[-2:]
+                        rows["is_max_flat"] = rows["is_max"].flatten(-2)
+                        rows["spans"] = _window_spans(rows["relu"]["z"], n_windows // k, k, out, kernel)
         self.pools_checked = self.pools_checked or check_pools
         return acts, y
 
@@ -994,9 +998,11 @@ def _pool_rows(windows: _Windows, z: torch.Tensor, pooled: torch.Tensor) -> dict
         n_out, kernel = a["out"], a["kernel"]
         top = pooled.reshape(*z.shape[:-1], n_out)
         w = z[..., : n_out * kernel].reshape(*z.shape[:-1], n_out, kernel)
-        is_max = (w == top.unsqueeze(-1)).to(z.dtype)
-        count = F.avg_pool1d(is_max.reshape(len(z), -1, n_out * kernel), kernel, kernel) * kernel
-        inv = count.reciprocal_().reshape(top.shape)
+        is_max = w == top.unsqueeze(-1)  # bool: a quarter of the bytes the pair steps read
+        count = is_max[..., 0].to(z.dtype)
+        for j in range(1, kernel):  # kernel adds of strided slices: cheaper than a reduction over 2-4 elements
+            count += is_max[..., j]
+        inv = count.reciprocal_()
         return {"tiled": True, "z": z, "top": top, "is_max": is_max, "inv": inv, "windows": windows}
     return {"tiled": False, "z": z, "windows": windows}
 
@@ -1057,45 +1063,114 @@ def _pool_pairs(rows: dict[str, Any], pairs: _Pairs, g: torch.Tensor) -> torch.T
     return m.reshape(pairs.p, *shape)
 
 
+def _window_spans(z: torch.Tensor, n: int, k: int, out: int, kernel: int) -> np.ndarray:
+    """(n, K, 2) pooled-window range [lo, hi) where window k's pool input differs from window 0's.
+
+    DFIM's windows of a variant differ in a few bases, so below a wide layer their activations differ only
+    in a slice; the rule's per-pair factor of window k is window 0's outside it (``_relu_pool_pairs``).
+    Window 0 gets the empty range.
+    """
+    spans = np.zeros((n, k, 2), np.int64)
+    if k == 1:
+        return spans
+    w = z[: n * k, ..., : out * kernel].reshape(n, k, -1, out, kernel)
+    differs = (w[:, 1:] != w[:, :1]).any(-1).flatten(2, -2).any(2).cpu().numpy()  # (n, K - 1, out)
+    has = differs.any(-1)
+    lo = differs.argmax(-1)
+    hi = out - differs[..., ::-1].argmax(-1)
+    spans[:, 1:, 0] = np.where(has, lo, 0)
+    spans[:, 1:, 1] = np.where(has, hi, 0)
+    return spans
+
+
+def _relu_pool_factor(rows: dict[str, Any], xs: Callable[[torch.Tensor], torch.Tensor],
+                      rs: Callable[[torch.Tensor], torch.Tensor], buffers: dict | None = None,
+                      key: str = "factor") -> torch.Tensor:
+    """The per-pair factor A of relu (or relu6) followed by a tiled max-pool: cotangent g at the relu's
+    input = g (pooled, broadcast over the window) * A, (..., out, kernel).
+
+    ``xs`` / ``rs`` select the window rows / reference rows of any per-row tensor (pooled-axis slice
+    included), broadcasting against each other. The pairwise engine multiplies the pool multiplier
+    routed / (y_x - y_r) by the Rescale multiplier (y_x - y_r) / (z_x - z_r), routed = g * numerator; the
+    product is g * numerator / (z_x - z_r). Where y_x == y_r but z_x != z_r the relu multiplier is 0 and so
+    is the numerator (docs/deeplift.md), so the quotient holds there too. Only where |z_x - z_r| <
+    RESCALE_EPS are the two factors formed separately (few elements, gathered).
+    """
+    relu = rows["relu"]
+    top_x, top_r = xs(rows["top"]), rs(rows["top"])
+    cross = torch.maximum(top_x, top_r)
+    ax = ((cross - top_r) * xs(rows["inv"])).unsqueeze(-1)
+    br = ((top_x - cross) * rs(rows["inv"])).unsqueeze(-1)
+    kernel = rows["is_max"].shape[-1]
+    is_max_x = xs(rows["is_max_flat"]).unflatten(-1, (-1, kernel))
+    is_max_r = rs(rows["is_max_flat"]).unflatten(-1, (-1, kernel))
+    shape = torch.broadcast_shapes(is_max_x.shape, ax.shape, is_max_r.shape)
+    num = torch.mul(is_max_x, ax, out=_buffer(buffers, key, shape, ax)).addcmul_(is_max_r, br)
+    zx, zr = xs(relu["z"]).unflatten(-1, (-1, kernel)), rs(relu["z"]).unflatten(-1, (-1, kernel))
+    delta = torch.sub(zx, zr, out=_buffer(buffers, key + "_delta", shape, zx))
+    small = torch.lt(delta.abs(), RESCALE_EPS) if buffers is None else torch.lt(
+        torch.abs(delta, out=_buffer(buffers, key + "_abs", shape, zx)), RESCALE_EPS,
+        out=_buffer(buffers, key + "_small", shape, zx, torch.bool))
+    idx = small.nonzero(as_tuple=True)  # one pass; usually a handful of elements
+    if len(idx[0]):  # the pairwise formula at the few elements where z_x ~ z_r
+        y = relu["y"]
+        dy = (xs(y).unflatten(-1, (-1, kernel)).expand(shape)[idx]
+              - rs(y).unflatten(-1, (-1, kernel)).expand(shape)[idx])
+        fallback = is_max_x.expand(shape)[idx] * xs(rows["inv"]).unsqueeze(-1).expand(shape)[idx]
+        pool_m = torch.where(dy == 0, fallback, num[idx] / torch.where(dy == 0, torch.ones_like(dy), dy))
+        fixed = pool_m * xs(relu["d"]).unflatten(-1, (-1, kernel)).expand(shape)[idx]
+    num.div_(delta)
+    if len(idx[0]):
+        num[idx] = fixed
+    return num
+
+
 def _relu_pool_pairs(rows: dict[str, Any], pairs: _Pairs, g: torch.Tensor, buffers: dict | None = None
                      ) -> torch.Tensor:
     """relu (or relu6) followed by a tiled max-pool, for the block's pairs: cotangent at the relu's input.
 
-    The pairwise engine multiplies the pool multiplier routed / (y_x - y_r) by the Rescale multiplier
-    (y_x - y_r) / (z_x - z_r); the product is routed / (z_x - z_r). Where y_x == y_r but z_x != z_r the
-    relu multiplier is 0 and so is routed (see docs/deeplift.md), so the quotient holds there too. Only
-    where |z_x - z_r| < RESCALE_EPS are the two factors formed separately (few elements, gathered).
+    The multiplier is g (pooled cotangent, per pair and target) times a factor of the (window, reference)
+    pair alone (``_relu_pool_factor``), formed once for all targets. The factor of window 0 is formed for
+    every reference; windows k > 0 reuse it and only the pooled-window slice where their pool input differs
+    from window 0's (``rows["spans"]``, from the shared forward pass; one slice per k, the union over the
+    block's variants, so a block costs a fixed number of ops) is formed for them, unless the slices are wide
+    (windows that are not one variant's alleles), in which case every window's factor is formed.
     """
-    relu = rows["relu"]
-    gg = pairs.grid(g.reshape(pairs.p, *rows["top"].shape[1:]))
-    routed = _routed(rows, pairs, gg, buffers)
-    kernel = routed.shape[-1]
-    out_len = routed.shape[-2] * kernel
-    m = routed.reshape(*routed.shape[:-2], out_len)
-    z = relu["z"]
-    zx, zr = pairs.window(z)[..., :out_len], pairs.reference(z)[..., :out_len]
-    shape = torch.broadcast_shapes(zx.shape, zr.shape)
-    delta = torch.sub(zx, zr, out=_buffer(buffers, "delta", shape, zx))
-    small = torch.lt(delta, RESCALE_EPS, out=_buffer(buffers, "small", shape, zx, torch.bool))
-    small = small.logical_and_(torch.gt(delta, -RESCALE_EPS, out=_buffer(buffers, "big", shape, zx, torch.bool)))
-    small = small.expand(m.shape)
-    idx = small.nonzero(as_tuple=True) if bool(small.any()) else None
-    if idx is not None:  # the pairwise formula at the few elements where z_x ~ z_r
-        y = relu["y"]
-        flat = (*idx[:-1], idx[-1] // kernel)
-        dy = (pairs.window(y)[..., :out_len].expand(m.shape)[idx]
-              - pairs.reference(y)[..., :out_len].expand(m.shape)[idx])
-        is_max = pairs.window(rows["is_max"])
-        fallback = is_max.reshape(*is_max.shape[:-2], out_len).expand(m.shape)[idx] * (
-            gg * pairs.window(rows["inv"])).expand(*m.shape[:-1], gg.shape[-1])[flat]
-        pool_m = torch.where(dy == 0, fallback, m[idx] / torch.where(dy == 0, torch.ones_like(dy), dy))
-        fixed = pool_m * pairs.window(relu["d"])[..., :out_len].expand(m.shape)[idx]
-    m.div_(delta)
-    if idx is not None:
-        m[idx] = fixed
-    if out_len < z.shape[-1]:  # positions after the last window receive nothing
-        m = F.pad(m, (0, z.shape[-1] - out_len))
+    z = rows["relu"]["z"]
+    kernel, out = rows["is_max"].shape[-1], rows["top"].shape[-1]
+    v0, v1, k = pairs.v0, pairs.v1, pairs.k
+    spans = rows["spans"][v0:v1]
+    gg = pairs.grid(g.reshape(pairs.p, *rows["top"].shape[1:])).unsqueeze(-1)  # (V, K, Tb, R, ..., out, 1)
+    has = spans[..., 1] > spans[..., 0]  # (V, K)
+    lo = np.where(has, spans[..., 0], out).min(0)  # per window: the union of the block's variants' slices
+    hi = np.where(has, spans[..., 1], 0).max(0)
+    shared = k > 1 and int((hi - lo).max()) * 2 <= out
+    xs, rs = _pool_selectors(pairs, out, kernel, slice(0, 1) if shared else slice(None))
+    factor = _relu_pool_factor(rows, xs, rs, buffers)
+    m = torch.mul(gg, factor, out=_buffer(buffers, "m", torch.broadcast_shapes(gg.shape, factor.shape), factor))
+    for w in np.flatnonzero(hi > lo) if shared else ():
+        a, b = int(lo[w]), int(hi[w])
+        xs, rs = _pool_selectors(pairs, out, kernel, slice(w, w + 1), (a, b))
+        m[:, w, ..., a:b, :] = gg[:, w, ..., a:b, :] * _relu_pool_factor(rows, xs, rs)[:, 0]
+    m = m.reshape(*m.shape[:-2], out * kernel)
+    if out * kernel < z.shape[-1]:  # positions after the last window receive nothing
+        m = F.pad(m, (0, z.shape[-1] - out * kernel))
     return m.reshape(pairs.p, *z.shape[1:])
+
+
+def _pool_selectors(pairs: _Pairs, out: int, kernel: int, windows: slice, span: tuple[int, int] | None = None
+                    ) -> tuple[Callable, Callable]:
+    """Row selectors for ``_relu_pool_factor``: the block's windows (``windows`` of each variant) and its
+    references, cropped to the pooled windows, optionally to a pooled-window slice ``span``.
+
+    Pooled tensors end in an axis of ``out`` windows, the others in positions (``out * kernel`` used).
+    """
+    lo, hi = span if span is not None else (0, out)
+
+    def crop(t: torch.Tensor) -> torch.Tensor:
+        return t[..., lo:hi] if t.shape[-1] == out else t[..., lo * kernel: hi * kernel]
+
+    return (lambda t: pairs.window(crop(t))[:, windows]), (lambda t: pairs.reference(crop(t)))
 
 
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -1190,7 +1265,7 @@ def _shared_chunk(
     n, k, length = x.shape[:3]
     r, t = references.shape[1], len(targets)
     rows = np.concatenate([x.reshape(n * k, length, 4), references.reshape(n * r, length, 4)])
-    acts, y = plan.forward(torch.from_numpy(rows).to(device), n * k, check_pools=first)
+    acts, y = plan.forward(torch.from_numpy(rows).to(device), n * k, check_pools=first, k=k)
     for tg in targets:
         _scored(y, int(tg))  # checks the output shape and the target range
     m = np.empty((n, k, t, r, length, 4), np.float32)

@@ -188,6 +188,23 @@ class KerasModel(AdapterBase):
     def _gradient_batch(self, x: np.ndarray, target: int) -> np.ndarray:
         return self._grad_fn(target)(tf.convert_to_tensor(x, dtype=tf.float32)).numpy()
 
+    def _gradients_batch(self, x: np.ndarray, targets: list[int]) -> np.ndarray:
+        """One forward pass (a persistent tape), one gradient per target, in one tf.function per target list."""
+        key = ("grads", tuple(targets))
+        if key not in self._fns:
+            m = self._scored(self.output)
+
+            @tf.function(reduce_retracing=True)
+            def fn(x):
+                with tf.GradientTape(persistent=True) as tape:
+                    tape.watch(x)
+                    y = m(x, training=False)
+                    ys = [y[:, t] for t in targets]
+                return tf.stack([tape.gradient(yt, x) for yt in ys])
+
+            self._fns[key] = fn
+        return self._fns[key](tf.convert_to_tensor(x, dtype=tf.float32)).numpy()
+
     def _multipliers(self, x: np.ndarray, references: np.ndarray, target: int) -> np.ndarray:
         from kipoi_dfim.backend.deeplift_keras import deeplift_multipliers_keras
 

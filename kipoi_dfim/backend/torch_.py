@@ -273,6 +273,16 @@ class TorchModel(AdapterBase):
         (g,) = torch.autograd.grad(y.sum(), xt)
         return g.cpu().numpy()
 
+    def _gradients_batch(self, x: np.ndarray, targets: list[int]) -> np.ndarray:
+        """One forward pass, one backward pass per target on its graph."""
+        xt = self._tensor(x).requires_grad_(True)
+        y = self._scored(self.output)(xt)
+        out = []
+        for j, t in enumerate(targets):
+            (g,) = torch.autograd.grad(y[:, t].sum(), xt, retain_graph=j + 1 < len(targets))
+            out.append(g.cpu().numpy())
+        return np.stack(out)
+
     def _multipliers(self, x: np.ndarray, references: np.ndarray, target: int) -> np.ndarray:
         """fx-graph DeepLIFT when torch.fx traces the module, else module-level rules (hooks)."""
         from kipoi_dfim.backend.deeplift_torch import deeplift_multipliers_torch
