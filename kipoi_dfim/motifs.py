@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from kipoi_dfim.distributions import bh_adjust
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.output.base import atomic_path
 
@@ -639,7 +640,6 @@ def tomtom(query_ppms: list[np.ndarray], motifs: MotifSet, n_nearest: int | None
         targets), ``offset``, ``overlap``, ``orientation`` ("+" or "-"), sorted by query then p.
     """
     from memelite import tomtom as _tomtom
-    from statsmodels.stats.multitest import multipletests
 
     if len(motifs) == 0 or not query_ppms:
         raise InputError("tomtom needs at least one query and one target motif")
@@ -649,7 +649,7 @@ def tomtom(query_ppms: list[np.ndarray], motifs: MotifSet, n_nearest: int | None
     p, _score, offset, overlap, strand = _tomtom(qs, ts)[:5]
     rows = []
     for qi in range(len(qs)):
-        q = multipletests(np.clip(p[qi], 0, 1), method="fdr_bh")[1]
+        q = bh_adjust(np.clip(p[qi], 0, 1))
         for t in np.argsort(p[qi], kind="stable")[:nn]:
             rows.append({"query": qi, "target": int(t), "target_id": motifs.ids[t], "target_name": motifs.names[t],
                          "p": float(p[qi, t]), "E": float(p[qi, t]) * len(ts), "q": float(q[t]),

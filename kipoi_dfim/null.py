@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.stats import genextreme, genpareto, gumbel_r, norm
-from statsmodels.stats.multitest import multipletests
 
 from kipoi_dfim import fis as F
 from kipoi_dfim import indels
+from kipoi_dfim.distributions import bh_adjust, gpd_fit, gpd_logsf, normal_sf
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.shuffle import dinucleotide_shuffle, variant_seeds
 from kipoi_dfim.variants import windows
@@ -70,7 +69,7 @@ def gaussian_pvalues(scores: np.ndarray, null: np.ndarray, two_sided: bool = Tru
         if not sd > 0:
             return np.full(s.shape, np.nan)
         z = (s - mu) / sd
-        return 2.0 * norm.sf(np.abs(z)) if two_sided else norm.sf(z)
+        return 2.0 * normal_sf(np.abs(z)) if two_sided else normal_sf(z)
 
     return _apply(scores, null, pool, groups, fit)
 
@@ -105,8 +104,9 @@ def empirical_pvalues(scores: np.ndarray, null: np.ndarray, two_sided: bool = Tr
 def bh_qvalues(pvalues: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg q-values over all finite entries of ``pvalues`` (any shape); NaN stays NaN.
 
-    Uses ``statsmodels.stats.multitest.multipletests(method="fdr_bh")`` so the numbers match what reviewers
-    compute themselves; NaN entries (untested variants) neither get a q-value nor count as tests.
+    The numbers are those of ``statsmodels.stats.multitest.multipletests(method="fdr_bh")``, which reviewers
+    compute themselves (:func:`kipoi_dfim.distributions.bh_adjust`, the same operations without statsmodels'
+    import); NaN entries (untested variants) neither get a q-value nor count as tests.
     """
     p = np.asarray(pvalues, dtype=np.float64)
     q = np.full(p.shape, np.nan)
@@ -114,7 +114,7 @@ def bh_qvalues(pvalues: np.ndarray) -> np.ndarray:
     if ok.any():
         if (p[ok] < 0).any() or (p[ok] > 1).any():
             raise InputError("p-values must lie in [0, 1]")
-        q[ok] = multipletests(p[ok], method="fdr_bh")[1]
+        q[ok] = bh_adjust(p[ok])
     return q
 
 
@@ -561,7 +561,7 @@ def per_base_pvalues(fis: np.ndarray, tslot: np.ndarray, moments: Sequence[tuple
     for t, (mu, sd) in enumerate(moments):
         sel = tslot == t
         if sd > 0 and sel.any():
-            P[sel] = 2 * norm.sf(np.abs(fis[sel] - mu) / sd)
+            P[sel] = 2 * normal_sf(np.abs(fis[sel] - mu) / sd)
     return P
 
 
@@ -668,10 +668,13 @@ def _tail_logsf(x: np.ndarray, srt: np.ndarray, model: str, n_tail: int | None) 
         exc = srt[M - k:] - u
         if not exc.max() > 0:
             return None
-        c, _, scale = genpareto.fit(exc, floc=0)
+        c, scale = gpd_fit(exc)  # = scipy.stats.genpareto.fit(exc, floc=0), without importing scipy.stats
         if c < 0:  # bounded tail: refit as exponential (shape 0), conservative beyond the largest null value
             c, scale = 0.0, float(exc.mean())
-        return np.log(k / M) + genpareto.logsf(np.maximum(x - u, 0.0), c, loc=0, scale=scale)
+        return np.log(k / M) + gpd_logsf(np.maximum(x - u, 0.0), c, scale)
+    # lazy: scipy.stats costs ~64 MB of memory, only these two non-default tail models use it
+    from scipy.stats import genextreme, gumbel_r
+
     if model == "gev":
         params = genextreme.fit(srt)
         if params[0] <= 0:  # scipy's c <= 0: Gumbel or heavier tail
