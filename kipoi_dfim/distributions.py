@@ -25,24 +25,21 @@ import numpy as np
 __all__ = ["normal_sf", "bh_adjust", "gpd_logsf", "gpd_nll", "gpd_fit", "nelder_mead"]
 
 _SQRT1_2 = math.sqrt(0.5)
+_MAXLOG = math.log(np.finfo(np.float64).max)  # Cephes' erfc is 0 where exp(-x^2) would be subnormal
 _LOGXMAX = float(np.log(np.finfo(np.float64).max))  # scipy.stats' penalty per value outside the support
 
 
-def _ndtr_scalar(a: float) -> float:
-    """Standard normal cdf at ``a`` by the erf/erfc branches of Cephes' ``ndtr`` (accurate in both tails)."""
-    x = a * _SQRT1_2
-    z = abs(x)
-    if z < _SQRT1_2:
-        return 0.5 + 0.5 * math.erf(x)
-    y = 0.5 * math.erfc(z)
-    return 1.0 - y if x > 0 else y
-
-
-_ndtr = np.frompyfunc(_ndtr_scalar, 1, 1)
+def _map(fn: Callable[[float], float], x: np.ndarray) -> np.ndarray:
+    """``fn`` of every element of the 1-D float64 ``x`` (libm through ``math``: ~0.1 us an element)."""
+    return np.fromiter(map(fn, x.tolist()), dtype=np.float64, count=len(x))
 
 
 def normal_sf(z: np.ndarray | float) -> np.ndarray:
     """Upper tail ``P(Z > z)`` of the standard normal, float64, elementwise; NaN gives NaN.
+
+    Computed as scipy computes it (``ndtr(-z)``, Cephes' branches): ``0.5 + 0.5 erf(x)`` for ``|x| < 1/sqrt 2``,
+    else ``0.5 erfc(|x|)`` (or 1 minus it), ``x = -z / sqrt 2``, and 0 where Cephes' erfc underflows
+    (``x^2 > log(max double)``, z > 37.7). Accurate to a few ulp in both tails.
 
     Parameters
     ----------
@@ -51,11 +48,19 @@ def normal_sf(z: np.ndarray | float) -> np.ndarray:
 
     Returns
     -------
-    ndarray float64 of ``z``'s shape; accurate to a few ulp down to the smallest double (erfc, not 1 - cdf).
+    ndarray float64 of ``z``'s shape.
     """
     a = np.asarray(z, dtype=np.float64)
-    with np.errstate(invalid="ignore"):  # NaN in, NaN out
-        return np.asarray(_ndtr(-a), dtype=np.float64)
+    x = (-a * _SQRT1_2).ravel()
+    ax = np.abs(x)
+    y = np.empty_like(x)
+    small = ax < _SQRT1_2
+    y[small] = 0.5 + 0.5 * _map(math.erf, x[small])
+    big = ~small
+    with np.errstate(invalid="ignore"):  # NaN stays NaN
+        yb = np.where(ax[big] * ax[big] > _MAXLOG, 0.0, 0.5 * _map(math.erfc, ax[big]))
+        y[big] = np.where(x[big] > 0, 1.0 - yb, yb)
+    return y.reshape(a.shape)
 
 
 def bh_adjust(p: np.ndarray) -> np.ndarray:
