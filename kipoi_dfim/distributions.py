@@ -77,11 +77,16 @@ def bh_adjust(p: np.ndarray) -> np.ndarray:
     ndarray float64, shape (m,).
     """
     p = np.asarray(p, dtype=np.float64)
-    order = np.argsort(p, kind="stable")  # ties get equal q whatever their order
-    srt = p[order]
-    raw = srt / (np.arange(1, len(srt) + 1) / float(len(srt)))
-    q = np.minimum.accumulate(raw[::-1])[::-1]
-    q[q > 1] = 1
+    n = len(p)
+    order = np.argsort(p)  # ties get equal q whatever their order
+    q = p[order]
+    # in place, 24 bytes a p-value at most beside the input (a genome's worth of rows is millions)
+    ecdf = np.arange(1, n + 1, dtype=np.float64)
+    ecdf /= float(n)
+    q /= ecdf
+    del ecdf
+    np.minimum.accumulate(q[::-1], out=q[::-1])
+    np.minimum(q, 1.0, out=q)
     out = np.empty_like(q)
     out[order] = q
     return out

@@ -94,9 +94,14 @@ def empirical_pvalues(scores: np.ndarray, null: np.ndarray, two_sided: bool = Tr
         if two_sided:
             s, nv = np.abs(s), np.abs(nv)
         srt = np.sort(nv)
-        at_least = len(srt) - np.searchsorted(srt, s, side="left")
-        p = (1.0 + at_least) / (1.0 + len(srt))
-        return np.where(np.isnan(s), np.nan, p)
+        at_least = np.searchsorted(srt, s, side="left")  # in place below, as in _tail_p
+        np.subtract(len(srt), at_least, out=at_least)
+        p = at_least.astype(np.float64)
+        del at_least
+        p += 1.0
+        p /= 1.0 + len(srt)
+        p[np.isnan(s)] = np.nan
+        return p
 
     return _apply(scores, null, pool, groups, count)
 
@@ -109,8 +114,12 @@ def bh_qvalues(pvalues: np.ndarray) -> np.ndarray:
     import); NaN entries (untested variants) neither get a q-value nor count as tests.
     """
     p = np.asarray(pvalues, dtype=np.float64)
-    q = np.full(p.shape, np.nan)
     ok = np.isfinite(p)
+    if ok.all() and p.size:  # no copies: one p-value per row of a genome-wide file
+        if p.min() < 0 or p.max() > 1:
+            raise InputError("p-values must lie in [0, 1]")
+        return bh_adjust(p.ravel()).reshape(p.shape)
+    q = np.full(p.shape, np.nan)
     if ok.any():
         if (p[ok] < 0).any() or (p[ok] > 1).any():
             raise InputError("p-values must lie in [0, 1]")
@@ -645,9 +654,13 @@ def _tail_p(s: np.ndarray, nv: np.ndarray, model: str, min_exceed: int, n_tail: 
     if M == 0:
         return np.full(s.shape, np.nan)
     srt = np.sort(nv)
-    b = M - np.searchsorted(srt, s, side="left")
-    p = (1.0 + b) / (1.0 + M)
+    b = np.searchsorted(srt, s, side="left")  # in place below: one row per variant of a genome-wide file
+    np.subtract(M, b, out=b)
+    p = b.astype(np.float64)
+    p += 1.0
+    p /= 1.0 + M
     far = np.isfinite(s) & (b < min_exceed)
+    del b
     if far.any() and M >= 30 and srt[-1] > srt[0]:
         logp = _tail_logsf(s[far], srt, model, n_tail)
         if logp is not None:
@@ -655,7 +668,8 @@ def _tail_p(s: np.ndarray, nv: np.ndarray, model: str, min_exceed: int, n_tail: 
             # heavier than the null's own top values (a shape fitted to a mixture of "model off" and "model
             # on" shuffles) must not undo what the M null values already show
             p[far] = np.clip(np.exp(np.minimum(logp, np.log(p[far]))), _TINY, None)
-    return np.where(np.isnan(s), np.nan, p)
+    p[np.isnan(s)] = np.nan
+    return p
 
 
 def _tail_logsf(x: np.ndarray, srt: np.ndarray, model: str, n_tail: int | None) -> np.ndarray | None:
