@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from kipoi_dfim.attribution import METHODS, Method, importance, shuffled_references
 from kipoi_dfim.progress import Progress
@@ -27,6 +26,9 @@ from kipoi_dfim.references import load_references
 from kipoi_dfim.sequence import ALPHABET, background_frequencies
 from kipoi_dfim.settings import REFERENCE_KINDS
 from kipoi_dfim.shuffle import dinucleotide_shuffle, sequence_rngs
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -470,6 +472,8 @@ def fis_table(
     become extra columns (e.g. ``seq="chr1:100-200"``, ``task="DNase"``), so that tables of many
     sequences can be concatenated and passed to :func:`aggregate_fis`.
     """
+    import pandas as pd  # lazy: pandas costs ~33 MB of memory; score-variants' streaming path never needs it
+
     m = np.asarray(fis_map, dtype=np.float64)
     if m.shape != (len(sources), len(targets)):
         raise ValueError(f"map shape {m.shape} does not match {len(sources)} sources x {len(targets)} targets")
@@ -520,6 +524,8 @@ def per_base_table(dfim: np.ndarray, x: np.ndarray, sources: Sequence[int], **co
     the bases of the target position, i.e. the change at the observed target base) plus ``constants``;
     the base identities let :func:`aggregate_fis` group by (source base, target base) as well as by position.
     """
+    import pandas as pd  # lazy: pandas costs ~33 MB of memory; score-variants' streaming path never needs it
+
     x = _check_one(x)
     alts = per_base_alternatives(x, sources)
     obs = np.array([observed_base(x, t) for t in range(x.shape[0])])

@@ -24,12 +24,16 @@ import math
 import re
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
+from kipoi_dfim.distributions import bh_adjust
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.output.base import atomic_path
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ALPHABET = "ACGT"
 PSEUDOCOUNT = 0.01  # probability added to each PPM cell before renormalising: a zero count costs ~-4.7 bits
@@ -483,6 +487,8 @@ def annotate_variants(
         ``partner_score``: log-odds of the partner motif's best site overlapping half the span or more;
         ``partner_fis``: the signed FIS summed over the span.
     """
+    import pandas as pd  # lazy: pandas costs ~33 MB of memory; score-variants' streaming path never needs it
+
     seq_ref, seq_alt = np.asarray(seq_ref, dtype=np.float32), np.asarray(seq_alt, dtype=np.float32)
     fis = np.asarray(fis, dtype=np.float64)
     if seq_ref.ndim != 3 or seq_ref.shape != seq_alt.shape or fis.shape != seq_ref.shape[:2]:
@@ -518,6 +524,8 @@ def _queries(seq: np.ndarray, start: np.ndarray, width: int, pad: int) -> list[n
 
 
 def _annotate_chunk(ref, alt, fis, center, motifs, window, width, pad, p_threshold) -> pd.DataFrame:
+    import pandas as pd  # lazy: pandas costs ~33 MB of memory; score-variants' streaming path never needs it
+
     sc = motifs.scanner()
     n, d, _ = ref.shape
     rows = np.arange(n)
@@ -638,8 +646,8 @@ def tomtom(query_ppms: list[np.ndarray], motifs: MotifSet, n_nearest: int | None
         ``target_name``, ``p``, ``E`` (p x number of targets), ``q`` (Benjamini-Hochberg over that query's
         targets), ``offset``, ``overlap``, ``orientation`` ("+" or "-"), sorted by query then p.
     """
+    import pandas as pd  # lazy: see annotate_variants
     from memelite import tomtom as _tomtom
-    from statsmodels.stats.multitest import multipletests
 
     if len(motifs) == 0 or not query_ppms:
         raise InputError("tomtom needs at least one query and one target motif")
@@ -649,7 +657,7 @@ def tomtom(query_ppms: list[np.ndarray], motifs: MotifSet, n_nearest: int | None
     p, _score, offset, overlap, strand = _tomtom(qs, ts)[:5]
     rows = []
     for qi in range(len(qs)):
-        q = multipletests(np.clip(p[qi], 0, 1), method="fdr_bh")[1]
+        q = bh_adjust(np.clip(p[qi], 0, 1))
         for t in np.argsort(p[qi], kind="stable")[:nn]:
             rows.append({"query": qi, "target": int(t), "target_id": motifs.ids[t], "target_name": motifs.names[t],
                          "p": float(p[qi, t]), "E": float(p[qi, t]) * len(ts), "q": float(q[t]),

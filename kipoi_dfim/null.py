@@ -29,13 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.special import logsumexp
-from scipy.stats import genextreme, genpareto, gumbel_r, norm
-from statsmodels.stats.multitest import multipletests
 
 from kipoi_dfim import fis as F
 from kipoi_dfim import indels
 from kipoi_dfim.attribution import predict_fixed
+from kipoi_dfim.distributions import bh_adjust, gpd_fit, gpd_logsf, logsumexp, normal_sf
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.progress import Progress, share
 from kipoi_dfim.shuffle import dinucleotide_shuffle, variant_seeds
@@ -76,7 +74,7 @@ def gaussian_pvalues(scores: np.ndarray, null: np.ndarray, two_sided: bool = Tru
         if not sd > 0:
             return np.full(s.shape, np.nan)
         z = (s - mu) / sd
-        return 2.0 * norm.sf(np.abs(z)) if two_sided else norm.sf(z)
+        return 2.0 * normal_sf(np.abs(z)) if two_sided else normal_sf(z)
 
     return _apply(scores, null, pool, groups, fit)
 
@@ -101,9 +99,14 @@ def empirical_pvalues(scores: np.ndarray, null: np.ndarray, two_sided: bool = Tr
         if two_sided:
             s, nv = np.abs(s), np.abs(nv)
         srt = np.sort(nv)
-        at_least = len(srt) - np.searchsorted(srt, s, side="left")
-        p = (1.0 + at_least) / (1.0 + len(srt))
-        return np.where(np.isnan(s), np.nan, p)
+        at_least = np.searchsorted(srt, s, side="left")  # in place below, as in _tail_p
+        np.subtract(len(srt), at_least, out=at_least)
+        p = at_least.astype(np.float64)
+        del at_least
+        p += 1.0
+        p /= 1.0 + len(srt)
+        p[np.isnan(s)] = np.nan
+        return p
 
     return _apply(scores, null, pool, groups, count)
 
@@ -111,16 +114,21 @@ def empirical_pvalues(scores: np.ndarray, null: np.ndarray, two_sided: bool = Tr
 def bh_qvalues(pvalues: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg q-values over all finite entries of ``pvalues`` (any shape); NaN stays NaN.
 
-    Uses ``statsmodels.stats.multitest.multipletests(method="fdr_bh")`` so the numbers match what reviewers
-    compute themselves; NaN entries (untested variants) neither get a q-value nor count as tests.
+    The numbers are those of ``statsmodels.stats.multitest.multipletests(method="fdr_bh")``, which reviewers
+    compute themselves (:func:`kipoi_dfim.distributions.bh_adjust`, the same operations without statsmodels'
+    import); NaN entries (untested variants) neither get a q-value nor count as tests.
     """
     p = np.asarray(pvalues, dtype=np.float64)
-    q = np.full(p.shape, np.nan)
     ok = np.isfinite(p)
+    if ok.all() and p.size:  # no copies: one p-value per row of a genome-wide file
+        if p.min() < 0 or p.max() > 1:
+            raise InputError("p-values must lie in [0, 1]")
+        return bh_adjust(p.ravel()).reshape(p.shape)
+    q = np.full(p.shape, np.nan)
     if ok.any():
         if (p[ok] < 0).any() or (p[ok] > 1).any():
             raise InputError("p-values must lie in [0, 1]")
-        q[ok] = multipletests(p[ok], method="fdr_bh")[1]
+        q[ok] = bh_adjust(p[ok])
     return q
 
 
@@ -648,7 +656,7 @@ def per_base_pvalues(fis: np.ndarray, tslot: np.ndarray, moments: Sequence[tuple
     for t, (mu, sd) in enumerate(moments):
         sel = tslot == t
         if sd > 0 and sel.any():
-            P[sel] = 2 * norm.sf(np.abs(fis[sel] - mu) / sd)
+            P[sel] = 2 * normal_sf(np.abs(fis[sel] - mu) / sd)
     return P
 
 
@@ -744,9 +752,13 @@ def _tail_p(s: np.ndarray, nv: np.ndarray, model: str, min_exceed: int, n_tail: 
     if M == 0:
         return np.full(s.shape, np.nan)
     srt = np.sort(nv)
-    b = M - np.searchsorted(srt, s, side="left")
-    p = (1.0 + b) / (1.0 + M)
+    b = np.searchsorted(srt, s, side="left")  # in place below: one row per variant of a genome-wide file
+    np.subtract(M, b, out=b)
+    p = b.astype(np.float64)
+    p += 1.0
+    p /= 1.0 + M
     far = np.isfinite(s) & (b < min_exceed)
+    del b
     if far.any() and M >= 30 and srt[-1] > srt[0]:
         logp = _tail_logsf(s[far], srt, model, n_tail, predictive)
         if logp is not None:
@@ -754,7 +766,8 @@ def _tail_p(s: np.ndarray, nv: np.ndarray, model: str, min_exceed: int, n_tail: 
             # heavier than the null's own top values (a shape fitted to a mixture of "model off" and "model
             # on" shuffles) must not undo what the M null values already show
             p[far] = np.clip(np.exp(np.minimum(logp, np.log(p[far]))), _TINY, None)
-    return np.where(np.isnan(s), np.nan, p)
+    p[np.isnan(s)] = np.nan
+    return p
 
 
 def _tail_logsf(x: np.ndarray, srt: np.ndarray, model: str, n_tail: int | None,
@@ -768,13 +781,16 @@ def _tail_logsf(x: np.ndarray, srt: np.ndarray, model: str, n_tail: int | None,
         exc = srt[M - k:] - u
         if not exc.max() > 0:
             return None
-        c, _, scale = genpareto.fit(exc, floc=0)
+        c, scale = gpd_fit(exc)  # = scipy.stats.genpareto.fit(exc, floc=0), without importing scipy.stats
         if c < 0:  # bounded tail: refit as exponential (shape 0), conservative beyond the largest null value
             c, scale = 0.0, float(exc.mean())
         y = np.maximum(x - u, 0.0)
         if predictive:
             return np.log(k / M) + _gpd_predictive_logsf(y, exc, float(c), float(scale))
-        return np.log(k / M) + genpareto.logsf(y, c, loc=0, scale=scale)
+        return np.log(k / M) + gpd_logsf(y, c, scale)
+    # lazy: scipy.stats costs ~64 MB of memory, only these two non-default tail models use it
+    from scipy.stats import genextreme, gumbel_r
+
     if model == "gev":
         params = genextreme.fit(srt)
         if params[0] <= 0:  # scipy's c <= 0: Gumbel or heavier tail

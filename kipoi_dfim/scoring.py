@@ -23,10 +23,9 @@ import warnings
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from tqdm.auto import tqdm
 
 from kipoi_dfim import __version__, indels
@@ -47,6 +46,9 @@ from kipoi_dfim.sequence import ALPHABET, reverse_complement
 from kipoi_dfim.settings import Settings
 from kipoi_dfim.shuffle import variant_seeds
 from kipoi_dfim.variants import Fasta, Variant, iter_chunks, read_records, windows
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import h5py
 import numpy as np
-import pandas as pd
 
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.null import FileStats, per_base_pvalues
@@ -51,6 +49,9 @@ class MapsFile:
     """
 
     def __init__(self, source: str | os.PathLike | Mapping[str, Any]):
+        import h5py  # lazy: h5py costs ~10 MB of memory; only --maps runs need it
+        import pandas as pd  # lazy: pandas costs ~33 MB of memory; score-variants' streaming path never needs it
+
         self.path = None if isinstance(source, Mapping) else os.fspath(source)
         self._h5 = None
         if self.path is None:
@@ -108,7 +109,7 @@ class MapsFile:
         return out
 
     def known_ids(self, n: int = 5) -> list[str]:
-        return list(pd.unique(self.index["variant_id"]))[:n]
+        return list(self.index["variant_id"].unique())[:n]
 
     def find(self, variant_id: str, target: str | int | None = None, alt: str | None = None) -> int:
         """Row of ``variant_id`` (or ``chrom:pos:ref:alt``); several rows -> the one with the largest maxAbsFIS.
@@ -163,6 +164,8 @@ class MapsFile:
 
 
 def _spec(D: int, all_alts: bool) -> dict[str, tuple[tuple, Any]]:
+    import h5py  # lazy: h5py costs ~10 MB of memory; only --maps runs need it
+
     s = h5py.string_dtype()
     spec = {
         "variant_id": ((), s), "chrom": ((), s), "ref": ((), s), "alt": ((), s), "target": ((), s),
@@ -195,6 +198,8 @@ class MapsWriter:
 
     def __init__(self, path: str, flank: int, attrs: dict, all_alts: bool):
         self.path = path
+        import h5py  # lazy: h5py costs ~10 MB of memory; only --maps runs need it
+
         self.tmp = make_temp(path)
         self.h5 = h5py.File(self.tmp, "w")
         self.D = 2 * flank + 1

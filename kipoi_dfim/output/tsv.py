@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import csv
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.motifs import ANNOTATION_COLUMNS
 from kipoi_dfim.null import FileStats
 from kipoi_dfim.output.base import ScoredChunk, Spool, atomic_path, fmt
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TSV_COLUMNS = (
     "variant_id", "chrom", "pos", "ref", "alt", "target", "status", "max_abs_fis", "max_fis_offset",
@@ -64,6 +67,8 @@ def read_tsv(path: str | os.PathLike) -> pd.DataFrame:
     Why by hand: pandas' default NA parsing would turn a variant called "NA" into a missing value, and a
     non-numeric score would silently become NaN; here it is an InputError naming the line.
     """
+    import pandas as pd  # lazy: pandas costs ~33 MB of memory; score-variants' streaming path never needs it
+
     path = os.fspath(path)
     try:
         df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment=None)
