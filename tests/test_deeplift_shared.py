@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kipoi_dfim.attribution import shuffled_references
-from kipoi_dfim.backend import deeplift_keras as dlk
+from kipoi_dfim.backend import deeplift_keras_shared as dlks
 from kipoi_dfim.backend import deeplift_torch as dlt
 from kipoi_dfim.backend import load_model
 from kipoi_dfim.backend.common import AdapterBase
@@ -128,8 +128,8 @@ def test_violations_are_counted_per_window_reference_and_target(monkeypatch):
     monkeypatch.setattr(dlt, "_relu_pool_pairs", lambda *a: 2 * real(*a))
     with pytest.warns(RuntimeWarning, match=r"for 24 of 24 \(window, reference, target\)"):
         torch_model.deeplift_shared(x, refs, [0, 1])
-    real_pool = dlk._tiled_pool_pair
-    monkeypatch.setattr(dlk, "_tiled_pool_pair", lambda *a: 2 * real_pool(*a))
+    real_pool = dlks._relu_pool_block
+    monkeypatch.setattr(dlks, "_relu_pool_block", lambda *a: 2 * real_pool(*a))
     with pytest.warns(RuntimeWarning, match=r"for \d+ of 36 \(window, reference, target\)"):
         load_model(keras_net()).deeplift_shared(x, refs, [0, 1, 2])
 

@@ -180,6 +180,18 @@ def pair_rows(n: int, k: int, t: int, r: int) -> tuple[np.ndarray, np.ndarray, n
     return (v * k + w).ravel(), (v * r + q).ravel(), j.ravel()
 
 
+def pair_blocks(n: int, k: int, t: int, r: int, batch_size: int) -> list[tuple[int, int, int, int]]:
+    """(v0, v1, t0, t1) blocks of about ``batch_size`` pair rows of a chunk of n variants: whole variants
+    (all their K windows, T targets and R references), or target slices of one variant when a variant alone
+    has more than ``batch_size`` rows."""
+    per_variant = k * t * r
+    if per_variant <= batch_size:
+        step = batch_size // per_variant
+        return [(a, min(n, a + step), 0, t) for a in range(0, n, step)]
+    step = max(1, batch_size // (k * r))
+    return [(v, v + 1, a, min(t, a + step)) for v in range(n) for a in range(0, t, step)]
+
+
 def shared_violations(
     multipliers: np.ndarray, x: np.ndarray, references: np.ndarray, f_x: np.ndarray, f_ref: np.ndarray
 ) -> np.ndarray:

@@ -26,7 +26,7 @@ import tensorflow as tf
 from kipoi_dfim.backend import _deeplift_common as C
 from kipoi_dfim.errors import InputError, UnsupportedModelError
 
-__all__ = ["deeplift_multipliers_keras", "deeplift_shared_keras", "maxpool_windows_tf", "window_max_tf"]
+__all__ = ["deeplift_multipliers_keras", "maxpool_windows_tf", "window_max_tf"]
 
 _L = keras.layers
 _A = keras.activations
@@ -447,9 +447,9 @@ def _call(op: Any, args: tuple, kwargs: dict) -> Any:
     if kind == "activation":
         with _linear_activation(op):
             pre = op(*args, **kwargs)
-        return _SHARED.rescale(_activation_fn(op)[1], _exact_secant(op), pre)
+        return _SHARED.rescale(_activation_fn(op)[1], _exact_secant(op), pre, op)
     if kind == "rescale":
-        return _SHARED.rescale(_activation_fn(op)[1], _exact_secant(op), args[0])
+        return _SHARED.rescale(_activation_fn(op)[1], _exact_secant(op), args[0], op)
     return _SHARED.maxpool(lambda t: op(t), _windows_for(op, tuple(args[0].shape)), args[0])
 
 
@@ -473,122 +473,32 @@ def _run(model: keras.Model, h: tf.Tensor) -> Any:
 class _Mode(threading.local):
     """What ``_call`` does at a nonlinear layer (per thread: two threads may trace at the same time).
 
-    - pairwise (default): the custom-gradient rule ops on the paired batch ``[x; ref]``;
-    - ``record``: the plain layer, keeping (input, output, derivative of the window rows) of each nonlinear
-      layer in call order (phase 1 of the shared engine: one forward pass of windows and references);
-    - ``replay``: inside the per-pair body of ``tf.vectorized_map`` (phase 2), the layer on a batch of one
-      row with a gradient that multiplies by the rule's multipliers of pair (window row ``ix``, reference row
-      ``ir``), formed from the recorded rows. The forward values do not depend on the pair, so
-      ``vectorized_map`` computes them once; only the backward is vectorized over the pairs.
+    With no handler (the default), the custom-gradient rule ops on the paired batch ``[x; ref]`` (the
+    pairwise engine). The shared-reference engine (``deeplift_keras_shared``) installs a handler for each of
+    its two phases: one that records what the rules need in the shared forward pass, one that replays the
+    graph on a block of pair rows with the rules' multipliers as gradients.
     """
 
     def __init__(self) -> None:
-        self.mode: str | None = None
-        self.records: list[tuple[tf.Tensor, ...]] = []
-        self.n_windows: tf.Tensor | None = None
-        self.ix: tf.Tensor | None = None
-        self.ir: tf.Tensor | None = None
-        self.position = 0
+        self.handler: Any = None
 
     @contextlib.contextmanager
-    def use(self, mode: str, **state: Any) -> Iterator[None]:
-        saved = self.__dict__.copy()
-        self.mode, self.position = mode, 0
-        self.records = state.pop("records", [])
-        for key, value in state.items():
-            setattr(self, key, value)
+    def use(self, handler: Any) -> Iterator[None]:
+        saved, self.handler = self.handler, handler
         try:
             yield
         finally:
-            self.__dict__.update(saved)
+            self.handler = saved
 
-    def rescale(self, fn: Callable[[tf.Tensor], tf.Tensor], exact: bool, z: tf.Tensor) -> tf.Tensor:
-        if self.mode is None:
+    def rescale(self, fn: Callable[[tf.Tensor], tf.Tensor], exact: bool, z: tf.Tensor, op: Any) -> tf.Tensor:
+        if self.handler is None:
             return _rescale_op(fn, exact)(z)
-        if self.mode == "record":
-            zz = z if exact else tf.cast(z, tf.float64)
-            wx = zz[: self.n_windows]
-            with tf.GradientTape() as tape:
-                tape.watch(wx)
-                traced = fn(wx)
-            derivative = tape.gradient(traced, wx)
-            derivative = tf.zeros_like(wx) if derivative is None else derivative
-            y = fn(z)
-            self.records.append((zz, y if exact else fn(zz), derivative))
-            return y
-        zz, yy, dd = self.records[self.position]
-        self.position += 1
-        ix, ir = self.ix, self.ir
-
-        @tf.custom_gradient
-        def op(u: tf.Tensor) -> Any:
-            def grad(g: tf.Tensor) -> tf.Tensor:
-                delta = tf.gather(zz, ix) - tf.gather(zz, ir)
-                small = tf.abs(delta) < C.RESCALE_EPS
-                secant = (tf.gather(yy, ix) - tf.gather(yy, ir)) / tf.where(small, tf.ones_like(delta), delta)
-                m = tf.where(small, tf.gather(dd, ix), secant)
-                return g * tf.cast(m, g.dtype)[None]
-
-            return fn(u), grad
-
-        return op(z)
+        return self.handler.rescale(fn, exact, z, op)
 
     def maxpool(self, forward_fn: Callable[[tf.Tensor], tf.Tensor], windows: _Windows, z: tf.Tensor) -> tf.Tensor:
-        if self.mode is None:
+        if self.handler is None:
             return _maxpool_op(forward_fn, windows)(z)
-        a = windows.spec[0]
-        tiled = windows.tiled and windows.axes == [1] and a["left"] == 0 and a["out"] * a["kernel"] <= a["length"]
-        if self.mode == "record":
-            y = forward_fn(z)
-            if not tiled:
-                self.records.append((z,))
-                return y
-            # per-row parts of the rule: window maxima (the layer's own output), where they are attained
-            # (ties split evenly), as in the torch twin's _pool_rows
-            w = tf.reshape(z[:, : a["out"] * a["kernel"]], tf.concat([[-1, a["out"], a["kernel"]],
-                                                                       tf.shape(z)[2:]], 0))
-            top = tf.reshape(y, tf.concat([[-1, a["out"]], tf.shape(z)[2:]], 0))
-            is_max = tf.cast(tf.equal(w, tf.expand_dims(top, 2)), z.dtype)
-            self.records.append((z, top, is_max, 1.0 / tf.reduce_sum(is_max, axis=2)))
-            return y
-        record = self.records[self.position]
-        self.position += 1
-        ix, ir = self.ix, self.ir
-
-        @tf.custom_gradient
-        def op(u: tf.Tensor) -> Any:
-            def grad(g: tf.Tensor) -> tf.Tensor:
-                if not tiled:
-                    x, r = tf.gather(record[0], ix)[None], tf.gather(record[0], ir)[None]
-                    return tf.cast(maxpool_multiplier_tf(windows, x, r, tf.cast(g, x.dtype)), g.dtype)
-                return _tiled_pool_pair(record, ix, ir, g, a["out"] * a["kernel"])[None]
-
-            return forward_fn(u), grad
-
-        return op(z)
-
-
-def _tiled_pool_pair(record: tuple[tf.Tensor, ...], ix: tf.Tensor, ir: tf.Tensor, g: tf.Tensor,
-                     covered: int) -> tf.Tensor:
-    """The max-pool rule for one pair of a pooling whose windows tile the length axis (channels last).
-
-    The same numbers as ``maxpool_multiplier_tf``, from the per-row window maxima and tie shares recorded in
-    the forward pass instead of re-deriving them for every pair.
-    """
-    z, top, is_max, inv = record
-    g = tf.cast(g[0], z.dtype)
-    top_x, top_r = tf.gather(top, ix), tf.gather(top, ir)
-    cross = tf.maximum(top_x, top_r)
-    routed = (tf.gather(is_max, ix) * tf.expand_dims(g * (cross - top_r) * tf.gather(inv, ix), 1)
-              + tf.gather(is_max, ir) * tf.expand_dims(g * (top_x - cross) * tf.gather(inv, ir), 1))
-    fallback = tf.gather(is_max, ix) * tf.expand_dims(g * tf.gather(inv, ix), 1)
-    shape = tf.concat([[covered], tf.shape(z)[2:]], 0)
-    routed, fallback = tf.reshape(routed, shape), tf.reshape(fallback, shape)
-    delta = tf.gather(z, ix)[:covered] - tf.gather(z, ir)[:covered]
-    zero = tf.equal(delta, 0.0)
-    m = tf.where(zero, fallback, routed / tf.where(zero, tf.ones_like(delta), delta))
-    rest = tf.shape(z)[1] - covered
-    return tf.concat([m, tf.zeros(tf.concat([[rest], tf.shape(z)[2:]], 0), m.dtype)], 0)
+        return self.handler.maxpool(forward_fn, windows, z)
 
 
 _SHARED = _Mode()
@@ -662,103 +572,4 @@ def deeplift_multipliers_keras(
         out[seq, ref] = m.numpy()
         f_x[seq, ref], f_ref[seq, ref] = yx.numpy(), yr.numpy()
     C.warn_violations(C.conservation_violations(out, x, references, f_x, f_ref), "Keras")
-    return out
-
-
-# --------------------------------------------------------------------------------------------------------
-# Shared references (DFIM): one forward pass of windows and references, a vectorized per-pair backward.
-# --------------------------------------------------------------------------------------------------------
-
-_SHARED_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-class SharedPathUnavailable(Exception):
-    """The shared-reference engine cannot run this model (the caller falls back to the pairwise engine)."""
-
-
-def _shared_engine(model: keras.Model, shape: tuple[int, ...]) -> tuple[Callable, Callable, int]:
-    """(forward, backward, number of outputs) tf.functions of the shared engine for this model and shape.
-
-    ``forward(rows, n_windows) -> (outputs, records)`` runs the model once on the windows and references,
-    recording what the rules need; ``backward(records, u, ix, ir, targets) -> multipliers`` runs, under
-    ``tf.vectorized_map`` over the pair rows, the gradient of the target through the model on the one row
-    ``u`` with every nonlinear layer's gradient replaced by the rule's multipliers of that pair.
-    """
-    entry = _SHARED_CACHE.setdefault(model, {})
-    if shape in entry:
-        return entry[shape]
-    _, n_out = _engine(model, shape)  # validates the model and its output shape
-    ref = weakref.ref(model)
-
-    @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32), tf.TensorSpec((), tf.int32)],
-                 autograph=False)
-    def forward(rows: tf.Tensor, n_windows: tf.Tensor) -> tuple[tf.Tensor, list]:
-        with _SHARED.use("record", n_windows=n_windows):
-            y = _run(ref(), rows)
-            records = list(_SHARED.records)
-        return tf.reshape(y, [tf.shape(y)[0], -1]), records
-
-    @tf.function(reduce_retracing=True, autograph=False)
-    def backward(records: list, u: tf.Tensor, ix: tf.Tensor, ir: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
-        def body(p: tf.Tensor) -> tf.Tensor:
-            with tf.GradientTape() as tape:
-                tape.watch(u)
-                with _SHARED.use("replay", records=records, ix=tf.gather(ix, p), ir=tf.gather(ir, p)):
-                    out = tf.reshape(_run(ref(), u), [-1])
-                total = tf.reduce_sum(out * tf.one_hot(tf.gather(targets, p), n_out, dtype=out.dtype))
-            return tape.gradient(total, u)[0]
-
-        return tf.vectorized_map(body, tf.range(tf.shape(ix)[0]), fallback_to_while_loop=False)
-
-    entry[shape] = (forward, backward, n_out)
-    return entry[shape]
-
-
-def deeplift_shared_keras(
-    model: keras.Model, x: np.ndarray, references: np.ndarray, targets: list[int], batch_size: int = 64
-) -> np.ndarray:
-    """Hypothetical DeepSHAP scores of K windows per variant sharing R references, for T targets (Keras).
-
-    The Keras twin of ``deeplift_torch.deeplift_shared_torch``: the windows and references of about
-    ``batch_size / (K R)`` variants go through one forward pass; then ``batch_size`` (window, reference,
-    target) rows at a time, the backward pass of the multipliers runs vectorized over the rows with
-    ``tf.vectorized_map`` (the layers' forward pass on one row is shared by all of them). Same rules and
-    numbers as :func:`deeplift_multipliers_keras`; summation-to-delta is checked for every row.
-
-    ``model`` is a Sequential or functional Keras 3 model mapping (B, L, 4) to (B, T) scored outputs; ``x``
-    (N, K, L, 4), ``references`` (N, R, L, 4), ``targets``, ``batch_size`` and the returned float32 (N, K, T, L, 4)
-    scores are as for ``deeplift_torch.deeplift_shared_torch``. Raises SharedPathUnavailable when TensorFlow
-    cannot vectorize the backward pass of some layer (use the pairwise engine), UnsupportedModelError naming a
-    layer or op without a rule.
-    """
-    x, references = C.check_shared_inputs(x, references, targets, batch_size)
-    n, k, length = x.shape[:3]
-    r, t = references.shape[1], len(targets)
-    forward, backward, n_out = _shared_engine(model, tuple(x.shape[2:]))
-    for target in targets:
-        if not 0 <= int(target) < n_out:
-            raise InputError(f"DeepLIFT: target {target} out of range for {n_out} model outputs")
-    out = np.zeros((n, k, t, length, 4), np.float32)
-    masks = []
-    for a, b in C.variant_chunks(n, k, r, batch_size):
-        nc = b - a
-        rows = np.concatenate([x[a:b].reshape(nc * k, length, 4), references[a:b].reshape(nc * r, length, 4)])
-        y, records = forward(tf.constant(rows), tf.constant(nc * k, tf.int32))
-        ix, ir, it = C.pair_rows(nc, k, t, r)
-        ir = ir + nc * k
-        tsel = np.asarray(targets, dtype=np.int32)[it]
-        m = np.empty((len(ix), length, 4), np.float32)
-        u = tf.constant(rows[:1])
-        for s in range(0, len(ix), batch_size):
-            part = [tf.constant(v[s: s + batch_size].astype(np.int32)) for v in (ix, ir, tsel)]
-            try:
-                m[s: s + batch_size] = backward(records, u, *part).numpy()
-            except ValueError as err:  # pfor has no converter for an op
-                raise SharedPathUnavailable(f"tf.vectorized_map: {err}") from err
-        m = m.reshape(nc, k, t, r, length, 4)
-        f = y.numpy().astype(np.float64)[:, targets]
-        f_x, f_r = f[: nc * k].reshape(nc, k, t), f[nc * k:].reshape(nc, r, t)
-        masks.append(C.shared_violations(m, x[a:b], references[a:b], f_x, f_r).ravel())
-        out[a:b] = C.hypothetical_mean(m, references[a:b])
-    C.warn_violations(np.concatenate(masks), "Keras", "(window, reference, target) triples")
     return out

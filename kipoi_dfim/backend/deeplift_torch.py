@@ -32,6 +32,7 @@ from kipoi_dfim.backend._deeplift_common import (
     conservation_violations,
     hypothetical_mean,
     pair_batches,
+    pair_blocks,
     pool_axis,
     shared_violations,
     variant_chunks,
@@ -1247,16 +1248,6 @@ def deeplift_shared_torch(
     return out
 
 
-def _blocks(n: int, k: int, t: int, r: int, batch_size: int) -> list[tuple[int, int, int, int]]:
-    """(v0, v1, t0, t1) blocks of about ``batch_size`` pair rows: whole variants, or target slices of one."""
-    per_variant = k * t * r
-    if per_variant <= batch_size:
-        step = batch_size // per_variant
-        return [(a, min(n, a + step), 0, t) for a in range(0, n, step)]
-    step = max(1, batch_size // (k * r))
-    return [(v, v + 1, a, min(t, a + step)) for v in range(n) for a in range(0, t, step)]
-
-
 def _shared_chunk(
     plan: SharedPlan, x: np.ndarray, references: np.ndarray, targets: list[int], batch_size: int,
     device: torch.device, first: bool,
@@ -1269,7 +1260,7 @@ def _shared_chunk(
     for tg in targets:
         _scored(y, int(tg))  # checks the output shape and the target range
     m = np.empty((n, k, t, r, length, 4), np.float32)
-    for v0, v1, t0, t1 in _blocks(n, k, t, r, batch_size):
+    for v0, v1, t0, t1 in pair_blocks(n, k, t, r, batch_size):
         pairs = _Pairs(v0, v1, torch.tensor(targets[t0:t1], dtype=torch.int64, device=device), n, k, r)
         mb = plan.backward(acts, pairs).detach().cpu().numpy()
         m[v0:v1, :, t0:t1] = mb.reshape(v1 - v0, k, t1 - t0, r, length, 4)
