@@ -37,7 +37,11 @@ __all__ = ["SharedPathUnavailable", "deeplift_shared_keras"]
 
 
 class SharedPathUnavailable(Exception):
-    """The shared-reference engine cannot run this model (the caller falls back to the pairwise engine)."""
+    """The shared-reference engine cannot run this model (the caller falls back to the pairwise engine).
+
+    Part of the adapters' protocol (the PyTorch twin raises it for graphs torch.fx cannot trace); this engine
+    serves every model the pairwise Keras engine serves, and raises UnsupportedModelError for the others.
+    """
 
 
 # --------------------------------------------------------------------------------------------------------
