@@ -189,3 +189,40 @@ def test_windows_reuse_window_zero_only_where_their_activations_agree():
         slow = AdapterBase._deeplift_shared(model, x[:, :k], refs, [1, 0])
         assert np.abs(slow[:, 1:]).max() > 1e-3
         assert_close(fast, slow)
+
+
+def keras_branching_net():
+    """Functional Keras model whose pools take every path of the Keras shared engine's block rules: a relu
+    feeding a max-pool AND an average pool (not fused: the Rescale rule, then the tiled pool rule), tanh ->
+    tiled max-pool leaving the last position out (27 = 13 * 2 + 1), relu -> tiled max-pool leaving two
+    positions out (fused, padded back), an overlapping max-pool (the general rule)."""
+    keras.utils.set_random_seed(4)
+    lay = keras.layers
+    inp = keras.Input((L, 4))
+    c1 = lay.Conv1D(6, 3, activation="relu")(inp)  # 28
+    a = lay.MaxPooling1D(2)(c1)  # 14
+    b = lay.AveragePooling1D(2)(c1)
+    h = lay.Add()([a, b])
+    t = lay.Conv1D(5, 2, activation="tanh")(h)  # 13
+    t = lay.MaxPooling1D(3)(lay.Conv1D(5, 1)(t))  # 4 windows of 3 over 13
+    r = lay.Conv1D(4, 4, activation="relu")(h)  # 11 -> 3 windows of 3, two positions left out
+    r = lay.MaxPooling1D(3)(r)
+    o = lay.MaxPooling1D(3, strides=2)(lay.Conv1D(4, 3, activation="relu")(h))  # overlapping windows
+    flat = lay.Concatenate()([lay.Flatten()(t), lay.Flatten()(r), lay.Flatten()(o)])
+    return keras.Model(inp, lay.Dense(3)(lay.Dense(8, activation="elu")(flat)))
+
+
+def test_keras_engine_rules_for_every_pool_path():
+    """The block rules of the Keras shared engine (unfused relu + tiled pool, tanh + tiled pool, fused
+    relu-pool with positions left after the last window, overlapping pool) against the pairwise engine."""
+    model = load_model(keras_branching_net(), batch_size=16)
+    x, refs = inputs(n=3, r=4, seed=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fast = model.deeplift_shared(x, refs, [2, 0, 1])
+    kinds = [m["kind"] + ("+fused" if m.get("fused") else "")
+             for m in dlks._shared_engine(model._scored(model.output), (L, 4)).meta]
+    assert {"rescale+fused", "relupool", "tiledpool", "pool", "rescale"} <= set(kinds), kinds
+    slow = AdapterBase._deeplift_shared(model, x, refs, [2, 0, 1])
+    assert np.abs(slow).max() > 1e-3
+    assert_close(fast, slow)

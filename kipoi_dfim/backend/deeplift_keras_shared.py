@@ -71,7 +71,7 @@ class _Recorder:
         self.n_windows = n_windows
         self.records: list[dict[str, tf.Tensor]] = []
         self.meta: list[dict[str, Any]] = []
-        self._last: tuple[tf.Tensor, bool] | None = None  # (output, fusable) of the latest rescale
+        self._fusable: dict[int, tuple[tf.Tensor, int]] = {}  # id(output) -> (output, record index)
 
     def rescale(self, fn: Callable[[tf.Tensor], tf.Tensor], exact: bool, z: tf.Tensor, op: Any) -> tf.Tensor:
         zz = z if exact else tf.cast(z, tf.float64)
@@ -84,7 +84,8 @@ class _Recorder:
         self.records.append({"z": zz, "y": y if exact else fn(zz),
                              "d": tf.zeros_like(wx) if derivative is None else derivative})
         self.meta.append({"kind": "rescale", "fused": False})
-        self._last = (y, exact and _single_consumer(op))
+        if exact and _single_consumer(op):
+            self._fusable[id(y)] = (y, len(self.records) - 1)
         return y
 
     def maxpool(self, forward_fn: Callable[[tf.Tensor], tf.Tensor], windows: _Windows, z: tf.Tensor) -> tf.Tensor:
@@ -93,11 +94,12 @@ class _Recorder:
             self.records.append({"z": z})
             self.meta.append({"kind": "pool", "windows": windows})
             return y
-        fused = self._last is not None and self._last[1] and self._last[0] is z
+        relu = self._fusable.pop(id(z), None)
+        fused = relu is not None and relu[0] is z
         if fused:  # the relu's record moves into the pool's (the relu passes its cotangent through)
-            self.meta[-1]["fused"] = True
-            record = {**self.records[-1], "top": y}
-            self.records[-1] = {}
+            self.meta[relu[1]]["fused"] = True
+            record = {**self.records[relu[1]], "top": y}
+            self.records[relu[1]] = {}
         else:
             a = windows.spec[0]
             shape = tf.concat([[-1, a["out"], a["kernel"]], tf.shape(z)[2:]], 0)
@@ -107,7 +109,6 @@ class _Recorder:
             record = {"z": z, "top": top, "is_max": is_max, "inv": 1.0 / tf.reduce_sum(is_max, axis=2)}
         self.records.append(record)
         self.meta.append({"kind": "relupool" if fused else "tiledpool", "windows": windows})
-        self._last = None
         return y
 
 
