@@ -144,11 +144,18 @@ def test_bad_shapes_and_targets_are_input_errors(model):
         model.deeplift_shared(x, refs, [7])
 
 
-def test_threads_sharing_a_model_get_their_own_results():
-    """Two threads on one PyTorch model (dask threads do this): the engine's scratch tensors are per thread."""
-    m = load_model(TorchNet(), seq_len=L, layout="(4,L)", batch_size=6, device="cpu")
+@pytest.mark.parametrize("framework", ["pytorch", "keras"])
+def test_threads_sharing_a_model_get_their_own_results(framework):
+    """Two threads on one model (dask threads do this): the engines' scratch tensors (PyTorch) and their
+    record/replay state (Keras, traced concurrently on first use) are per thread."""
+    if framework == "pytorch":
+        m = load_model(TorchNet(), seq_len=L, layout="(4,L)", batch_size=6, device="cpu")
+    else:
+        m = load_model(keras_net(), batch_size=6)
     jobs = [inputs(n=3, seed=s) for s in (3, 4, 5, 6)]
     alone = [m.deeplift_shared(x, refs, TARGETS) for x, refs in jobs]
+    if framework == "keras":  # a fresh copy (same weights), so that the two threads trace it together
+        m = load_model(keras_net(), batch_size=6)
     with ThreadPoolExecutor(2) as pool:
         together = list(pool.map(lambda job: m.deeplift_shared(*job, TARGETS), jobs))
     for a, b in zip(alone, together, strict=True):

@@ -424,15 +424,26 @@ def _probe_pool(layer: keras.layers.Layer) -> None:
         raise UnsupportedModelError(f"DeepLIFT: max-pooling {_name(layer)}: this configuration is not supported")
 
 
-@contextlib.contextmanager
-def _linear_activation(layer: keras.layers.Layer) -> Iterator[None]:
-    """Temporarily drop a layer's activation so its linear part can be called on its own."""
-    saved = layer.activation
-    layer.activation = _A.linear
-    try:
-        yield
-    finally:
-        layer.activation = saved
+class _WithoutActivation:
+    """A view of a layer whose activation is linear, for calling the layer's ``call`` on its own linear part.
+
+    Why a view rather than setting ``layer.activation`` for the duration of the call: other threads may be
+    calling the same layer at that moment (a prediction, another engine's trace) and would see the layer
+    without its activation. Every other attribute (weights, configuration, helper methods) is the layer's.
+    """
+
+    activation = staticmethod(_A.linear)
+
+    def __init__(self, layer: keras.layers.Layer):
+        self.__dict__["_layer"] = layer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_layer"], name)
+
+
+def _linear_part(layer: keras.layers.Layer, args: tuple, kwargs: dict) -> tf.Tensor:
+    """The layer's output before its activation (the layer itself is not modified)."""
+    return type(layer).call(_WithoutActivation(layer), *args, **kwargs)
 
 
 def _call(op: Any, args: tuple, kwargs: dict) -> Any:
@@ -445,8 +456,7 @@ def _call(op: Any, args: tuple, kwargs: dict) -> Any:
     if kind == "linear":
         return op(*args, **kwargs)
     if kind == "activation":
-        with _linear_activation(op):
-            pre = op(*args, **kwargs)
+        pre = _linear_part(op, args, kwargs)
         return _SHARED.rescale(_activation_fn(op)[1], _exact_secant(op), pre, op)
     if kind == "rescale":
         return _SHARED.rescale(_activation_fn(op)[1], _exact_secant(op), args[0], op)
