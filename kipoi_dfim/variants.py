@@ -39,6 +39,7 @@ NOT_SCORED = {
     "unknown_contig": "the contig is not in the FASTA",
     "n_at_variant": "N in REF, ALT or the FASTA at the variant",
     "not_acgt": "REF or ALT has letters other than ACGTN",
+    "alt_equals_ref": "ALT is the same sequence as REF (no change to score)",
     "outside_contig": "the variant lies outside the contig",
     "bad_pos": "POS is not an integer in 1..2^62-1 (the range of htslib, bcftools)",
 }
@@ -387,6 +388,8 @@ def _status_of_alleles(ref: str, alt: str | None) -> str:
         return "not_acgt"
     if "N" in ref.upper() or "N" in alt.upper():
         return "n_at_variant"
+    if alt.upper() == ref.upper():
+        return "alt_equals_ref"
     return STATUS_OK
 
 

@@ -262,8 +262,8 @@ def test_truncated_gzip_names_file(capsys, tmp_path, fasta):
 
 
 def test_allele_statuses_multi_alt_and_vcf_agree(capsys, tmp_path, fasta):
-    """No ALT, '*', symbolic, breakend, multi-ALT, unknown contig, an indel whose REF is not the FASTA's, REF
-    mismatch: one status per ALT."""
+    """No ALT, '*', symbolic, breakend, multi-ALT (one ALT the same as REF), unknown contig, an indel whose REF
+    is not the FASTA's, REF mismatch: one status per ALT."""
     data = HEADER + b"".join([
         rec(0, alt=b"."), rec(1, alt=b"*"), rec(2, alt=b"<DEL>"), rec(3, alt=b"A[sim01:5["),
         rec(3, alt=b"A,C,*,<X>"), rec(4, chrom=b"nope"), rec(5, ref=b"TC", alt=b"T"), rec(6, ref=b"A", alt=b"C"),
@@ -272,12 +272,13 @@ def test_allele_statuses_multi_alt_and_vcf_agree(capsys, tmp_path, fasta):
     assert rc == 0, err
     ref6 = RECORDS[6].split(b"\t")[3]
     assert ref6 != b"A"  # the last record's REF really mismatches
-    want = ["missing_alt", "star_allele", "symbolic_allele", "symbolic_allele", "ok", "ok", "star_allele",
+    assert RECORDS[3].split(b"\t")[3] == b"C"  # so the multi-ALT record's "C" is REF again
+    want = ["missing_alt", "star_allele", "symbolic_allele", "symbolic_allele", "ok", "alt_equals_ref", "star_allele",
             "symbolic_allele", "unknown_contig", "ref_mismatch", "ref_mismatch"]
     assert statuses(tmp_path) == want
     body = vcf_body(tmp_path)
     assert len(body) == 8
-    assert b"DFIM_STATUS=ok,ok,star_allele,symbolic_allele" in body[4]
+    assert b"DFIM_STATUS=ok,alt_equals_ref,star_allele,symbolic_allele" in body[4]
 
 
 # ------------------------------------------------------------------------------------------------ FASTA

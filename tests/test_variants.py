@@ -54,6 +54,7 @@ def test_statuses_windows_and_flags(tmp_path):
         ("short", 5, "padded", "A", "G"),
         ("chr1", 60, "mnv", c1[59:62], "".join("A" if b != "A" else "C" for b in c1[59:62])),
         ("chr1", 70, "missing", c1[69], "."),
+        ("chr1", 80, "same", c1[79], c1[79].lower()),  # ALT == REF (any case): not a variant
     ]
     vcf = _vcf(tmp_path, lines)
     fa = Fasta(fa_path)
@@ -61,11 +62,11 @@ def test_statuses_windows_and_flags(tmp_path):
     got = [(v.variant_id, v.alt, v.status) for v in variants]
     assert [s for _, _, s in got] == [
         "ok", "ok", "ok", "star_allele", "symbolic_allele", "ref_mismatch", "n_at_variant",
-        "unknown_contig", "ok", "ok", "ok", "ok", "missing_alt",
+        "unknown_contig", "ok", "ok", "ok", "ok", "missing_alt", "alt_equals_ref",
     ]
     # no record dropped, records in order, lines counted from the file
-    assert [v.record_index for v in variants] == [0, 1, 1, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9]
-    assert variants[0].line == 8 and variants[-1].line == 17
+    assert [v.record_index for v in variants] == [0, 1, 1, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert variants[0].line == 8 and variants[-1].line == 18
     assert variants[5].variant_id == f"chr1:30:{wrong30}:{c1[29]}"  # missing ID -> chrom:pos:ref:alt
     by_id = {v.variant_id: v for v in variants if v.status == "ok"}
     snv = by_id["snv"]
