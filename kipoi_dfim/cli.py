@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bins", type=int, default=10, help="activation bins per PPM (default 10)")
     p.add_argument("--max-groups", type=int, default=4, help="largest motif-group count P (default 4)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same output)")
+    p.add_argument("--seq-len", type=int, default=None, metavar="N",
+                   help="input length to load a model whose length is not fixed (e.g. Keras (None, 4)); a "
+                        "fixed-length model refuses a different N")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(module="neuronmotif.cli")
     return parser

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from kipoi_dfim import fis as F
 from kipoi_dfim import null as N
 from kipoi_dfim.attribution import METHODS
-from kipoi_dfim.backend import load_model
+from kipoi_dfim.backend import check_seq_len, load_model
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.output.interactions_tsv import write_interactions
 from kipoi_dfim.paths import check_paths
@@ -226,7 +226,8 @@ def feature_interactions(
         generalized Pareto tail beyond), ``empirical`` or ``gaussian`` (the paper's) -- against the null pooled
         per ``null_pool`` -- ``per_task`` (default),
         ``per_map`` or ``global`` -- then BH q-values over all rows), ``seed`` (record ``i`` uses
-        ``SeedSequence([seed, i])``), ``batch_size``.
+        ``SeedSequence([seed, i])``), ``batch_size``, ``seq_len`` (the input length of a model whose length is
+        not fixed, e.g. Keras ``(None, 4)``).
     progress : bool
         tqdm progress bar on stderr.
 
@@ -240,6 +241,7 @@ def feature_interactions(
     settings = make_settings(settings, **options)
     if not hasattr(model, "seq_len"):
         model = load_model(model, **load_options(settings))
+    check_seq_len(model, settings.seq_len)
     records = read_fasta(fasta)
     by_rec = _features_by_record(records, read_bed(features), fasta, features)
     tasks = _targets(model, settings.targets)

@@ -41,7 +41,7 @@ import yaml
 from kipoi_dfim import __version__
 from kipoi_dfim.backend import load_model
 from kipoi_dfim.errors import InputError
-from kipoi_dfim.scoring import make_settings, score_windows
+from kipoi_dfim.scoring import load_options, make_settings, score_windows
 from kipoi_dfim.settings import Settings
 from kipoi_dfim.variants import Fasta, Variant, iter_variants, open_text, read_records, windows
 
@@ -166,7 +166,9 @@ class DfimPredictor:
         model_path = Path(c["model"])
         if not model_path.is_absolute():
             model_path = self.spec_dir / model_path
-        self.model = load_model(str(model_path), output=c["output"], batch_size=int(c["batch_size"]))
+        # the length given to kipoi-spec (--seq-len) for a model whose input length is not fixed
+        given = {"seq_len": int(c["seq_len"])} if (c.get("settings") or {}).get("seq_len") is not None else {}
+        self.model = load_model(str(model_path), output=c["output"], batch_size=int(c["batch_size"]), **given)
         if self.model.seq_len != int(c["seq_len"]):
             raise InputError(f"the wrapped model takes {self.model.seq_len} bp but {CONFIG_FILE} says "
                              f"{c['seq_len']}; re-run kipoi-dfim kipoi-spec", path=str(self.spec_dir))
@@ -545,7 +547,7 @@ def write_kipoi_spec(
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise InputError("output directory exists and is not empty; choose a new one", path=str(out))
     src = _resolve_model(model, source)
-    m = load_model(str(src), output=st.output, batch_size=st.batch_size)
+    m = load_model(str(src), **load_options(st))
     if m.seq_len < 2 * st.window + 1:
         raise InputError(f"the model input ({m.seq_len} bp) is shorter than the +-{st.window} bp target window")
     tidx = list(range(len(m.targets))) if st.targets is None else [m.target_index(t) for t in st.targets]

@@ -32,7 +32,7 @@ from kipoi_dfim import __version__, indels
 from kipoi_dfim import fis as F
 from kipoi_dfim import null as N
 from kipoi_dfim.attribution import METHODS, predict_fixed
-from kipoi_dfim.backend import load_model
+from kipoi_dfim.backend import check_seq_len, load_model
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.ism import ISM_COLUMNS, ism_scores
 from kipoi_dfim.motifs import MotifSet, annotate_variants, resolve_motifs
@@ -66,8 +66,12 @@ def make_settings(settings: Settings | None = None, **options: Any) -> Settings:
 
 def load_options(settings: Settings) -> dict[str, Any]:
     """The keywords of :func:`kipoi_dfim.backend.load_model` that come from the settings (one place, so that a
-    Dask worker loads the model exactly as the client does)."""
-    return {"output": settings.output, "batch_size": settings.batch_size, "device": settings.device}
+    Dask worker loads the model exactly as the client does). ``seq_len`` only when given, so that a model's own
+    length applies otherwise."""
+    opts = {"output": settings.output, "batch_size": settings.batch_size, "device": settings.device}
+    if settings.seq_len is not None:
+        opts["seq_len"] = settings.seq_len
+    return opts
 
 
 def maps_flank(window: int, seq_len: int) -> int:
@@ -507,7 +511,7 @@ def score_variants(
         Optional outputs: annotated VCF (.vcf / .vcf.gz), the TSV table, the HDF5 of FIS tracks.
     settings : Settings, optional
         Everything that decides the numbers; or give its fields as keywords (``method="grad_input"``,
-        ``window=15``, ``null_shuffles=10``, ``target="GATA1"``, ...). See :class:`kipoi_dfim.settings.Settings`.
+        ``window=15``, ``target="GATA1"``, ``seq_len=100`` (variable-length models), ...). See :class:`Settings`.
     variant_ids
         Only score the records with these variant IDs (as in the ``variant_id`` column).
     source
@@ -566,6 +570,7 @@ def _load(model: Any, source: str | None, settings: Settings, with_motifs: bool 
     if with_motifs:
         resolve_motifs(settings.motifs)
     m = load_model(model, source=source, **load_options(settings))
+    check_seq_len(m, settings.seq_len)
     if getattr(m, "output", settings.output) != settings.output and getattr(m, "activation", None):
         raise InputError(f"the model object was loaded with output={m.output!r} but the settings ask for "
                          f"{settings.output!r}; load it with load_model(..., output={settings.output!r})")

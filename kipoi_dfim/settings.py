@@ -79,6 +79,10 @@ class Settings:
     motifs : str
         Motifs that name each variant's own motif and its interaction partner: ``jaspar`` (JASPAR CORE
         vertebrates, offline), a MEME / JASPAR file, or ``none``.
+    seq_len : int or None
+        Window length (bp) the model is run on, for a model whose input length is not fixed (e.g. a Keras
+        input ``(None, 4)``). A model with a fixed length refuses a different one (no resizing). None: the
+        model's own length (or its dataloader's ``auto_resize_len``).
     """
 
     method: str = "deeplift"
@@ -102,6 +106,7 @@ class Settings:
     targets: tuple | None = None
     device: str = "auto"
     motifs: str = "jaspar"
+    seq_len: int | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -130,6 +135,8 @@ class Settings:
             raise InputError(f"--null-max-effect must be a number > 0, got {self.null_max_effect!r}")
         _at_least("--batch-size", self.batch_size, 1)
         _at_least("--chunk-size", self.chunk_size, 1)
+        if self.seq_len is not None:
+            _at_least("--seq-len", self.seq_len, 1)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise InputError(f"--seed must be a non-negative integer, got {self.seed!r}")
         if not 0.0 <= float(self.gc) <= 1.0:
@@ -228,6 +235,10 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "targets": (("--target",), {"action": "append", "dest": "targets",
                                 "help": "model output to score, by index or label; repeat for several (default all)"}),
     "device": (("--device",), {"help": "auto, cpu, cuda, cuda:N or mps (PyTorch models)"}),
+    "seq_len": (("--seq-len",), {
+        "type": int, "metavar": "N",
+        "help": "window length (bp) to run a model whose input length is not fixed (e.g. Keras input "
+                "(None, 4)); a fixed-length model refuses a different N (default: the model's length)"}),
     "motifs": (("--motifs",), {"metavar": "jaspar|none|FILE", "help": "motifs naming each variant's own motif "
                                "and its interaction partner: JASPAR CORE vertebrates (offline), a MEME/JASPAR "
                                "file, or none"}),
@@ -237,13 +248,13 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
     "score-variants": ("targets", "output", "method", "references", "gc", "n_refs", "steps", "window", "null",
                        "null_shuffles", "null_size", "null_max_effect", "pvalue", "seed", "batch_size",
-                       "chunk_size", "rc", "all_alts", "device", "motifs"),
+                       "chunk_size", "rc", "all_alts", "device", "motifs", "seq_len"),
     "interactions": ("targets", "output", "method", "references", "gc", "n_refs", "steps", "null_shuffles",
-                     "pvalue", "seed", "batch_size", "fill", "device"),
+                     "pvalue", "seed", "batch_size", "fill", "device", "seq_len"),
     "plot": ("targets", "output", "method", "references", "gc", "n_refs", "steps", "window", "seed", "batch_size",
-             "device"),
+             "device", "seq_len"),
     "kipoi-spec": ("targets", "output", "method", "references", "gc", "n_refs", "steps", "window", "seed",
-                   "batch_size"),
+                   "batch_size", "seq_len"),
 }
 
 

@@ -69,7 +69,7 @@ def _score(case, **kw):
 _VALUES = {"method": "integrated_gradients", "references": "gc", "gc": 0.3, "n_refs": 3, "steps": 7, "window": 4,
            "null": "pooled", "null_shuffles": 2, "null_size": 9, "null_max_effect": 0.5, "seed": 5, "batch_size": 3,
            "chunk_size": 2, "output": "raw", "fill": "zero", "targets": ["sum"], "device": "cpu",
-           "pvalue": "empirical", "motifs": "none"}
+           "pvalue": "empirical", "motifs": "none", "seq_len": 100}
 
 
 @pytest.mark.parametrize("command", sorted(COMMAND_FIELDS))
@@ -103,7 +103,7 @@ def test_defaults_come_from_settings_and_method_choices_from_the_registry():
     ({"steps": 0}, "--steps"), ({"gc": 2.0}, "--gc"), ({"null_size": 0}, "--null-size"), ({"seed": -3}, "--seed"),
     ({"method": "saliency"}, "--method"), ({"references": "nonsense"}, "--references"),
     ({"null": "per-variant"}, "--null"), ({"output": "prob"}, "--output"), ({"fill": "noise"}, "--fill"),
-    ({"pvalue": "bonferroni"}, "--pvalue"),
+    ({"pvalue": "bonferroni"}, "--pvalue"), ({"seq_len": 0}, "--seq-len"),
 ])
 def test_bad_values_name_the_flag(kw, flag):
     with pytest.raises(InputError, match=flag):

@@ -261,7 +261,8 @@ def _load_dir(model_dir: Path, **kw) -> SequenceModel:
 
         module = _load_torch_module(model_dir, args, yml, path)
         if in_shape is None and "seq_len" not in kw:
-            raise InputError("schema.inputs.shape is missing; pass seq_len= and layout=", path=str(yml))
+            raise InputError("schema.inputs.shape is missing: pass --seq-len N (Python: seq_len=N, and layout= "
+                             "if not (4,L))", path=str(yml))
         if in_shape is not None:
             layout, seq_len = layout_from_shape(in_shape, kw.pop("seq_len", None), enc.get("alphabet_axis"))
             if "alphabet_axis" in enc or "dummy_axis" in enc:
@@ -431,7 +432,8 @@ def load_model(
         ``"cuda:N"`` or ``"mps"``. TensorFlow places Keras models itself (on its visible GPU, if any), so
         for them only ``"auto"`` and ``"cpu"`` are meaningful and the argument is not used.
     **kw
-        ``seq_len``, ``layout``, ``targets`` (names), ``batch_size``.
+        ``seq_len`` (the input length of a model whose length is not fixed, e.g. Keras ``(None, 4)``; a fixed
+        length must equal it), ``layout``, ``targets`` (names), ``batch_size``.
 
     Returns
     -------
@@ -447,6 +449,26 @@ def load_model(
     if target is not None:
         m.default_target = m.target_index(target)
     return m
+
+
+def check_seq_len(model: Any, seq_len: int | None) -> None:
+    """Refuse a model whose input length differs from a given ``seq_len`` (a loaded model is not resized).
+
+    Parameters
+    ----------
+    model
+        A model from :func:`load_model`.
+    seq_len
+        The length asked for (``--seq-len`` / ``seq_len=``); None accepts any.
+
+    Raises
+    ------
+    InputError
+        One line naming the model's length and the one given.
+    """
+    if seq_len is not None and int(model.seq_len) != int(seq_len):
+        raise InputError(f"the model's input length is {model.seq_len}, but --seq-len {seq_len} (Python: "
+                         f"seq_len={seq_len}) was given; a loaded model is not resized")
 
 
 def _load(model, source, **kw) -> SequenceModel:

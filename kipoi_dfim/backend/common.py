@@ -27,7 +27,7 @@ class AdapterBase:
         if output not in ("logit", "raw"):
             raise InputError(f"output must be 'logit' or 'raw', not {output!r}")
         if seq_len is None:
-            raise InputError("the model's input length is unknown: pass seq_len=...")
+            raise InputError("the model's input length is unknown: pass --seq-len N (Python: seq_len=N)")
         self.seq_len = int(seq_len)
         self.layout = layout
         self.output = output

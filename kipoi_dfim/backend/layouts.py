@@ -98,7 +98,8 @@ def layout_from_shape(
     names[four], names[rest[0]] = "4", "L"
     length = shape[rest[0]]
     if seq_len is not None and length is not None and seq_len != length:
-        raise InputError(f"model input length is {length}, but seq_len={seq_len} was given")
+        raise InputError(f"the model's input length is fixed at {length}, but --seq-len {seq_len} (Python: "
+                         f"seq_len={seq_len}) was given; leave it out or give {length}")
     return "(" + ",".join(names) + ")", (length if length is not None else seq_len)
 
 

@@ -234,13 +234,23 @@ class SavedModelLayer(keras.layers.TFSMLayer):
         return ys[0] if len(ys) == 1 else tf.concat(ys, axis=1)
 
 
-def _merge_shape(signature: tuple, schema: tuple | None, where: str) -> tuple[int, ...]:
-    """The input shape without batch: the signature's, unknown axes filled from the Kipoi schema."""
+def _unknown(d: Any) -> bool:
+    """An axis a shape leaves open (None, or -1 in a Kipoi schema)."""
+    return d is None or (isinstance(d, int) and d < 0)
+
+
+def _merge_shape(signature: tuple, schema: tuple | None, where: str, seq_len: int | None = None) -> tuple[int, ...]:
+    """The input shape without batch: the signature's, unknown axes filled from the Kipoi schema, then a single
+    axis still unknown (the length) from ``seq_len``."""
     sig = tuple(signature[1:])
+    base = sig if schema is None else tuple(schema)
+    if seq_len is not None and sum(d is None for d in sig) == 1 and sum(map(_unknown, base)) == 1:
+        schema = tuple(int(seq_len) if _unknown(d) else d for d in base)
     if schema is None:
         if any(d is None for d in sig):
             raise InputError(f"the SavedModel takes inputs of shape {sig}; the sequence length is unknown: give "
-                             "schema.inputs.shape in model.yaml or pass seq_len=", path=where)
+                             "schema.inputs.shape in model.yaml or pass --seq-len N (Python: seq_len=N)",
+                             path=where)
         return sig
     schema = tuple(None if d is None or (isinstance(d, int) and d < 0) else int(d) for d in schema)
     if len(schema) != len(sig) or any(
@@ -248,7 +258,8 @@ def _merge_shape(signature: tuple, schema: tuple | None, where: str) -> tuple[in
         raise InputError(f"schema.inputs.shape {schema} does not fit the SavedModel's input shape {sig}", path=where)
     merged = tuple(a if a is not None else b for a, b in zip(sig, schema, strict=True))
     if any(d is None for d in merged):
-        raise InputError(f"the input shape {merged} has an unknown axis; pass seq_len=", path=where)
+        raise InputError(f"the input shape {merged} has an unknown axis; pass --seq-len N (Python: seq_len=N)",
+                         path=where)
     return merged
 
 
@@ -285,9 +296,7 @@ def load_savedmodel(
     spec = _input_spec(layer.call_endpoint_fn, where)
     layer.endpoint_dtype = spec.dtype
     sig = tuple(spec.shape.as_list())
-    if input_shape is None and seq_len is not None and sum(d is None for d in sig[1:]) == 1:
-        input_shape = tuple(seq_len if d is None else d for d in sig[1:])
-    shape = _merge_shape(sig, input_shape, where)
+    shape = _merge_shape(sig, input_shape, where, seq_len)
     inp = keras.Input(shape, name="savedmodel_input")
     model = keras.Model(inp, layer(inp), name=f"savedmodel_{path.name}".replace(".", "_"))
     return model, layer

@@ -320,4 +320,7 @@ def load_torch_file(path: str, **kw) -> TorchModel:
             "or the nn.Module itself",
             path=path,
         )
+    if kw.get("seq_len") is None:
+        raise InputError("a pickled torch module does not record its input length: pass --seq-len N "
+                         "(Python: seq_len=N)", path=path)
     return TorchModel(obj, **kw)

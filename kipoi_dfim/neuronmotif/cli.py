@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> None:
     """Interpret the CNs, match their segments, write the outputs."""
     settings = Settings(population=args.population, max_generations=args.max_generations,
                         layer1_samples=args.layer1_samples, n_bins=args.bins, max_groups=args.max_groups,
-                        seed=args.seed)
+                        seed=args.seed, seq_len=getattr(args, "seq_len", None))
     motifs = None if (args.motifs or "").lower() == "none" else load_motifs(args.motifs)
     results = interpret_neurons(args.model, args.layer, parse_neurons(args.neurons), settings,
                                 progress=not args.quiet)

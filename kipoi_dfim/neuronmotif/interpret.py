@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from kipoi_dfim.backend import load_model
+from kipoi_dfim.backend import check_seq_len, load_model
 from kipoi_dfim.backend.introspect import Substructure, probe
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.neuronmotif import genetic, layer1
@@ -43,6 +43,7 @@ class Settings:
     min_segment: int = 4
     seed: int = 0
     batch_size: int = 256
+    seq_len: int | None = None  # input length to load a model whose length is not fixed (the CNs see RF windows)
 
 
 @dataclass
@@ -188,7 +189,8 @@ def interpret_neurons(model, layer: int, neurons: list[int] | None = None, setti
     neurons
         CN (output channel) indices; default all CNs of the layer.
     settings
-        :class:`Settings`; keyword arguments override single fields (e.g. ``population=500``).
+        :class:`Settings`; keyword arguments override single fields (e.g. ``population=500``, or ``seq_len=100``
+        to load a model whose input length is not fixed).
     progress
         Show a tqdm bar (one step per CN) on stderr.
 
@@ -202,7 +204,14 @@ def interpret_neurons(model, layer: int, neurons: list[int] | None = None, setti
         if not hasattr(settings, k):
             raise InputError(f"unknown NeuronMotif setting {k!r}")
         setattr(settings, k, val)
-    m = load_model(model) if not hasattr(model, "framework") else model
+    n = settings.seq_len
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise InputError(f"--seq-len must be an integer >= 1, got {n!r}")
+    if hasattr(model, "framework"):
+        m = model
+    else:
+        m = load_model(model, **({"seq_len": n} if n is not None else {}))
+    check_seq_len(m, n)
     ctx = _Context(m, settings)
     p = ctx.probe(layer)
     neurons = list(range(p.n_neurons)) if neurons is None else [int(n) for n in neurons]

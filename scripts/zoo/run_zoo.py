@@ -220,6 +220,8 @@ def check_cli(fx: zf.Fixture, m, rng: np.random.Generator, method: str) -> str:
                 "--method", method,
                 "--target", "0", "--window", "5", "--null-shuffles", "2", "--n-refs", "2", "--quiet",
                 "--batch-size", "8", "--tsv", str(d / "out.tsv")]
+        if fx.load_kw.get("seq_len") is not None:  # a variable-length model: the length the API gets too
+            args += ["--seq-len", str(fx.load_kw["seq_len"])]
         buf = io.StringIO()
         try:
             with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):

@@ -324,7 +324,7 @@ def build_pwm_hocomoco(root: Path, seed: int = 0) -> Fixture:
     """pwm_HOCOMOCO: ``type: keras`` with only ``weights``, a Keras 2.2 full-model HDF5 (Keras 3 cannot read
     it; the loader rebuilds it from the file's ``model_config``); a PWM log-odds Conv1D and its reverse
     complement, Maximum, GlobalMaxPooling1D; input (None, 4) and a SeqIntervalDl without ``auto_resize_len``:
-    the API needs ``seq_len=`` (the harness passes 100); the CLI has no length option (see docs/zoo.md)."""
+    the API needs ``seq_len=`` and the CLI ``--seq-len`` (the harness passes 100 to both)."""
     from keras_plan import Planner, numpy_forward, write_keras2
 
     d = root / "pwm_HOCOMOCO" / "human" / "AHR"
