@@ -348,19 +348,14 @@ def deeplift_shared_keras(
     ----------
     model : keras.Model
         Sequential or functional Keras 3 model mapping (B, L, 4) to (B, T) scored outputs (logits).
-    x : np.ndarray
-        (N, K, L, 4) one-hot windows.
-    references : np.ndarray
-        (N, R, L, 4) references, shared by the K windows of a variant.
-    targets : list of int
-        Output columns to explain.
-    batch_size : int
-        (window, target, reference) rows per backward pass (whole groups of R). Results do not depend on it.
+    x, references, targets, batch_size
+        (N, K, L, 4) windows, (N, R, L, 4) references shared by a variant's windows, output columns, and
+        (window, target, reference) rows per backward pass: as for ``deeplift_torch.deeplift_shared_torch``.
 
     Returns
     -------
     np.ndarray
-        float32 (N, K, T, L, 4), averaged over the references.
+        float32 (N, K, T, L, 4) hypothetical scores, averaged over the references.
 
     Raises
     ------
