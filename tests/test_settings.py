@@ -7,6 +7,7 @@ options, ``--rc`` and ``--all-alts`` each have a visible, checkable effect.
 """
 
 import argparse
+import os
 
 import numpy as np
 import pytest
@@ -171,3 +172,18 @@ def test_null_options(case):
     # empirical p-values are multiples of 1 / (1 + M): M = 5 pooled backgrounds, 3 x 3 per-variant ones
     for p, m in ((pooled["pval_empirical"], 5), (per["pval_empirical"], 9)):
         assert np.allclose(p * (m + 1), np.round(p * (m + 1)), atol=1e-3)
+
+
+@pytest.mark.parametrize("user", [None, "ACTIVE"])
+def test_cli_lets_openmp_threads_sleep_unless_the_user_chose(monkeypatch, user):
+    """``kipoi-dfim`` sets OMP_WAIT_POLICY=PASSIVE before any subcommand imports torch (spinning threads cost
+    2x under CPU contention; benchmarks/README.md), and never overrides a user's own choice."""
+    from kipoi_dfim import cli
+
+    if user is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", user)
+    with pytest.raises(SystemExit):
+        cli.main(["score-variants", "--help"])
+    assert os.environ["OMP_WAIT_POLICY"] == (user or "PASSIVE")
