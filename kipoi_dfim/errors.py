@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+#: How a user gives the input length of a model whose length is not fixed, in the shell and in Python (one
+#: wording for every place that needs it).
+SEQ_LEN_HINT = "pass --seq-len N (Python: seq_len=N)"
+
 
 class InputError(ValueError):
     """Bad user input (file, model, argument). The CLI prints the message and exits with status 2."""

@@ -9,7 +9,7 @@ from typing import TypeVar
 import numpy as np
 
 from kipoi_dfim.backend._deeplift_common import hypothetical_scores
-from kipoi_dfim.errors import InputError
+from kipoi_dfim.errors import SEQ_LEN_HINT, InputError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class AdapterBase:
         if output not in ("logit", "raw"):
             raise InputError(f"output must be 'logit' or 'raw', not {output!r}")
         if seq_len is None:
-            raise InputError("the model's input length is unknown: pass --seq-len N (Python: seq_len=N)")
+            raise InputError(f"the model's input length is unknown: {SEQ_LEN_HINT}")
         self.seq_len = int(seq_len)
         self.layout = layout
         self.output = output

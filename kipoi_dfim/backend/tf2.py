@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from kipoi_dfim.backend.keras3 import KerasModel  # noqa: E402
-from kipoi_dfim.errors import InputError, UnsupportedModelError  # noqa: E402
+from kipoi_dfim.errors import SEQ_LEN_HINT, InputError, UnsupportedModelError  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def _merge_shape(signature: tuple, schema: tuple | None, where: str, seq_len: in
     if schema is None:
         if any(d is None for d in sig):
             raise InputError(f"the SavedModel takes inputs of shape {sig}; the sequence length is unknown: give "
-                             "schema.inputs.shape in model.yaml or pass --seq-len N (Python: seq_len=N)",
+                             f"schema.inputs.shape in model.yaml or {SEQ_LEN_HINT}",
                              path=where)
         return sig
     schema = tuple(None if d is None or (isinstance(d, int) and d < 0) else int(d) for d in schema)
@@ -258,7 +258,7 @@ def _merge_shape(signature: tuple, schema: tuple | None, where: str, seq_len: in
         raise InputError(f"schema.inputs.shape {schema} does not fit the SavedModel's input shape {sig}", path=where)
     merged = tuple(a if a is not None else b for a, b in zip(sig, schema, strict=True))
     if any(d is None for d in merged):
-        raise InputError(f"the input shape {merged} has an unknown axis; pass --seq-len N (Python: seq_len=N)",
+        raise InputError(f"the input shape {merged} has an unknown axis; {SEQ_LEN_HINT}",
                          path=where)
     return merged
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from kipoi_dfim.backend.common import AdapterBase
 from kipoi_dfim.backend.layouts import alphabet_index, normalise_layout, to_model_layout
-from kipoi_dfim.errors import InputError
+from kipoi_dfim.errors import SEQ_LEN_HINT, InputError
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +321,6 @@ def load_torch_file(path: str, **kw) -> TorchModel:
             path=path,
         )
     if kw.get("seq_len") is None:
-        raise InputError("a pickled torch module does not record its input length: pass --seq-len N "
-                         "(Python: seq_len=N)", path=path)
+        raise InputError(f"a pickled torch module does not record its input length: {SEQ_LEN_HINT}",
+                         path=path)
     return TorchModel(obj, **kw)
