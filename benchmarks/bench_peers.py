@@ -18,8 +18,13 @@ maxpool 4, conv 200x7 / maxpool 4, dense 1000, dense 1000, 164 outputs; the logi
 
 - ``bare fwd+bwd``: autograd gradient of the target logit w.r.t. the input, one model row per pair, in
   batches of ``--batch-size`` (what a plain saliency pass over the pairs costs);
-- ``kipoi-dfim shared``: ``model.deeplift_shared(x, refs, [t])`` (the DFIM call: references shared by the
-  two windows, hypothetical scores, summation-to-delta checked for every pair);
+- ``kipoi-dfim shared``: ``model.deeplift_shared(x, refs, [t])`` (references shared by the two windows,
+  hypothetical scores at every position, summation-to-delta checked for every pair);
+- ``kipoi-dfim shared, DFIM span``: the same call with the ``span`` a score-variants run passes (the +-15 bp
+  targets widened to the maps file's +-50 bp around the variant: 101 of 600 positions): the backward pass
+  below the dense layers is cropped to what reaches those positions (``deeplift_torch_crop``); the scores
+  there are the same, summation-to-delta is checked for every pair at the crop's top layer. This is what
+  DFIM DeepLIFT costs in score-variants;
 - ``kipoi-dfim pairwise``: the generic path of the same call (``AdapterBase._deeplift_shared``: every
   window against every reference in a paired batch, as ``model.deeplift`` did before the shared engine);
 - ``tangermeme deep_lift_shap``: the 2N windows with their variant's references (hypothetical), same batch;
@@ -77,6 +82,16 @@ def make_pairs(n: int, r: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     alt[:, L // 2] = np.eye(4, dtype=np.float32)[(ref[:, L // 2].argmax(-1) + 1 + np.arange(n) % 3) % 4]
     refs = shuffled_references(ref, r, [np.random.default_rng([seed, i]) for i in range(n)])
     return np.stack([ref, alt], 1), refs
+
+
+def dfim_span(n: int, window: int = 15) -> tuple[int, int]:
+    """The positions a DFIM run reads in these windows (the variant in the middle): the +-``window`` target
+    bases widened to the maps file's +-50 bp, as ``kipoi_dfim.attribution.deeplift_shared`` asks for."""
+    from kipoi_dfim.attribution import read_span
+
+    positions = np.zeros((n, L), bool)
+    positions[:, L // 2 - window: L // 2 + window + 1] = True
+    return read_span(positions, window)
 
 
 def best_of(methods: dict[str, Callable[[], None]], repeats: int) -> dict[str, tuple[float, float]]:
@@ -162,8 +177,13 @@ def torch_methods(models: tuple, x: np.ndarray, refs: np.ndarray, batch: int) ->
             (g,) = torch.autograd.grad(logit(xb)[:, TARGET].sum(), xb)
         _ = g.cpu()
 
+    span = dfim_span(len(x))
+
     def shared() -> None:
         model.deeplift_shared(x, refs, [TARGET])
+
+    def shared_dfim() -> None:
+        model.deeplift_shared(x, refs, [TARGET], span=span)
 
     def pairwise() -> None:
         AdapterBase._deeplift_shared(model, x, refs, [TARGET])
@@ -178,7 +198,8 @@ def torch_methods(models: tuple, x: np.ndarray, refs: np.ndarray, batch: int) ->
             bi = torch.from_numpy(refs[i].transpose(0, 2, 1).copy()).to(dev)
             captum.attribute(xi, baselines=bi, target=TARGET)
 
-    return {"bare fwd+bwd": bare, "kipoi-dfim shared": shared, "kipoi-dfim pairwise": pairwise,
+    return {"bare fwd+bwd": bare, "kipoi-dfim shared": shared, "kipoi-dfim shared, DFIM span": shared_dfim,
+            "kipoi-dfim pairwise": pairwise,
             "tangermeme deep_lift_shap": tangermeme, "captum DeepLiftShap": captum_dls}
 
 
@@ -312,8 +333,13 @@ def keras_methods(models: tuple, x: np.ndarray, refs: np.ndarray, batch: int) ->
             g = grad(tf.constant(rows[a: a + batch]))
         _ = g.numpy()
 
+    span = dfim_span(len(x))
+
     def shared() -> None:
         model.deeplift_shared(x, refs, [TARGET])
+
+    def shared_dfim() -> None:
+        model.deeplift_shared(x, refs, [TARGET], span=span)
 
     def pairwise() -> None:
         AdapterBase._deeplift_shared(model, x, refs, [TARGET])

@@ -112,8 +112,8 @@ class Method:
         """
         K, N, L, _ = W.shape
         pos = positions if self.positions else None
-        if self.shared is not None:
-            out = self.shared(model, W, refs, targets, settings, positions=pos, progress=progress)
+        if self.shared is not None:  # a fast path may use the read positions even if fn does not take them
+            out = self.shared(model, W, refs, targets, settings, positions=positions, progress=progress)
             if out is not None:
                 return out
         flat = W.reshape(K * N, L, 4)
@@ -541,7 +541,10 @@ def deeplift_shared(model, W: np.ndarray, refs: np.ndarray, targets: Sequence, s
                     progress: Progress | None = None) -> np.ndarray | None:
     """DeepLIFT of K windows per variant sharing their references, all targets at once, through the backend's
     ``deeplift_shared`` (the references' forward pass runs once per variant). None when the backend has none.
-    ``progress`` is told each model call's share of the variants.
+    ``progress`` is told each model call's share of the variants. ``positions`` (N, L) bool: where importance
+    is read; the backend may then leave it 0 further than the maps file's flank from them (:func:`read_span`).
+    Each variant's span is its own (variants of a model call with different spans go in separate calls),
+    so a variant's numbers do not depend on which variants share its chunk.
     """
     if not hasattr(model, "deeplift_shared") or not isinstance(refs, np.ndarray):
         return None
@@ -549,14 +552,35 @@ def deeplift_shared(model, W: np.ndarray, refs: np.ndarray, targets: Sequence, s
     x = np.ascontiguousarray(np.moveaxis(W, 0, 1))  # (N, K, L, 4)
     per_chunk = max(1, settings.batch_size // (K * refs.shape[1]))
     out = np.zeros((len(targets), K, N, L, 4), np.float32)
+    spans = [None] * N if positions is None else [read_span(positions[i: i + 1], settings.window) for i in range(N)]
     for a, b in _chunks(N, per_chunk):
-        h = np.asarray(model.deeplift_shared(x[a:b], refs[a:b], list(targets)), np.float32)  # (n, K, T, L, 4)
-        out[:, :, a:b] = np.moveaxis(h * x[a:b, :, None], (0, 1, 2), (2, 1, 0))
+        for span in dict.fromkeys(spans[a:b]):
+            idx = np.array([i for i in range(a, b) if spans[i] == span])
+            h = np.asarray(model.deeplift_shared(x[idx], refs[idx], list(targets), span=span), np.float32)
+            out[:, :, idx] = np.moveaxis(h * x[idx, :, None], (0, 1, 2), (2, 1, 0))
         report(progress, b - a, N)
     return out
 
 
 METHODS["deeplift"] = METHODS["deeplift"].with_shared(deeplift_shared)
+
+
+def read_span(positions: np.ndarray, window: int) -> tuple[int, int] | None:
+    """The positions [a, b) a chunk's importance must cover: every read position (``positions`` (n, L) bool,
+    the +-``window`` target bases), widened on both sides to the maps file's tracks (at least 50 bp from the
+    variant: :func:`kipoi_dfim.scoring.maps_flank`), within the sequence. None when nothing is read.
+    """
+    cols = np.flatnonzero(np.asarray(positions, bool).any(0))
+    if not len(cols):
+        return None
+    length = positions.shape[1]
+    extra = max(0, maps_flank(window, length) - window)
+    return max(0, int(cols[0]) - extra), min(length, int(cols[-1]) + 1 + extra)
+
+
+def maps_flank(window: int, seq_len: int) -> int:
+    """Half-width of the tracks stored in the maps file: at least 50 bp (for figures), at most the window."""
+    return min(max(window, 50), (seq_len - 1) // 2)
 
 
 def _all_targets_gradients(model, x: np.ndarray, targets: Sequence, batch_size: int,

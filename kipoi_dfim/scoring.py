@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from kipoi_dfim import __version__, indels
 from kipoi_dfim import fis as F
 from kipoi_dfim import null as N
-from kipoi_dfim.attribution import METHODS, predict_fixed
+from kipoi_dfim.attribution import METHODS, maps_flank, predict_fixed
 from kipoi_dfim.backend import check_seq_len, load_model
 from kipoi_dfim.errors import InputError
 from kipoi_dfim.ism import ISM_COLUMNS, ism_scores
@@ -72,11 +72,6 @@ def load_options(settings: Settings) -> dict[str, Any]:
     if settings.seq_len is not None:
         opts["seq_len"] = settings.seq_len
     return opts
-
-
-def maps_flank(window: int, seq_len: int) -> int:
-    """Half-width of the tracks stored in the maps file: at least 50 bp (for figures), at most the window."""
-    return min(max(window, 50), (seq_len - 1) // 2)
 
 
 # ------------------------------------------------------------------------------------------------ one chunk

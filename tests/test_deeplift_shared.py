@@ -233,3 +233,29 @@ def test_keras_engine_rules_for_every_pool_path():
     slow = AdapterBase._deeplift_shared(model, x, refs, [2, 0, 1])
     assert np.abs(slow).max() > 1e-3
     assert_close(fast, slow)
+
+
+class TwoRelus(nn.Module):
+    """An addition of two relu branches (and a residual one): the vector-Jacobian product of ``+`` hands one
+    tensor to both inputs, which the Rescale rule must not multiply in place (found by test_deeplift_crop)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.a, self.b = nn.Conv1d(4, 6, 3, padding=1), nn.Conv1d(4, 6, 5, padding=2)
+        self.d = nn.Linear(6 * L, 2)
+
+    def forward(self, x):
+        h = F.relu(self.a(x)) + F.relu(self.b(x))
+        h = h + F.relu(h - 0.1)
+        return self.d(h.flatten(1))
+
+
+def test_torch_branches_sharing_a_cotangent():
+    x, refs = inputs()
+    model = load_model(TwoRelus(), seq_len=L, layout="(4,L)")
+    slow = AdapterBase._deeplift_shared(model, x, refs, [1, 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # summation-to-delta holds for every pair
+        fast = model.deeplift_shared(x, refs, [1, 0])
+    assert_close(fast, slow)

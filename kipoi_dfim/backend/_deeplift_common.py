@@ -213,7 +213,13 @@ def shared_violations(
         (n, R, T) scored outputs of the references.
     """
     diff = (x[:, :, None] - references[:, None]).astype(np.float64)  # (n, K, R, L, 4)
-    total = np.einsum("nktrlc,nkrlc->nktr", multipliers.astype(np.float64), diff)
+    return delta_violations(np.einsum("nktrlc,nkrlc->nktr", multipliers.astype(np.float64), diff), f_x, f_ref)
+
+
+def delta_violations(total: np.ndarray, f_x: np.ndarray, f_ref: np.ndarray) -> np.ndarray:
+    """Boolean (n, K, T, R) mask where the summed contributions ``total`` (n, K, T, R) of a (window, target,
+    reference) triple miss f(window) - f(reference) (``f_x`` (n, K, T), ``f_ref`` (n, R, T)); the criterion of
+    :func:`conservation_violations`, whatever layer the contributions were summed at."""
     fx = f_x.astype(np.float64)[:, :, :, None]
     fr = np.transpose(f_ref.astype(np.float64), (0, 2, 1))[:, None]
     scale = np.maximum(np.maximum(np.abs(fx), np.abs(fr)), CONSERVATION_FLOOR)

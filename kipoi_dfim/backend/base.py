@@ -55,9 +55,11 @@ class SequenceModel(Protocol):
         """
         ...
 
-    def deeplift_shared(self, x: np.ndarray, references: np.ndarray, targets: list[int | str]) -> np.ndarray:
+    def deeplift_shared(self, x: np.ndarray, references: np.ndarray, targets: list[int | str],
+                        span: tuple[int, int] | None = None) -> np.ndarray:
         """Hypothetical DeepSHAP scores (N, K, T, L, 4) of K windows per variant, x (N, K, L, 4), that share
-        the references (N, R, L, 4), for each of the T targets, averaged over R.
+        the references (N, R, L, 4), for each of the T targets, averaged over R. ``span`` (a, b): the
+        positions the caller reads; scores elsewhere may be left 0.
 
         The same numbers as ``deeplift(x[:, k], references, t, hypothetical=True)`` for every k and t. DFIM
         explains the reference and the alternate window of a variant against the same references, so a fast

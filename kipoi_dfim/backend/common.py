@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -179,7 +179,8 @@ class AdapterBase:
         # actual contributions sit on the observed base; per position they sum to mean_r m * (x - r)
         return hyp if hypothetical else hyp * x
 
-    def deeplift_shared(self, x: np.ndarray, references: np.ndarray, targets: list[int | str]) -> np.ndarray:
+    def deeplift_shared(self, x: np.ndarray, references: np.ndarray, targets: list[int | str],
+                        span: tuple[int, int] | None = None) -> np.ndarray:
         """Hypothetical DeepSHAP scores of K windows per variant that share their references, for T targets.
 
         DFIM explains the reference and the alternate window of a variant against the same shuffled
@@ -196,6 +197,11 @@ class AdapterBase:
             (N, R, L, 4) references of each variant, shared by its K windows.
         targets : list of int or str
             Outputs to explain (indices or labels).
+        span : (int, int), optional
+            Positions [a, b) the caller reads (DFIM: the target bases and the maps file's flank). An engine
+            may then skip work that only reaches other positions, whose scores it leaves 0 (the PyTorch
+            engine does: :mod:`kipoi_dfim.backend.deeplift_torch_crop`); the scores in [a, b) are the same.
+            None: every position.
 
         Returns
         -------
@@ -215,21 +221,28 @@ class AdapterBase:
             raise InputError("deeplift_shared needs at least one target")
         if len(x) == 0 or x.shape[1] == 0:
             return np.zeros((x.shape[0], x.shape[1], len(ts), *x.shape[2:]), np.float32)
-        return self._deeplift_shared(x, references, ts)
+        if span is not None:
+            a, b = int(span[0]), int(span[1])
+            if not 0 <= a < b <= x.shape[2]:
+                raise InputError(f"span must be positions 0 <= a < b <= {x.shape[2]}, got {tuple(span)}")
+            span = (a, b)
+        return self._deeplift_shared(x, references, ts, span)
 
     def _fast_shared(self, engine: Callable, unavailable: type[Exception], x: np.ndarray, references: np.ndarray,
-                     targets: list[int]) -> np.ndarray:
-        """A framework's shared-reference engine (batch halved on out-of-memory); where it does not apply
-        (``unavailable`` raised), this class's pairwise default."""
+                     targets: list[int], **kw: Any) -> np.ndarray:
+        """A framework's shared-reference engine (batch halved on out-of-memory; ``kw`` passed on); where it
+        does not apply (``unavailable`` raised), this class's pairwise default."""
         try:
             return self.with_halving(
-                lambda bs: engine(self._scored(self.output), x, references, targets, batch_size=bs))
+                lambda bs: engine(self._scored(self.output), x, references, targets, batch_size=bs, **kw))
         except unavailable as err:
             log.info("DeepLIFT: pairwise engine (%s)", err)
             return AdapterBase._deeplift_shared(self, x, references, targets)
 
-    def _deeplift_shared(self, x: np.ndarray, references: np.ndarray, targets: list[int]) -> np.ndarray:
-        """Generic default: the pairwise multipliers of every window and target (no shared forward pass)."""
+    def _deeplift_shared(self, x: np.ndarray, references: np.ndarray, targets: list[int],
+                         span: tuple[int, int] | None = None) -> np.ndarray:
+        """Generic default: the pairwise multipliers of every window and target (no shared forward pass;
+        every position, whatever ``span``)."""
         n, k = x.shape[:2]
         out = np.zeros((n, k, len(targets), *x.shape[2:]), np.float32)
         for w in range(k):

@@ -30,6 +30,7 @@ from kipoi_dfim.backend._deeplift_common import (
     check_inputs,
     check_shared_inputs,
     conservation_violations,
+    delta_violations,
     hypothetical_mean,
     pair_batches,
     pair_blocks,
@@ -778,6 +779,7 @@ class _Step:
     windows: Callable | None = None  # maxpool: shape -> _Windows
     label: str = ""
     fused: _Step | None = None  # "relupool": the relu/relu6 step whose only consumer is this max-pool
+    node: fx.Node | None = None  # linear: the node (fn is then the node as a function of its dependent inputs)
 
 
 @dataclass
@@ -841,6 +843,8 @@ class SharedPlan:
             rec.run(example)
         values = rec.values
         self.output_shape = tuple(values[self.output].shape)
+        self.shapes = {k: tuple(v.shape[1:]) for k, v in values.items() if isinstance(v, torch.Tensor)}
+        self.crops: dict[tuple[int, int], Any] = {}  # input span -> Crop (or None: the full walk)
         self.input_shape = tuple(example.shape[1:])
         self.dtype = values[self.output].dtype
         self.keep: set[str] = set()
@@ -884,7 +888,7 @@ class SharedPlan:
                     _, vjp = torch.func.vjp(fn, *[values[d] for d in deps])
             except Exception as err:  # noqa: BLE001 - torch.func raises many types on ops it cannot handle
                 raise SharedPathUnavailable(f"{_describe(node, gm)}: {type(err).__name__}: {err}") from err
-            return _Step(node.name, "linear", deps, vjp=vjp)
+            return _Step(node.name, "linear", deps, vjp=vjp, fn=fn, node=node)
         first = node.args[0].name
         self.keep.update({first, node.name})
         if rule.kind == "rescale":
@@ -893,15 +897,29 @@ class SharedPlan:
         forward_fn, windows = _maxpool_fns(node, module, args, kwargs)
         return _Step(node.name, "maxpool", [first], fn=forward_fn, windows=windows, label=_describe(node, gm))
 
+    def crop(self, span: tuple[int, int] | None) -> Any:
+        """The :class:`~kipoi_dfim.backend.deeplift_torch_crop.Crop` of the walk to input positions ``span``
+        (None: the full walk, also where nothing would be cut). Built once per span."""
+        if span is None or tuple(span) == (0, self.input_shape[0]):
+            return None
+        span = (int(span[0]), int(span[1]))
+        if span not in self.crops:
+            from kipoi_dfim.backend.deeplift_torch_crop import build_crop
+
+            self.crops[span] = build_crop(self, span)
+        return self.crops[span]
+
     # -- phase 1: the shared forward pass ------------------------------------------------------------------
     def forward(
-        self, z: torch.Tensor, n_windows: int, check_pools: bool, k: int = 1
+        self, z: torch.Tensor, n_windows: int, check_pools: bool, k: int = 1, crop: Any = None
     ) -> tuple[dict[str, Any], torch.Tensor]:
         """Per-row quantities the rules need, and the (rows, n_out) outputs, for the rows z (no autograd).
 
         z holds the n_windows window rows first (K consecutive windows per variant), then the reference rows.
+        With a ``crop``, the boundary's activations are kept too (summation-to-delta is checked there).
         """
-        rec = _Recorder(self.gm, self.rules, self.keep)
+        keep = self.keep if crop is None else self.keep | {crop.top}
+        rec = _Recorder(self.gm, self.rules, keep)
         with torch.no_grad():
             y = rec.run(z)
         values = rec.values
@@ -909,28 +927,47 @@ class SharedPlan:
             if not isinstance(values[name], torch.Tensor) or values[name].shape[0] != len(z):
                 raise SharedPathUnavailable(f"node {name} is not batch-major")
         acts: dict[str, Any] = {}
+        cut = {} if crop is None else crop.cuts()
         for step in self.steps:
+            if step.kind in ("maxpool", "relupool") and check_pools and not self.pools_checked:
+                self._check_pool(step, values)
             if step.kind == "rescale":
-                acts[step.name] = self._rescale_rows(step, values[step.inputs[0]], values[step.name], n_windows)
+                z_in, z_out = values[step.inputs[0]], values[step.name]
+                if step.name in cut:  # the crop reads the positions it needs only
+                    z_in, z_out = cut[step.name](z_in), cut[step.name](z_out)
+                acts[step.name] = self._rescale_rows(step, z_in, z_out, n_windows)
             elif step.kind in ("maxpool", "relupool"):
-                zin = values[step.fused.name if step.fused is not None else step.inputs[0]]
-                windows = step.windows(tuple(zin.shape))
-                if check_pools and not self.pools_checked:
-                    mine, theirs = windows.pooled(zin), values[step.name]
-                    if mine.numel() != theirs.numel() or not torch.equal(theirs, mine.reshape(theirs.shape)):
-                        raise UnsupportedModelError(
-                            f"DeepLIFT: max-pooling {step.label}: this pooling configuration is not supported"
-                        )
-                acts[step.name] = _pool_rows(windows, zin, values[step.name])
-                if step.fused is not None:
-                    rows = acts[step.name]
-                    rows["relu"] = self._rescale_rows(step.fused, values[step.inputs[0]], zin, n_windows)
-                    if rows["tiled"]:
-                        out, kernel = rows["is_max"].shape[-2:]
-                        rows["is_max_flat"] = rows["is_max"].flatten(-2)
-                        rows["spans"] = _window_spans(rows["relu"]["z"], n_windows // k, k, out, kernel)
+                acts[step.name] = self._pool_step_rows(step, values, n_windows, k, cut.get(step.name))
         self.pools_checked = self.pools_checked or check_pools
+        if crop is not None:
+            acts["__boundary__"] = values[crop.top]
         return acts, y
+
+    def _check_pool(self, step: _Step, values: dict[str, Any]) -> None:
+        """The rule's windows must reproduce the model's own pooling output (checked on the first rows)."""
+        zin = values[step.fused.name if step.fused is not None else step.inputs[0]]
+        mine, theirs = step.windows(tuple(zin.shape)).pooled(zin), values[step.name]
+        if mine.numel() != theirs.numel() or not torch.equal(theirs, mine.reshape(theirs.shape)):
+            raise UnsupportedModelError(
+                f"DeepLIFT: max-pooling {step.label}: this pooling configuration is not supported")
+
+    def _pool_step_rows(self, step: _Step, values: dict[str, Any], n_windows: int, k: int,
+                        cut: tuple[Callable, Callable] | None) -> dict[str, Any]:
+        """Per-row parts of a max-pool (or relu -> max-pool) step; ``cut`` (positions, pooled windows): the
+        crop's slices of a tiled relu -> max-pool, whose rows then cover those windows only."""
+        zin, pooled = values[step.fused.name if step.fused is not None else step.inputs[0]], values[step.name]
+        zrelu = values[step.inputs[0]]
+        if cut is not None:
+            zin, pooled, zrelu = cut[0](zin), cut[1](pooled), cut[0](zrelu)
+        rows = _pool_rows(step.windows(tuple(zin.shape)), zin, pooled)
+        if step.fused is not None:
+            rows["relu"] = self._rescale_rows(step.fused, zrelu, zin, n_windows)
+            if rows["tiled"]:
+                out, kernel = rows["is_max"].shape[-2:]
+                rows["is_max_flat"] = rows["is_max"].flatten(-2)
+                if cut is None:  # the full walk's window-0 sharing (_relu_pool_pairs)
+                    rows["spans"] = _window_spans(rows["relu"]["z"], n_windows // k, k, out, kernel)
+        return rows
 
     @staticmethod
     def _rescale_rows(step: _Step, z: torch.Tensor, y: torch.Tensor, n_windows: int) -> dict[str, torch.Tensor]:
@@ -946,8 +983,11 @@ class SharedPlan:
         return {"z": z, "y": y, "d": derivative}
 
     # -- phase 2: the pair backward --------------------------------------------------------------------
-    def backward(self, acts: dict[str, Any], pairs: _Pairs) -> torch.Tensor:
-        """Input multipliers (P, L, 4) of a block of pair rows."""
+    def backward(self, acts: dict[str, Any], pairs: _Pairs, crop: Any = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Input multipliers (P, L, 4) of a block of pair rows; with a ``crop`` to input positions [a, b),
+        the multipliers (P, b - a, 4) there and the (P,) sums of cotangent x delta at the crop's boundary
+        (None without a crop: summation-to-delta is then checked on the input multipliers)."""
         p = pairs.p
         onehot = F.one_hot(pairs.targets, self.output_shape[1]).to(self.dtype)  # (Tb, n_out)
         v = pairs.v1 - pairs.v0
@@ -955,10 +995,12 @@ class SharedPlan:
         cot: dict[str, Any] = {self.output: onehot.reshape(p, *self.output_shape)}
         for step in self.steps:
             g = cot.pop(step.name, None)
+            if crop is not None and step.name == crop.top:
+                return self._cropped(acts, pairs, crop, g)
             if g is None:
                 continue
             if step.kind == "linear":
-                grads = torch.vmap(step.vjp)(g)
+                grads = _unaliased(torch.vmap(step.vjp)(g))
             elif step.kind == "rescale":
                 grads = (_rescale_pairs(acts[step.name], pairs, g[:, 0]).unsqueeze(1),)
             elif step.kind == "maxpool" or not acts[step.name]["tiled"]:
@@ -971,8 +1013,33 @@ class SharedPlan:
             for name, grad in zip(step.inputs, grads, strict=True):
                 cot[name] = grad if name not in cot else torch.utils._pytree.tree_map(torch.add, cot[name], grad)
         if self.input not in cot:  # the target does not depend on the input
-            return torch.zeros(p, *self.input_shape, dtype=self.dtype, device=pairs.targets.device)
-        return cot[self.input][:, 0]
+            return torch.zeros(p, *self.input_shape, dtype=self.dtype, device=pairs.targets.device), None
+        return cot[self.input][:, 0], None
+
+    def _cropped(self, acts: dict[str, Any], pairs: _Pairs, crop: Any, g: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rest of the walk below the crop's boundary, whose cotangent is ``g`` (None: zero)."""
+        if g is None:
+            a, b = crop.span
+            dev = pairs.targets.device
+            return (torch.zeros(pairs.p, b - a, *self.input_shape[1:], dtype=self.dtype, device=dev),
+                    torch.zeros(pairs.p, dtype=torch.float64, device=dev))
+        ident = threading.get_ident()
+        return crop.backward(acts, pairs, g, lambda name: self.buffers.setdefault((ident, name), {}))
+
+
+def _unaliased(grads: tuple) -> tuple:
+    """The cotangents of a linear op's inputs, none sharing memory with another: the vector-Jacobian product
+    of an addition hands the same tensor to both inputs, and the rules below multiply theirs in place."""
+    seen: set[int] = set()
+    out = []
+    for grad in grads:
+        if isinstance(grad, torch.Tensor):
+            ptr = grad.untyped_storage().data_ptr()
+            grad = grad.clone() if ptr in seen else grad
+            seen.add(ptr)
+        out.append(grad)
+    return tuple(out)
 
 
 def _rescale_pairs(rows: dict[str, torch.Tensor], pairs: _Pairs, g: torch.Tensor) -> torch.Tensor:
@@ -987,6 +1054,13 @@ def _rescale_pairs(rows: dict[str, torch.Tensor], pairs: _Pairs, g: torch.Tensor
     return pairs.grid(g).mul_(m.to(g.dtype)).reshape(g.shape)
 
 
+def tiled_pool(windows: _Windows) -> bool:
+    """Windows side by side along the last axis, from its start: the pool rule's reshape form applies."""
+    a = windows.spec[0]
+    return (windows.tiled and windows.axes == [len(windows.shape) - 1] and a["left"] == 0
+            and a["out"] * a["kernel"] <= a["length"])
+
+
 def _pool_rows(windows: _Windows, z: torch.Tensor, pooled: torch.Tensor) -> dict[str, Any]:
     """Per-row parts of the max-pool rule: window maxima, where they are attained, and 1 / tie count.
 
@@ -994,9 +1068,8 @@ def _pool_rows(windows: _Windows, z: torch.Tensor, pooled: torch.Tensor) -> dict
     division is applied to the window-sized factors of the pair step rather than to every position.
     ``pooled`` is the model's own pooling output (equal to the window maxima, checked on the first chunk).
     """
-    a = windows.spec[0]
-    if windows.tiled and windows.axes == [z.ndim - 1] and a["left"] == 0 and a["out"] * a["kernel"] <= a["length"]:
-        n_out, kernel = a["out"], a["kernel"]
+    if tiled_pool(windows):
+        n_out, kernel = windows.spec[0]["out"], windows.spec[0]["kernel"]
         top = pooled.reshape(*z.shape[:-1], n_out)
         w = z[..., : n_out * kernel].reshape(*z.shape[:-1], n_out, kernel)
         is_max = w == top.unsqueeze(-1)  # bool: a quarter of the bytes the pair steps read
@@ -1195,7 +1268,8 @@ def _shared_plan(module: nn.Module, example: torch.Tensor) -> SharedPlan:
 
 
 def deeplift_shared_torch(
-    module: torch.nn.Module, x: np.ndarray, references: np.ndarray, targets: list[int], batch_size: int = 64
+    module: torch.nn.Module, x: np.ndarray, references: np.ndarray, targets: list[int], batch_size: int = 64,
+    span: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Hypothetical DeepSHAP scores of K windows per variant sharing R references, for T targets.
 
@@ -1217,6 +1291,11 @@ def deeplift_shared_torch(
         Output columns to explain.
     batch_size : int
         (window, reference, target) rows per backward pass (whole groups of R). Results do not depend on it.
+    span : (int, int), optional
+        Input positions [a, b) the caller reads. Where the bottom of the model is a chain of local ops
+        (convolutions, relu -> max-pool, ...), the backward pass below it is restricted to what reaches
+        [a, b) (:mod:`~kipoi_dfim.backend.deeplift_torch_crop`): the scores there are the same, the scores
+        outside are 0, and summation-to-delta is checked at the chain's top. None: every position.
 
     Returns
     -------
@@ -1241,8 +1320,9 @@ def deeplift_shared_torch(
     masks = []
     with _eval_mode(module):
         plan = _shared_plan(module, torch.from_numpy(x[:1, 0]).to(device))
+        crop = plan.crop(span)
         for i, (a, b) in enumerate(variant_chunks(n, k, r, batch_size)):
-            out[a:b], mask = _shared_chunk(plan, x[a:b], references[a:b], targets, batch_size, device, i == 0)
+            out[a:b], mask = _shared_chunk(plan, x[a:b], references[a:b], targets, batch_size, device, i == 0, crop)
             masks.append(mask.ravel())
     warn_violations(np.concatenate(masks), "PyTorch", "(window, reference, target) triples")
     return out
@@ -1250,23 +1330,31 @@ def deeplift_shared_torch(
 
 def _shared_chunk(
     plan: SharedPlan, x: np.ndarray, references: np.ndarray, targets: list[int], batch_size: int,
-    device: torch.device, first: bool,
+    device: torch.device, first: bool, crop: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(hypothetical scores (n, K, T, L, 4), violation mask (n, K, T, R)) of one chunk of variants."""
     n, k, length = x.shape[:3]
     r, t = references.shape[1], len(targets)
+    a, b = (0, length) if crop is None else crop.span
     rows = np.concatenate([x.reshape(n * k, length, 4), references.reshape(n * r, length, 4)])
-    acts, y = plan.forward(torch.from_numpy(rows).to(device), n * k, check_pools=first, k=k)
+    acts, y = plan.forward(torch.from_numpy(rows).to(device), n * k, check_pools=first, k=k, crop=crop)
     for tg in targets:
         _scored(y, int(tg))  # checks the output shape and the target range
-    m = np.empty((n, k, t, r, length, 4), np.float32)
+    m = np.empty((n, k, t, r, b - a, 4), np.float32)
+    sums = np.empty((n, k, t, r), np.float64)
     for v0, v1, t0, t1 in pair_blocks(n, k, t, r, batch_size):
         pairs = _Pairs(v0, v1, torch.tensor(targets[t0:t1], dtype=torch.int64, device=device), n, k, r)
-        mb = plan.backward(acts, pairs).detach().cpu().numpy()
-        m[v0:v1, :, t0:t1] = mb.reshape(v1 - v0, k, t1 - t0, r, length, 4)
+        mb, sb = plan.backward(acts, pairs, crop)
+        m[v0:v1, :, t0:t1] = mb.detach().cpu().numpy().reshape(v1 - v0, k, t1 - t0, r, b - a, 4)
+        if sb is not None:
+            sums[v0:v1, :, t0:t1] = sb.cpu().numpy().reshape(v1 - v0, k, t1 - t0, r)
     f = y.reshape(len(rows), -1).double().cpu().numpy()[:, targets]
     f_x, f_r = f[: n * k].reshape(n, k, t), f[n * k:].reshape(n, r, t)
-    return hypothetical_mean(m, references), shared_violations(m, x, references, f_x, f_r)
+    if crop is None:
+        return hypothetical_mean(m, references), shared_violations(m, x, references, f_x, f_r)
+    hyp = np.zeros((n, k, t, length, 4), np.float32)
+    hyp[..., a:b, :] = hypothetical_mean(m, references[:, :, a:b])
+    return hyp, delta_violations(sums, f_x, f_r)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -213,8 +213,10 @@ class KerasModel(AdapterBase):
         )
 
 
-    def _deeplift_shared(self, x: np.ndarray, references: np.ndarray, targets: list[int]) -> np.ndarray:
-        """The shared-reference engine; the pairwise default where it does not apply (see deeplift_keras)."""
+    def _deeplift_shared(self, x: np.ndarray, references: np.ndarray, targets: list[int],
+                         span: tuple[int, int] | None = None) -> np.ndarray:
+        """The shared-reference engine, every position (it is faster than a bare gradient pass without a
+        crop); the pairwise default where it does not apply (see deeplift_keras)."""
         from kipoi_dfim.backend.deeplift_keras_shared import SharedPathUnavailable, deeplift_shared_keras
 
         if type(self)._multipliers is not KerasModel._multipliers:  # e.g. a SavedModel without DeepLIFT

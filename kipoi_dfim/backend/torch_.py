@@ -299,13 +299,15 @@ class TorchModel(AdapterBase):
         return deeplift_multipliers_modules(scored, x, references, target, batch_size=self.batch_size, why=why)
 
 
-    def _deeplift_shared(self, x: np.ndarray, references: np.ndarray, targets: list[int]) -> np.ndarray:
-        """The shared-reference engine; the pairwise default where it does not apply (see deeplift_torch)."""
+    def _deeplift_shared(self, x: np.ndarray, references: np.ndarray, targets: list[int],
+                         span: tuple[int, int] | None = None) -> np.ndarray:
+        """The shared-reference engine, its backward pass cropped to ``span`` where the model allows
+        (deeplift_torch_crop); the pairwise default where it does not apply (see deeplift_torch)."""
         from kipoi_dfim.backend.deeplift_torch import SharedPathUnavailable, deeplift_shared_torch
 
         if type(self)._multipliers is not TorchModel._multipliers:  # a subclass with its own DeepLIFT
             return super()._deeplift_shared(x, references, targets)
-        return self._fast_shared(deeplift_shared_torch, SharedPathUnavailable, x, references, targets)
+        return self._fast_shared(deeplift_shared_torch, SharedPathUnavailable, x, references, targets, span=span)
 
 
 def load_torch_file(path: str, **kw) -> TorchModel:
