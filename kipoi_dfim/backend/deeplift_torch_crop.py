@@ -28,7 +28,6 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
 
 from kipoi_dfim.backend.deeplift_torch import (
     _buffer,
@@ -217,11 +216,13 @@ def _cropped_step(link: _Link, acts: dict[str, Any], pairs: _Pairs, c: torch.Ten
                   ) -> torch.Tensor:
     """Cotangent over ``link.need_in`` at the step's input from the cotangent ``c`` (P, ...) over
     ``link.need_out`` at its output."""
-    if link.kind == "conv":
+    if link.kind == "conv":  # the input gradient of the sliced output, unpadded along the positions
         conv = link.conv
-        pad = tuple(conv.padding[:-1]) + (0,)
-        transpose = F.conv_transpose1d if isinstance(conv, nn.Conv1d) else F.conv_transpose2d
-        gi = transpose(c, conv.weight, padding=pad if len(pad) > 1 else pad[0], groups=conv.groups)
+        size = list(link.shape_in)
+        size[0], size[-1] = c.shape[0], c.shape[-1] + conv.kernel_size[-1] - 1
+        grad_input = torch.nn.grad.conv1d_input if isinstance(conv, nn.Conv1d) else torch.nn.grad.conv2d_input
+        # (oneDNN's convolution backward: unlike conv_transpose's CPU path it is not one GEMM per row)
+        gi = grad_input(size, conv.weight, c, padding=tuple(conv.padding[:-1]) + (0,), groups=conv.groups)
         return _reframe(gi, link.axis_in, link.need_out[0] - conv.padding[-1], link.need_in)
     if link.kind == "rescale":  # rows already cut to need_in (Crop.cuts)
         return _rescale_pairs(acts[link.step.name], pairs, c)
