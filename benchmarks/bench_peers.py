@@ -47,7 +47,11 @@ points from a zero baseline (IG) as
 - ``now``: ``fis.windows_importance`` (the registry's fast paths: all windows, all baselines and steps in
   full calls, one forward pass per call shared by every target through ``model.gradients``).
 
-Printed: the device, threads and versions, then per framework a table of seconds, pairs/s and the ratio of
+All methods run under the OpenMP wait policy kipoi-dfim sets on import (``OMP_WAIT_POLICY=PASSIVE`` unless
+the environment sets one; waiting threads sleep), or libgomp's own (threads spin) with ``--openmp-default``;
+the header says which.
+
+Printed: the device, threads, versions and wait policy, then per framework a table of seconds, pairs/s and the ratio of
 each method's throughput to the bare pass, and a matrix of every pairwise throughput ratio.
 ``--quick`` (3 variants, 2 rounds) runs in a few minutes on 2 CPU threads.
 """
@@ -376,12 +380,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grad-targets", type=int, default=4, help="targets of the grad_input / IG table")
     ap.add_argument("--steps", type=int, default=50, help="integrated-gradients steps")
     ap.add_argument("--ig-variants", type=int, default=2, help="variants of the integrated-gradients rows")
+    ap.add_argument("--openmp-default", action="store_true",
+                    help="run under libgomp's own wait policy (threads spin) instead of kipoi-dfim's PASSIVE")
     a = ap.parse_args(argv)
     if a.quick:
         a.variants, a.repeats, a.grad_variants, a.ig_variants = 3, 2, 8, 1
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    user_policy = os.environ.get("OMP_WAIT_POLICY")
+    import kipoi_dfim  # noqa: F401 - as in the CLI: OMP_WAIT_POLICY=PASSIVE unless set, before torch loads libgomp
+
+    if a.openmp_default and user_policy is None:
+        del os.environ["OMP_WAIT_POLICY"]
+    policy = os.environ.get("OMP_WAIT_POLICY", "libgomp default (spin, then sleep)")
     import tensorflow as tf
     import torch
 
@@ -393,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     pairs = x.shape[0] * x.shape[1] * refs.shape[1]
     warm = (x[:1], refs[:1])
     print(f"torch {torch.__version__}, tensorflow {tf.__version__}, {a.threads} threads, batch {a.batch_size}, "
-          f"{a.variants} variants x 2 windows x {a.refs} references, best of {a.repeats} interleaved rounds")
+          f"{a.variants} variants x 2 windows x {a.refs} references, best of {a.repeats} interleaved rounds, "
+          f"OMP_WAIT_POLICY {policy}")
     if not a.skip_torch:
         models = torch_models(a.batch_size, a.device)
         dev = models[0].device

@@ -18,6 +18,13 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# OpenMP threads sleep rather than spin while they wait. PyTorch's CPU ops run as OpenMP regions of all its
+# intra-op threads; by default a waiting thread spins, so when the cores are shared (other jobs, Dask workers on
+# the same node) one descheduled thread makes every region wait while the others burn CPU. Measured on the
+# DeepLIFT benchmark under three busy loops on 2 cores: PyTorch DFIM about 2x faster, the same on free cores
+# (benchmarks/README.md). libgomp reads it once, when torch is imported: from here it reaches the CLI, Python
+# users who import kipoi_dfim before torch, and child processes (Dask workers).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Python-side TF/absl loggers (e.g. "WARNING:absl:Compiled the loaded model, but ...") say nothing a user can act on
 for _name in ("absl", "tensorflow"):
     logging.getLogger(_name).setLevel(logging.ERROR)

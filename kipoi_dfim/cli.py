@@ -121,21 +121,8 @@ def _on_signal(signum: int, _frame: object) -> None:
     os._exit(128 + signum)
 
 
-def _openmp_wait_policy() -> None:
-    """Let OpenMP threads sleep rather than spin while they wait, unless the user chose a policy.
-
-    Why: PyTorch's CPU ops run as OpenMP regions of all its intra-op threads, and by default a waiting thread
-    spins. When the cores are shared (other jobs, Dask workers on the same node), one descheduled thread makes
-    every region wait while the others burn CPU spinning. Measured on the DeepLIFT benchmark under three busy
-    loops on 2 cores, PyTorch DFIM ran about 2x faster with passive waiting, and at the same speed on free
-    cores (benchmarks/README.md). libgomp reads the variable once, when torch is imported, which the
-    subcommands do only after this; child processes (Dask workers) inherit it.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def main(argv: list[str] | None = None) -> int:
-    _openmp_wait_policy()
+    # (OMP_WAIT_POLICY=PASSIVE unless the user set it: kipoi_dfim/__init__.py, before torch is imported)
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet = bool(getattr(args, "quiet", False))
