@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from test_deeplift_shared import inputs as shared_inputs  # tests/ is on sys.path under pytest
 
 from kipoi_dfim import attribution
-from kipoi_dfim.attribution import shuffled_references
 from kipoi_dfim.backend import deeplift_torch as dlt
 from kipoi_dfim.backend import load_model
 from kipoi_dfim.backend.common import AdapterBase
@@ -77,12 +77,7 @@ class Skip(nn.Module):
 
 def inputs(n: int = 3, r: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(N, 2, L, 4) reference and alternate windows one base apart, (N, R, L, 4) dinucleotide shuffles."""
-    rng = np.random.default_rng(seed)
-    ref = np.eye(4, dtype=np.float32)[rng.integers(0, 4, (n, L))]
-    alt = ref.copy()
-    alt[:, L // 2] = np.roll(alt[:, L // 2], 1, axis=-1)
-    refs = shuffled_references(ref, r, [np.random.default_rng([seed, i]) for i in range(n)])
-    return np.stack([ref, alt], 1), refs
+    return shared_inputs(n, r, seed, length=L)
 
 
 def scored(net: nn.Module) -> nn.Module:

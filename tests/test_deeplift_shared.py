@@ -59,12 +59,13 @@ def keras_net():
     ])
 
 
-def inputs(n: int = 3, r: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 2, L, 4) reference/alternate windows one base apart, (N, R, L, 4) dinucleotide shuffles."""
+def inputs(n: int = 3, r: int = 3, seed: int = 0, length: int = L) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 2, length, 4) reference/alternate windows one base apart, (N, R, length, 4) dinucleotide
+    shuffles."""
     rng = np.random.default_rng(seed)
-    ref = np.eye(4, dtype=np.float32)[rng.integers(0, 4, (n, L))]
+    ref = np.eye(4, dtype=np.float32)[rng.integers(0, 4, (n, length))]
     alt = ref.copy()
-    alt[:, L // 2] = np.roll(alt[:, L // 2], 1, axis=-1)
+    alt[:, length // 2] = np.roll(alt[:, length // 2], 1, axis=-1)
     refs = shuffled_references(ref, r, [np.random.default_rng([seed, i]) for i in range(n)])
     return np.stack([ref, alt], 1), refs
 
