@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/bench_peers.py [--quick] [--variants 12] [--refs 10] [--batch-size 64] [--threads 2]
         [--repeats 3] [--device auto] [--skip-keras] [--skip-torch] [--skip-gradients] [--grad-variants 32]
-        [--ig-variants 2] [--grad-targets 4] [--steps 50]
+        [--ig-variants 2] [--grad-targets 4] [--steps 50] [--zoo-basset] [--openmp-default]
 
 What is timed (every method on the SAME (window, reference) pairs; the methods are interleaved in each of
 ``--repeats`` rounds and the fastest round of each is kept, so a busy machine slows all of them alike):
@@ -29,6 +29,11 @@ maxpool 4, conv 200x7 / maxpool 4, dense 1000, dense 1000, 164 outputs; the logi
   window against every reference in a paired batch, as ``model.deeplift`` did before the shared engine);
 - ``tangermeme deep_lift_shap``: the 2N windows with their variant's references (hypothetical), same batch;
 - ``captum DeepLiftShap``: one call per variant (captum shares one baseline set across a call's inputs).
+
+``--zoo-basset``: the same rows on the zoo's Basset as kipoi/models ships it (the harness fixture of
+scripts/zoo: a torch7-converted nn.Sequential whose reshapes are ``Lambda`` modules torch.fx cannot trace,
+(4, 600, 1) input, batch norm; random weights), loaded from its model directory; the bare pass and the
+peers get it behind an unsqueeze to (4, L, 1).
 
 Keras 3 (TensorFlow), the same architecture (channels last):
 
@@ -61,6 +66,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -145,15 +151,41 @@ def torch_basset(seed: int = 0):
     return basset(seed)
 
 
-def torch_models(batch: int, device: str) -> tuple:
-    """(kipoi-dfim adapter, the logit nn.Module on the adapter's device) of one Basset-shaped network."""
+def zoo_basset(batch: int, device: str, root: Path) -> tuple:
+    """(adapter, channels-first logit module) of the zoo's Basset as kipoi/models ships it (torch7-converted
+    nn.Sequential with Lambda reshapes, (4, 600, 1) input, state dict; random weights): the harness fixture
+    of scripts/zoo, loaded from its model directory like any zoo model."""
+    from torch import nn
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "zoo"))
+    import zoo_fixtures
+
+    from kipoi_dfim.backend import load_model
+
+    fixture = zoo_fixtures.build_basset(root)
+    model = load_model(str(fixture.model_dir), batch_size=batch, device=device)
+
+    class Unsqueeze(nn.Module):
+        def forward(self, x):
+            return x.unsqueeze(-1)  # (B, 4, L) -> the zoo layout (B, 4, L, 1)
+
+    return model, nn.Sequential(Unsqueeze(), model.logit_model.module)
+
+
+def torch_models(batch: int, device: str, zoo: Path | None = None) -> tuple:
+    """(kipoi-dfim adapter, the logit nn.Module on the adapter's device) of one Basset-shaped network: the
+    benchmark's own nn.Sequential, or with ``zoo`` (a scratch directory) the zoo's torch7-converted Basset."""
     from torch import nn
 
     from kipoi_dfim.backend import load_model
 
-    net = torch_basset()
-    model = load_model(net, seq_len=L, layout="(4,L)", batch_size=batch, device=device)
-    logit = nn.Sequential(*list(net.children())[:-1]).to(model.device).eval()
+    if zoo is not None:
+        model, logit = zoo_basset(batch, device, zoo)
+    else:
+        net = torch_basset()
+        model = load_model(net, seq_len=L, layout="(4,L)", batch_size=batch, device=device)
+        logit = nn.Sequential(*list(net.children())[:-1])
+    logit = logit.to(model.device).eval()
     for p in logit.parameters():
         p.requires_grad_(False)
     return model, logit
@@ -380,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grad-targets", type=int, default=4, help="targets of the grad_input / IG table")
     ap.add_argument("--steps", type=int, default=50, help="integrated-gradients steps")
     ap.add_argument("--ig-variants", type=int, default=2, help="variants of the integrated-gradients rows")
+    ap.add_argument("--zoo-basset", action="store_true",
+                    help="PyTorch: the zoo's Basset as kipoi/models ships it (torch7 Lambda wrappers, (4,600,1))")
     ap.add_argument("--openmp-default", action="store_true",
                     help="run under libgomp's own wait policy (threads spin) instead of kipoi-dfim's PASSIVE")
     a = ap.parse_args(argv)
@@ -408,9 +442,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{a.variants} variants x 2 windows x {a.refs} references, best of {a.repeats} interleaved rounds, "
           f"OMP_WAIT_POLICY {policy}")
     if not a.skip_torch:
-        models = torch_models(a.batch_size, a.device)
+        scratch = tempfile.TemporaryDirectory()
+        models = torch_models(a.batch_size, a.device, Path(scratch.name) if a.zoo_basset else None)
         dev = models[0].device
-        print(f"PyTorch device: {dev}")
+        print(f"PyTorch device: {dev}; model: {'zoo Basset (torch7-converted)' if a.zoo_basset else 'Basset-shaped'}")
         best_of(torch_methods(models, *warm, a.batch_size), 1)  # warm-up on one variant
         report(f"PyTorch ({dev})", best_of(torch_methods(models, x, refs, a.batch_size), a.repeats), pairs,
                "bare fwd+bwd")

@@ -62,7 +62,9 @@ class Small(nn.Module):
 
     def __init__(self, hidden="threshold"):
         super().__init__()
-        act = nn.Threshold(0, 1e-6) if hidden == "threshold" else Lambda(lambda x: torch.tanh(x))
+        act = {"threshold": nn.Threshold(0, 1e-6),  # torch7's ReLU
+               "tanh": Lambda(lambda x: torch.tanh(x) if 1 < len(x.size()) else x),  # untraceable guard
+               "tanh_traceable": Lambda(lambda x: torch.tanh(x))}[hidden]
         self.model = nn.Sequential(
             nn.Conv2d(4, 6, (1, 5)), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d((1, 3), (1, 3)),
             nn.Conv2d(6, 5, (1, 3)), act,
@@ -189,8 +191,14 @@ def _twin(module: nn.Module) -> nn.Sequential:
 
 
 def test_module_rule_deeplift_equals_fx_engine_on_traceable_twin(tmp_path):
+    """The zoo's untraceable torch7 model: the fx engine (its Lambda guards as probed leaves) and the
+    module-hook engine both equal the fx engine on a twin without the guards."""
+    from kipoi_dfim.backend.deeplift_torch_modules import deeplift_multipliers_modules
+    from kipoi_dfim.backend.torch_trace import trace
+
     d = _write_torch_dir(tmp_path / "m", "type")
     m = kipoi_dfim.load_model(str(d))
+    assert trace(m._scored(m.output))[1] == {"module.model.7.0", "module.model.9.0"}  # the two guards
     assert m.activation == "sigmoid"  # the final nn.Sigmoid is found although fx cannot trace the module
     twin = _twin(m.raw_model.module)
     ref_model = kipoi_dfim.load_model(twin, seq_len=L, layout="(4,1,L)", targets=m.targets)
@@ -202,6 +210,8 @@ def test_module_rule_deeplift_equals_fx_engine_on_traceable_twin(tmp_path):
         got = m.deeplift_multipliers(x, refs, target)
         want = ref_model.deeplift_multipliers(x, refs, target)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        hooks = deeplift_multipliers_modules(m._scored(m.output), x, refs, target, why="test")
+        np.testing.assert_allclose(hooks, want, rtol=1e-4, atol=1e-5)
         total = (got.astype(np.float64) * (x[:, None] - refs)).sum((2, 3))
         delta = m.predict(x)[:, target, None] - m.predict(refs.reshape(-1, L, 4))[:, target].reshape(3, 4)
         np.testing.assert_allclose(total, delta, rtol=1e-4, atol=1e-4)

@@ -40,6 +40,7 @@ from kipoi_dfim.backend._deeplift_common import (
     warn_violations,
     window_index,
 )
+from kipoi_dfim.backend.torch_trace import OpaqueLeafError, check_opaque_leaves, trace
 from kipoi_dfim.errors import InputError, UnsupportedModelError
 
 __all__ = ["deeplift_multipliers_torch", "deeplift_shared_torch", "maxpool_windows_torch", "window_max_torch"]
@@ -86,6 +87,8 @@ _ELEMENTWISE_MODULES: tuple[type, ...] = (
     nn.Tanh,
     nn.Softplus,
     nn.Softsign,
+    nn.Threshold,  # torch7's ReLU in the zoo's converted models (DeepSEA, Beluga)
+    nn.Hardtanh,
 )
 
 _ELEMENTWISE_FUNCTIONS: set[Any] = {
@@ -447,15 +450,19 @@ def maxpool_windows_torch(
     adds a partial last window unless it would start in the right padding.
     """
     nd = len(kernel)
-    axes = list(range(len(shape) - nd, len(shape)))
-    spec = []
-    for i, axis in enumerate(axes):
+    axes, spec = [], []
+    for i, axis in enumerate(range(len(shape) - nd, len(shape))):
         length, k, s, p, d = shape[axis], kernel[i], stride[i], padding[i], dilation[i]
+        if length == k == s == 1 and p == 0:
+            continue  # a pooled axis of size 1 pooled by 1 (torch7's (k, 1) pools on (C, L, 1)): not pooled
         span = d * (k - 1) + 1
         out = (length + 2 * p - span + (s - 1 if ceil_mode else 0)) // s + 1
         if ceil_mode and (out - 1) * s >= length + p:
             out -= 1
+        axes.append(axis)
         spec.append(pool_axis(length, k, s, d, p, out))
+    if not axes:  # every axis trivial: windows of one element along the last axis
+        axes, spec = [len(shape) - 1], [pool_axis(shape[-1], 1, 1, 1, 0, shape[-1])]
     return _Windows(shape, axes, spec)
 
 
@@ -549,7 +556,7 @@ def _unsupported(node: fx.Node, gm: fx.GraphModule, why: str) -> UnsupportedMode
     return UnsupportedModelError(
         f"DeepLIFT: {_describe(node, gm)} {why}; supported are linear layers/ops, the elementwise "
         "nonlinearities relu, relu6, leaky_relu, elu, selu, sigmoid, hard_sigmoid, tanh, softplus, softsign, "
-        "exp, and max-pooling (see docs/deeplift.md)"
+        "threshold, hardtanh, exp, and max-pooling (see docs/deeplift.md)"
     )
 
 
@@ -626,13 +633,18 @@ def _breaks_dependence(node: fx.Node) -> bool:
     )
 
 
-def trace_rules(module: nn.Module) -> tuple[fx.GraphModule, dict[str, _Rule]]:
+def trace_rules(module: nn.Module, example: torch.Tensor | None = None
+                ) -> tuple[fx.GraphModule, dict[str, _Rule]]:
     """Trace ``module`` with torch.fx and classify every input-dependent op.
 
     Parameters
     ----------
     module : torch.nn.Module
         Must be in eval mode (dropout and batch-norm flags are recorded as traced).
+    example : torch.Tensor, optional
+        An input. Submodules torch.fx cannot trace (the zoo's torch7 ``Lambda`` wrappers) become leaves of
+        the graph, linear if a probe on what they receive from ``example`` shows it
+        (:mod:`~kipoi_dfim.backend.torch_trace`); without an example such a module is unsupported.
 
     Returns
     -------
@@ -643,15 +655,20 @@ def trace_rules(module: nn.Module) -> tuple[fx.GraphModule, dict[str, _Rule]]:
     ------
     UnsupportedModelError
         If the module cannot be traced (data-dependent control flow) or an op has no rule; the message
-        names the layer or function.
+        names the layer or function. :class:`~kipoi_dfim.backend.torch_trace.OpaqueLeafError` (a subclass)
+        when an untraceable submodule is not provably linear.
     """
     try:
-        gm = fx.symbolic_trace(module)
+        gm, opaque = trace(module)
     except Exception as err:  # fx raises many types (TraceError, TypeError, ...)
         raise UnsupportedModelError(
             f"DeepLIFT: cannot trace {type(module).__name__} with torch.fx ({type(err).__name__}: {err}); "
             "the DeepLIFT engine needs every op of forward() visible to assign it a rule"
         ) from err
+    if opaque and example is None:
+        raise OpaqueLeafError(f"DeepLIFT: untraceable layers {sorted(opaque)} need an example input to check")
+    if opaque:
+        check_opaque_leaves(gm, opaque, example)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if not placeholders:
         raise UnsupportedModelError(f"DeepLIFT: {type(module).__name__}.forward takes no input")
@@ -664,7 +681,8 @@ def trace_rules(module: nn.Module) -> tuple[fx.GraphModule, dict[str, _Rule]]:
             continue
         if _breaks_dependence(node):
             continue
-        rules[node.name] = _classify(node, gm, dependent)
+        opaque_leaf = node.op == "call_module" and node.target in opaque
+        rules[node.name] = _LINEAR if opaque_leaf else _classify(node, gm, dependent)
         dependent.add(node.name)
     return gm, rules
 
@@ -959,7 +977,13 @@ class SharedPlan:
         zrelu = values[step.inputs[0]]
         if cut is not None:
             zin, pooled, zrelu = cut[0](zin), cut[1](pooled), cut[0](zrelu)
-        rows = _pool_rows(step.windows(tuple(zin.shape)), zin, pooled)
+        windows, full = step.windows(tuple(zin.shape)), tuple(zin.shape[1:])
+        if tiled_pool(windows):  # the tiled rule's tensors: positions on the last axis
+            axis = windows.axes[0]
+            zin, pooled, zrelu = (positions_last(t, axis) for t in (zin, pooled, zrelu))
+            windows = _Windows(tuple(zin.shape), [axis], windows.spec)
+        rows = _pool_rows(windows, zin, pooled)
+        rows["full"] = full
         if step.fused is not None:
             rows["relu"] = self._rescale_rows(step.fused, zrelu, zin, n_windows)
             if rows["tiled"]:
@@ -1055,10 +1079,16 @@ def _rescale_pairs(rows: dict[str, torch.Tensor], pairs: _Pairs, g: torch.Tensor
 
 
 def tiled_pool(windows: _Windows) -> bool:
-    """Windows side by side along the last axis, from its start: the pool rule's reshape form applies."""
-    a = windows.spec[0]
-    return (windows.tiled and windows.axes == [len(windows.shape) - 1] and a["left"] == 0
+    """Windows side by side along one axis, from its start, every later axis of size 1 (the last axis, or
+    torch7's (C, L, 1) layout): the pool rule's reshape form applies, on the tensors seen as (..., L)."""
+    a, axis = windows.spec[0], windows.axes[0]
+    return (windows.tiled and all(n == 1 for n in windows.shape[axis + 1:]) and a["left"] == 0
             and a["out"] * a["kernel"] <= a["length"])
+
+
+def positions_last(t: torch.Tensor, axis: int) -> torch.Tensor:
+    """``t`` without its trailing axes of size 1 after ``axis`` (a view): positions on the last axis."""
+    return t.reshape(t.shape[: axis + 1]) if t.ndim > axis + 1 else t
 
 
 def _pool_rows(windows: _Windows, z: torch.Tensor, pooled: torch.Tensor) -> dict[str, Any]:
@@ -1134,7 +1164,7 @@ def _pool_pairs(rows: dict[str, Any], pairs: _Pairs, g: torch.Tensor) -> torch.T
     m = torch.where(zero, _fallback(rows, pairs, gg).reshape(m.shape), m, out=m)
     if out_len < z.shape[-1]:  # positions after the last window receive nothing
         m = F.pad(m, (0, z.shape[-1] - out_len))
-    return m.reshape(pairs.p, *shape)
+    return m.reshape(pairs.p, *rows["full"])
 
 
 def _window_spans(z: torch.Tensor, n: int, k: int, out: int, kernel: int) -> np.ndarray:
@@ -1229,7 +1259,7 @@ def _relu_pool_pairs(rows: dict[str, Any], pairs: _Pairs, g: torch.Tensor, buffe
     m = m.reshape(*m.shape[:-2], out * kernel)
     if out * kernel < z.shape[-1]:  # positions after the last window receive nothing
         m = F.pad(m, (0, z.shape[-1] - out * kernel))
-    return m.reshape(pairs.p, *z.shape[1:])
+    return m.reshape(pairs.p, *rows["full"])
 
 
 def _pool_selectors(pairs: _Pairs, out: int, kernel: int, windows: slice, span: tuple[int, int] | None = None
@@ -1260,7 +1290,7 @@ def _shared_plan(module: nn.Module, example: torch.Tensor) -> SharedPlan:
     plans = _PLANS.setdefault(module, {})
     if key not in plans:
         try:
-            gm, rules = trace_rules(module)
+            gm, rules = trace_rules(module, example)
             plans[key] = SharedPlan(gm, rules, example)
         except (UnsupportedModelError, SharedPathUnavailable) as err:
             raise SharedPathUnavailable(str(err)) from err
@@ -1429,7 +1459,7 @@ def deeplift_multipliers_torch(
     except StopIteration:
         device = torch.device("cpu")
     with _eval_mode(module):
-        gm, rules = trace_rules(module)
+        gm, rules = trace_rules(module, torch.from_numpy(x[:1]).to(device))
         interpreter = _DeepLiftInterpreter(gm, rules)
         for seq, ref in pair_batches(n, r, int(batch_size)):
             half = len(seq)

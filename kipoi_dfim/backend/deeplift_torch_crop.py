@@ -36,6 +36,7 @@ from kipoi_dfim.backend.deeplift_torch import (
     _relu_pool_factor,
     _rescale_pairs,
     _Step,
+    positions_last,
     tiled_pool,
 )
 
@@ -98,14 +99,15 @@ def _link(plan: Any, step: _Step, axis: int, need: tuple[int, int]) -> _Link | N
     shape_in = (1, *plan.shapes[step.inputs[0]])
     shape_out = (1, *plan.shapes[step.name])
     ndim, (a, b) = len(shape_in), need
-    last = axis == ndim - 1
+    last = all(n == 1 for n in shape_in[axis + 1:])  # positions on the last axis, or before axes of size 1
     if step.kind == "rescale":
         return _Link(step, "rescale", axis, axis, need, need, shape_in)
     if step.kind == "relupool":
         rel = (1, *plan.shapes[step.fused.name])
-        if not last or not tiled_pool(step.windows(rel)):
+        windows = step.windows(rel)
+        if not last or not tiled_pool(windows) or windows.axes != [axis]:
             return None
-        kernel, out = step.windows(rel).spec[0]["kernel"], shape_out[-1]
+        kernel, out = windows.spec[0]["kernel"], shape_out[axis]
         lo, hi = a // kernel, min(out, -(-b // kernel))
         ok = kernel > 1 and lo < hi
         return _Link(step, "relupool", axis, axis, need, (lo, hi), shape_in, kernel=kernel) if ok else None
@@ -114,10 +116,12 @@ def _link(plan: Any, step: _Step, axis: int, need: tuple[int, int]) -> _Link | N
     node = step.node
     module = plan.gm.get_submodule(node.target) if node.op == "call_module" else None
     if isinstance(module, _CONVS):
-        if not last or not _conv_ok(module):
+        i = axis - 2  # the position's spatial axis of the convolution
+        if not last or i < 0 or not _conv_ok(module) or any(
+                module.kernel_size[j] != 1 or module.padding[j] != 0 for j in range(i + 1, len(module.kernel_size))):
             return None
-        k, p = module.kernel_size[-1], module.padding[-1]
-        lo, hi = max(0, a + p - k + 1), min(shape_out[-1], b + p)
+        k, p = module.kernel_size[i], module.padding[i]
+        lo, hi = max(0, a + p - k + 1), min(shape_out[axis], b + p)
         return _Link(step, "conv", axis, axis, need, (lo, hi), shape_in, conv=module) if lo < hi else None
     out_axis = _axis_after(node, module, axis, ndim)
     if out_axis is None or out_axis >= len(shape_out) or shape_out[out_axis] != shape_in[axis]:
@@ -144,9 +148,9 @@ class Crop:
             if link.kind == "rescale":
                 out[link.step.name] = lambda t, link=link: _narrow(t, link.axis_in, link.need_in)
             elif link.kind == "relupool":
-                (lo, hi), kernel = link.need_out, link.kernel
-                out[link.step.name] = (lambda t, lo=lo, hi=hi, q=kernel: t[..., lo * q: hi * q],
-                                       lambda t, lo=lo, hi=hi: t[..., lo:hi])
+                (lo, hi), q, axis = link.need_out, link.kernel, link.axis_in
+                out[link.step.name] = (lambda t, lo=lo, hi=hi, q=q, axis=axis: _narrow(t, axis, (lo * q, hi * q)),
+                                       lambda t, lo=lo, hi=hi, axis=axis: _narrow(t, axis, (lo, hi)))
         return out
 
     def backward(self, acts: dict[str, Any], pairs: _Pairs, g: torch.Tensor, buffers: Callable[[str], dict]
@@ -217,13 +221,15 @@ def _cropped_step(link: _Link, acts: dict[str, Any], pairs: _Pairs, c: torch.Ten
     """Cotangent over ``link.need_in`` at the step's input from the cotangent ``c`` (P, ...) over
     ``link.need_out`` at its output."""
     if link.kind == "conv":  # the input gradient of the sliced output, unpadded along the positions
-        conv = link.conv
+        conv, axis = link.conv, link.axis_in
+        i = axis - 2
         size = list(link.shape_in)
-        size[0], size[-1] = c.shape[0], c.shape[-1] + conv.kernel_size[-1] - 1
+        size[0], size[axis] = c.shape[0], c.shape[axis] + conv.kernel_size[i] - 1
         grad_input = torch.nn.grad.conv1d_input if isinstance(conv, nn.Conv1d) else torch.nn.grad.conv2d_input
+        padding = tuple(0 if j == i else q for j, q in enumerate(conv.padding))
         # (oneDNN's convolution backward: unlike conv_transpose's CPU path it is not one GEMM per row)
-        gi = grad_input(size, conv.weight, c, padding=tuple(conv.padding[:-1]) + (0,), groups=conv.groups)
-        return _reframe(gi, link.axis_in, link.need_out[0] - conv.padding[-1], link.need_in)
+        gi = grad_input(size, conv.weight, c, padding=padding, groups=conv.groups)
+        return _reframe(gi, axis, link.need_out[0] - conv.padding[i], link.need_in)
     if link.kind == "rescale":  # rows already cut to need_in (Crop.cuts)
         return _rescale_pairs(acts[link.step.name], pairs, c)
     if link.kind == "relupool":
@@ -243,12 +249,11 @@ def _relu_pool_cropped(link: _Link, rows: dict[str, Any], pairs: _Pairs, c: torc
     """relu (or relu6) -> tiled max-pool over the pooled windows ``link.need_out``: the factor of every
     (window, reference) pair on those windows only (``_relu_pool_factor``; ``rows`` hold those windows
     only, Crop.cuts), times the pooled cotangent."""
-    lo, hi = link.need_out
-    kernel = link.kernel
+    (lo, hi), kernel, axis = link.need_out, link.kernel, link.axis_in
     xs, rs = _pool_selectors(pairs, hi - lo, kernel, slice(None))
     factor = _relu_pool_factor(rows, xs, rs, buffers, key="crop")
-    gg = pairs.grid(c).unsqueeze(-1)  # (V, K, Tb, R, ..., hi - lo, 1)
+    gg = pairs.grid(positions_last(c, axis)).unsqueeze(-1)  # (V, K, Tb, R, ..., hi - lo, 1)
     shape = torch.broadcast_shapes(gg.shape, factor.shape)
     m = torch.mul(gg, factor, out=_buffer(buffers, "crop_m", shape, factor))
-    m = m.reshape(pairs.p, *m.shape[4:-2], (hi - lo) * kernel)
-    return _reframe(m, link.axis_in, lo * kernel, link.need_in)
+    m = m.reshape(pairs.p, *link.shape_in[1:axis], (hi - lo) * kernel, *link.shape_in[axis + 1:])
+    return _reframe(m, axis, lo * kernel, link.need_in)

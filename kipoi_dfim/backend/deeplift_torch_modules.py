@@ -44,10 +44,10 @@ from kipoi_dfim.backend.deeplift_torch import (
 )
 from kipoi_dfim.errors import InputError, UnsupportedModelError
 
-__all__ = ["deeplift_multipliers_modules", "fx_trace_error", "module_rules"]
+__all__ = ["deeplift_multipliers_modules", "module_rules"]
 
-#: Modules with the Rescale rule (elementwise nonlinearities; Threshold is torch7's ReLU in converted models).
-RESCALE_MODULES: tuple[type, ...] = (*_ELEMENTWISE_MODULES, nn.Threshold, nn.Hardtanh)
+#: Modules with the Rescale rule (elementwise nonlinearities, nn.Threshold included: the fx engine's list).
+RESCALE_MODULES: tuple[type, ...] = _ELEMENTWISE_MODULES
 
 MAXPOOL_MODULES: tuple[type, ...] = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
 
@@ -56,15 +56,6 @@ LINEAR_MODULES: tuple[type, ...] = _LINEAR_MODULES
 
 #: Containers whose own forward only chains children (no op of their own).
 _PURE_CONTAINERS: tuple[type, ...] = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-
-
-def fx_trace_error(module: nn.Module) -> Exception | None:
-    """The exception torch.fx raises tracing ``module`` (None when it traces)."""
-    try:
-        torch.fx.symbolic_trace(module)
-    except Exception as err:  # noqa: BLE001 - fx raises TraceError, TypeError, AttributeError, ...
-        return err
-    return None
 
 
 def module_rules(module: nn.Module) -> tuple[dict[str, str], list[str]]:

@@ -47,6 +47,7 @@ class _BypassFinal(nn.Module):
     """
 
     dfim_linear_forward = True  # its own forward adds nothing but the hook (for the module-rule DeepLIFT)
+    dfim_untraceable = True  # torch.fx would trace through the hook (kipoi_dfim.backend.torch_trace)
 
     def __init__(self, module: nn.Module, act_name: str):
         super().__init__()
@@ -92,8 +93,10 @@ def _split_by_probe(module: nn.Module, probe: torch.Tensor | None) -> tuple[nn.M
 
 def _split_traced(module: nn.Module, probe: torch.Tensor | None = None) -> tuple[nn.Module, str | None]:
     """Custom modules: trace forward() with torch.fx and cut a sigmoid/softmax that produces the output."""
+    from kipoi_dfim.backend.torch_trace import trace
+
     try:
-        gm = torch.fx.symbolic_trace(module)
+        gm, _ = trace(module)  # untraceable submodules (torch7 Lambda wrappers) kept as leaves
     except Exception as e:  # noqa: BLE001 - data-dependent control flow cannot be traced
         log.info("cannot trace %s to find a final activation (%s); probing it", type(module).__name__, e)
         return _split_by_probe(module, probe)
@@ -233,7 +236,7 @@ class TorchModel(AdapterBase):
             if param is not None and param.is_floating_point():
                 probe = probe.to(device=param.device, dtype=param.dtype)
         logit_module, activation = _split_final_activation(module, probe)
-        self._fx_errors: dict[int, Exception | None] = {}
+        self._fx_errors: dict[int, Exception | str | None] = {}
         self.raw_model = _Scored(module, layout, self.alphabet).eval()
         self.logit_model = _Scored(logit_module, layout, self.alphabet).eval()
         super().__init__(seq_len=seq_len, layout=layout, targets=targets, output=output,
@@ -284,20 +287,26 @@ class TorchModel(AdapterBase):
         return np.stack(out)
 
     def _multipliers(self, x: np.ndarray, references: np.ndarray, target: int) -> np.ndarray:
-        """fx-graph DeepLIFT when torch.fx traces the module, else module-level rules (hooks)."""
+        """fx-graph DeepLIFT when torch.fx traces the module; module-level rules (hooks) when it cannot, or
+        when the untraceable submodules it had to keep as leaves (torch_trace) do not fit the fx engine."""
         from kipoi_dfim.backend.deeplift_torch import deeplift_multipliers_torch
-        from kipoi_dfim.backend.deeplift_torch_modules import deeplift_multipliers_modules, fx_trace_error
+        from kipoi_dfim.backend.deeplift_torch_modules import deeplift_multipliers_modules
+        from kipoi_dfim.errors import UnsupportedModelError
 
         scored = self._scored(self.output)
         key = id(scored)
         if key not in self._fx_errors:
-            self._fx_errors[key] = fx_trace_error(scored)
+            self._fx_errors[key] = _trace_status(scored)
         err = self._fx_errors[key]
-        if err is None:
-            return deeplift_multipliers_torch(scored, x, references, target, batch_size=self.batch_size)
+        if err is None or err == "leaves":
+            try:
+                return deeplift_multipliers_torch(scored, x, references, target, batch_size=self.batch_size)
+            except UnsupportedModelError as e:
+                if err is None:
+                    raise
+                err = e
         why = f"torch.fx cannot trace {type(self.raw_model.module).__name__} ({type(err).__name__}: {err})"
         return deeplift_multipliers_modules(scored, x, references, target, batch_size=self.batch_size, why=why)
-
 
     def _deeplift_shared(self, x: np.ndarray, references: np.ndarray, targets: list[int],
                          span: tuple[int, int] | None = None) -> np.ndarray:
@@ -308,6 +317,17 @@ class TorchModel(AdapterBase):
         if type(self)._multipliers is not TorchModel._multipliers:  # a subclass with its own DeepLIFT
             return super()._deeplift_shared(x, references, targets)
         return self._fast_shared(deeplift_shared_torch, SharedPathUnavailable, x, references, targets, span=span)
+
+
+def _trace_status(module: nn.Module) -> Exception | str | None:
+    """None: torch.fx traces ``module``; "leaves": only with untraceable submodules as leaves; else the error."""
+    from kipoi_dfim.backend.torch_trace import trace
+
+    try:
+        _, opaque = trace(module)
+    except Exception as err:  # noqa: BLE001 - fx raises TraceError, TypeError, AttributeError, ...
+        return err
+    return "leaves" if opaque else None
 
 
 def load_torch_file(path: str, **kw) -> TorchModel:
