@@ -48,14 +48,19 @@ class _Tracer(fx.Tracer):
         return id(m) in self.leaves or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
-        if getattr(m, "dfim_untraceable", False) or (
-                not self.is_leaf_module(m, "") and (m._forward_hooks or m._forward_pre_hooks)):
+        if not self.is_leaf_module(m, "") and not _inlinable(m):
             raise fx.proxy.TraceError(f"{type(m).__name__} acts through forward hooks")
         return super().call_module(m, forward, args, kwargs)
 
 
+def _inlinable(m: nn.Module) -> bool:
+    """Whether tracing into ``m``'s forward sees all it does (no hooks; ``dfim_untraceable`` marks the
+    adapter's own hook-based wrapper)."""
+    return not (m._forward_hooks or m._forward_pre_hooks or getattr(m, "dfim_untraceable", False))
+
+
 def _graph(module: nn.Module, leaves: set[int]) -> fx.Graph:
-    if getattr(module, "dfim_untraceable", False):
+    if not _inlinable(module):
         raise fx.proxy.TraceError(f"{type(module).__name__} acts through forward hooks")
     return _Tracer(leaves).trace(module)
 
@@ -164,8 +169,10 @@ def _probe(module: nn.Module, t: torch.Tensor) -> str | None:
             for _ in range(2))
     with torch.no_grad():
         fu, fv = module(u), module(v)
-        if not all(isinstance(f, torch.Tensor) and f.shape[:1] == (2,) for f in (fu, fv)):
-            return "does not return one batch-major tensor"
+        if not all(isinstance(f, torch.Tensor) and f.ndim > 0 for f in (fu, fv)):
+            return "does not return one tensor"
+        if fu.shape[0] != 2:
+            return f"mixes batch rows (2 rows in, {fu.shape[0]} out)"
         size = float(fu.abs().max() + fv.abs().max()) + 1e-30
         for a in (2.5, -1.5):
             if not _close(module(a * u + (1 - a) * v), a * fu + (1 - a) * fv, size):
