@@ -245,3 +245,37 @@ def test_segments_are_named_by_their_jaspar_motif(jaspar):
     match_segments([NeuronResult(1, 0, None, 100, 1.0, 1, [crm], ppm)], jaspar)
     top = crm.matches[0][0]
     assert top["id"] == jaspar.ids[i] and top["q"] < 0.01
+
+
+@pytest.mark.parametrize("layout", ["(4,L,1)", "(4,1,L)"])
+def test_torch7_layouts_match_a_conv1d_twin(layout):
+    """The zoo's torch7-converted layouts (Basset (4, L, 1) with (k, 1) kernels, DeepSEA (4, 1, L) with
+    (1, k) kernels, torch7's Threshold as relu, Lambda guards fx cannot trace): the same substructure,
+    neuron values and gradients as the Conv1d twin of the same weights."""
+
+    class Guard(nn.Module):
+        def forward(self, x):
+            return x.view(1, -1) if 1 == len(x.size()) else x  # untraceable, like the converter's Lambda
+
+    torch.manual_seed(5)
+    twin = nn.Sequential(nn.Conv1d(4, 6, 5), nn.ReLU(), nn.MaxPool1d(3), nn.Conv1d(6, 4, 3), nn.ReLU()).eval()
+
+    def k2(k):
+        return (k, 1) if layout == "(4,L,1)" else (1, k)
+
+    conv = [nn.Conv2d(4, 6, k2(5)), nn.Conv2d(6, 4, k2(3))]
+    with torch.no_grad():
+        for c, t in zip(conv, (twin[0], twin[3]), strict=True):
+            c.weight.copy_(t.weight.unsqueeze(-1) if layout == "(4,L,1)" else t.weight.unsqueeze(2))
+            c.bias.copy_(t.bias)
+    net = nn.Sequential(conv[0], nn.Threshold(0, 0), nn.MaxPool2d(k2(3), k2(3)), conv[1], nn.ReLU(),
+                        nn.Flatten(), nn.Sequential(Guard(), nn.Linear(4, 2))).eval()
+    got = probe(kipoi_dfim.load_model(net, seq_len=15, layout=layout, output="raw"), 2)
+    want = probe(kipoi_dfim.load_model(twin, seq_len=15, layout="(4,L)", output="raw"), 2)
+    assert [(c.kind, c.size, c.stride) for c in got.substructure.chain] == [
+        ("conv", 5, 1), ("pool", 3, 3), ("conv", 3, 1)]
+    assert got.receptive_field == want.receptive_field == 13  # 5 + (3 - 1) + (3 - 1) * 3
+    x = np.eye(4, dtype=np.float32)[np.random.default_rng(3).integers(0, 4, (5, 13))]
+    np.testing.assert_allclose(got.values(x), want.values(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.gradient(x, 2), want.gradient(x, 2), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.conv_weight(), want.conv_weight(), rtol=0, atol=0)

@@ -15,8 +15,9 @@ model returned by :func:`kipoi_dfim.load_model` and gives numpy-in / numpy-out a
 The value of a CN is taken *before* its nonlinearity (conv + bias, then any batch normalisation): its positive
 part is the post-ReLU activation the paper samples, and it keeps a gradient where the ReLU is off. Supported:
 chains of Conv1d/Conv2d (valid padding), MaxPool1d/2d (no padding), batch normalisation, dropout, element-wise
-activations and (Keras) Permute, in PyTorch ``nn.Module`` s traceable by ``torch.fx`` and Keras 3 models (incl.
-those converted from Keras 1/2). Anything else below layer K raises :class:`UnsupportedModelError` naming it.
+activations and (Keras) Permute, in PyTorch ``nn.Module`` s traced by ``torch.fx`` (untraceable submodules,
+the zoo's torch7 ``Lambda`` guards, as opaque calls: ``torch_trace``) and Keras 3 models (incl. those
+converted from Keras 1/2). Anything else below layer K raises :class:`UnsupportedModelError` naming it.
 """
 
 from __future__ import annotations
@@ -172,14 +173,16 @@ class _TorchProbe(NeuronProbe):
         self._torch = torch
         self.batch_size = batch_size
         self.layout = model.layout
-        if self.layout not in ("(4,L)", "(1,4,L)", "(4,1,L)"):
-            raise UnsupportedModelError(f"NeuronMotif supports channels-first PyTorch inputs (4,L), (1,4,L) or "
-                                        f"(4,1,L); this model's input layout is {self.layout}")
+        if self.layout not in ("(4,L)", "(1,4,L)", "(4,1,L)", "(4,L,1)"):
+            raise UnsupportedModelError(f"NeuronMotif supports channels-first PyTorch inputs (4,L), (1,4,L), "
+                                        f"(4,1,L) or (4,L,1); this model's input layout is {self.layout}")
+        self._len_index = 0 if self.layout == "(4,L,1)" else -1  # the length axis of a 2-D kernel (Basset: (k, 1))
         mods = _torch_chain(model.raw_model.module)
         conv_t = (nn.Conv1d, nn.Conv2d)
         pool_t = (nn.MaxPool1d, nn.MaxPool2d)
         affine_t = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
-        act_t = (nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.GELU, nn.Softplus, nn.ReLU6, nn.SiLU)
+        act_t = (nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.GELU, nn.Softplus, nn.ReLU6, nn.SiLU,
+                 nn.Threshold, nn.Hardtanh)  # Threshold: torch7's ReLU (DeepSEA, Beluga)
         chain, convs_seen, keep = [], 0, []
         _check_layer_index(layer, sum(isinstance(m, conv_t) for _, m in mods), type(model.raw_model.module).__name__)
         for name, m in mods:
@@ -206,7 +209,7 @@ class _TorchProbe(NeuronProbe):
 
     def _length_axis_kernel(self, v):
         v = tuple(v) if isinstance(v, (tuple, list)) else (v,)
-        return int(v[-1])
+        return int(v[self._len_index] if len(v) > 1 else v[0])
 
     def _conv_info(self, name, m):
         pad = m.padding if isinstance(m.padding, str) else tuple(np.atleast_1d(m.padding))
@@ -263,12 +266,15 @@ class _TorchProbe(NeuronProbe):
 
 
 def _torch_chain(module) -> list[tuple[str, Any]]:
-    """(name, module) in forward order, from a torch.fx trace; functional relu becomes nn.ReLU."""
+    """(name, module) in forward order, from a torch.fx trace (submodules fx cannot trace, such as the zoo's
+    torch7 Lambda guards, as opaque calls: torch_trace); functional relu becomes nn.ReLU."""
     import torch
     from torch import nn
 
+    from kipoi_dfim.backend.torch_trace import trace
+
     try:
-        gm = torch.fx.symbolic_trace(module)
+        gm, _ = trace(module)
     except Exception as e:  # noqa: BLE001 - data-dependent control flow cannot be traced
         raise UnsupportedModelError(f"NeuronMotif: cannot trace {type(module).__name__} with torch.fx ({e})") from e
     out, prev = [], None
