@@ -39,13 +39,18 @@ def guard() -> Lambda:
     return Lambda(lambda x: x.view(1, -1) if 1 == len(x.size()) else x)  # untraceable: len() of a Proxy
 
 
-def torch7_basset(bn: bool = True) -> nn.Module:
+def torch7_basset(act: type = nn.ReLU) -> nn.Module:
     """Basset as the zoo ships it, small: (B, 4, L, 1) input, (k, 1) convolutions and pools, batch norm,
-    Lambda reshapes and guards, final sigmoid."""
+    Lambda reshapes and guards, final sigmoid. ``act=Threshold``: DeepSEA's torch7 relu (not fused with
+    the pools: the crop's plain pool links)."""
     torch.manual_seed(3)
+
+    def relu():
+        return nn.Threshold(0, 1e-6) if act is nn.Threshold else act()
+
     net = nn.Sequential(
-        nn.Conv2d(4, 10, (7, 1)), nn.BatchNorm2d(10) if bn else nn.Identity(), nn.ReLU(), nn.MaxPool2d((3, 1), (3, 1)),
-        nn.Conv2d(10, 8, (5, 1)), nn.ReLU(), nn.MaxPool2d((2, 1), (2, 1)),
+        nn.Conv2d(4, 10, (7, 1)), nn.BatchNorm2d(10), relu(), nn.MaxPool2d((3, 1), (3, 1)),
+        nn.Conv2d(10, 8, (5, 1)), relu(), nn.MaxPool2d((2, 1), (2, 1)),
         Lambda(lambda x: x.view(x.size(0), -1)),
         nn.Sequential(guard(), nn.Linear(8 * 7, 12)), nn.ReLU(),
         nn.Sequential(guard(), nn.Linear(12, 3)), nn.Sigmoid(),
@@ -91,16 +96,19 @@ def test_guards_become_leaves_and_shared_engine_matches_hook_engine():
     np.testing.assert_allclose(model.deeplift_shared(x, refs, [0, 2]), want, rtol=0, atol=1e-5 * scale)
 
 
+@pytest.mark.parametrize("act", [nn.ReLU, nn.Threshold], ids=["relu", "threshold"])
 @pytest.mark.parametrize("span", [(20, 40), (0, 7), (55, 60)])
-def test_crop_on_the_torch7_layout(span):
-    """Positions on axis 2 of (B, C, L, 1): the (k, 1) convolutions and relu -> (k, 1) pools are cropped,
-    with the same numbers inside the span as the full walk."""
-    _, module = adapter(torch7_basset())
+def test_crop_on_the_torch7_layout(span, act):
+    """Positions on axis 2 of (B, C, L, 1): the (k, 1) convolutions and relu -> (k, 1) pools (or threshold,
+    then a plain tiled pool) are cropped, with the same numbers inside the span as the full walk."""
+    _, module = adapter(torch7_basset(act))
     x, refs = shared_inputs(2, 3, 1, length=L)
     plan = dlt._shared_plan(module, torch.from_numpy(x[:1, 0]))
     crop = plan.crop(span)
     kinds = [link.kind for link in crop.links]
-    assert kinds.count("conv") == 2 and kinds.count("relupool") >= 1 and crop.links[-1].axis_out == 2
+    pool = "relupool" if act is nn.ReLU else "pool"
+    assert kinds.count("conv") == 2 and kinds.count(pool) >= 1 and crop.links[-1].axis_out == 2
+    assert act is nn.ReLU or "rescale" in kinds
     full = dlt.deeplift_shared_torch(module, x, refs, [1], batch_size=8)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

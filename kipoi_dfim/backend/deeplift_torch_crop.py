@@ -32,6 +32,7 @@ import torch.nn as nn
 from kipoi_dfim.backend.deeplift_torch import (
     _buffer,
     _Pairs,
+    _pool_pairs,
     _pool_selectors,
     _relu_pool_factor,
     _rescale_pairs,
@@ -51,7 +52,7 @@ class _Link:
     """One step of the cropped chain; positions along ``axis_in`` / ``axis_out`` (batch axis 0 counted)."""
 
     step: _Step
-    kind: str  # "layout", "conv", "rescale", "relupool"
+    kind: str  # "layout", "conv", "rescale", "relupool", "pool" (a tiled max-pool after anything else)
     axis_in: int
     axis_out: int
     need_in: tuple[int, int]  # input positions whose cotangent this step produces
@@ -102,15 +103,15 @@ def _link(plan: Any, step: _Step, axis: int, need: tuple[int, int]) -> _Link | N
     last = all(n == 1 for n in shape_in[axis + 1:])  # positions on the last axis, or before axes of size 1
     if step.kind == "rescale":
         return _Link(step, "rescale", axis, axis, need, need, shape_in)
-    if step.kind == "relupool":
-        rel = (1, *plan.shapes[step.fused.name])
-        windows = step.windows(rel)
+    if step.kind in ("relupool", "maxpool"):
+        windows = step.windows((1, *plan.shapes[step.fused.name if step.fused is not None else step.inputs[0]]))
         if not last or not tiled_pool(windows) or windows.axes != [axis]:
             return None
         kernel, out = windows.spec[0]["kernel"], shape_out[axis]
         lo, hi = a // kernel, min(out, -(-b // kernel))
+        kind = "relupool" if step.kind == "relupool" else "pool"
         ok = kernel > 1 and lo < hi
-        return _Link(step, "relupool", axis, axis, need, (lo, hi), shape_in, kernel=kernel) if ok else None
+        return _Link(step, kind, axis, axis, need, (lo, hi), shape_in, kernel=kernel) if ok else None
     if step.kind != "linear":
         return None
     node = step.node
@@ -147,7 +148,7 @@ class Crop:
         for link in self.links:
             if link.kind == "rescale":
                 out[link.step.name] = lambda t, link=link: _narrow(t, link.axis_in, link.need_in)
-            elif link.kind == "relupool":
+            elif link.kind in ("relupool", "pool"):
                 (lo, hi), q, axis = link.need_out, link.kernel, link.axis_in
                 out[link.step.name] = (lambda t, lo=lo, hi=hi, q=q, axis=axis: _narrow(t, axis, (lo * q, hi * q)),
                                        lambda t, lo=lo, hi=hi, axis=axis: _narrow(t, axis, (lo, hi)))
@@ -234,6 +235,9 @@ def _cropped_step(link: _Link, acts: dict[str, Any], pairs: _Pairs, c: torch.Ten
         return _rescale_pairs(acts[link.step.name], pairs, c)
     if link.kind == "relupool":
         return _relu_pool_cropped(link, acts[link.step.name], pairs, c, buffers)
+    if link.kind == "pool":  # rows cut to the pooled windows need_out (Crop.cuts); the tiled rule on them
+        m = _pool_pairs(acts[link.step.name], pairs, c)
+        return _reframe(m, link.axis_in, link.need_out[0] * link.kernel, link.need_in)
     n = link.need_in[1] - link.need_in[0]
     if n not in link.vjps:
         shape = list(link.shape_in)
