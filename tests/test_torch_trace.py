@@ -180,3 +180,78 @@ def test_hidden_nonlinearity_and_hooks_are_not_taken_for_linear():
     assert opaque == {"0"}
     with pytest.raises(OpaqueLeafError, match="'0' .*not linear"):
         dlt.trace_rules(hooked, torch.zeros(1, 4, L))
+
+
+class OneHotCheck(nn.Module):
+    """Untraceable (branches on values) and refuses non-one-hot input, such as the probe's."""
+
+    def forward(self, x):
+        if not bool(((x == 0) | (x == 1)).all()):
+            raise ValueError("expects one-hot input")
+        return x
+
+
+def test_leaf_refusing_the_probe_and_offset_nonlinearity_are_refused():
+    net = nn.Sequential(OneHotCheck(), nn.Conv1d(4, 5, 5), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 56, 2)).eval()
+    model, module = adapter(net, "(4,L)")
+    with pytest.raises(OpaqueLeafError, match="fails on the probe's inputs .*one-hot"):
+        dlt.trace_rules(module, torch.zeros(1, L, 4))
+    x, refs = shared_inputs(2, 3, 5, length=L)
+    twin, _ = adapter(nn.Sequential(*list(net)[1:]).eval(), "(4,L)")
+    want = twin.deeplift_shared(x, refs, [0])
+    np.testing.assert_allclose(model.deeplift_shared(x, refs, [0]), want, rtol=0, atol=1e-5 * np.abs(want).max())
+    # a large constant after a hidden relu must not widen the probe's tolerance over the relu
+    offset = Lambda(lambda t: torch.relu(t) + 1e5 if 1 < len(t.size()) else t)
+    net = nn.Sequential(nn.Conv1d(4, 3, 5), offset, nn.Flatten(), nn.Linear(3 * 56, 2)).eval()
+    with pytest.raises(OpaqueLeafError, match="not linear"):
+        dlt.trace_rules(adapter(net, "(4,L)")[1], torch.zeros(1, L, 4))
+
+
+class Head(nn.Module):
+    """An untraceable head whose last op is the final sigmoid."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.act = nn.Linear(5 * 28, 2), nn.Sigmoid()
+
+    def forward(self, x):
+        x = x.view(1, -1) if 1 == len(x.size()) else x
+        return self.act(self.fc(x))
+
+
+class HeadNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.body = nn.Sequential(nn.Conv1d(4, 5, 5), nn.ReLU(), nn.MaxPool1d(2), nn.Flatten())
+        self.head = Head()
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_final_sigmoid_inside_an_untraceable_leaf_is_still_split_off():
+    net = HeadNet().eval()
+    model = load_model(net, seq_len=L, layout="(4,L)")
+    assert model.activation == "sigmoid"
+    x, _ = shared_inputs(1, 1, 6, length=L)
+    p = load_model(net, seq_len=L, layout="(4,L)", output="raw").predict(x[:, 0])
+    np.testing.assert_allclose(model.predict(x[:, 0]), np.log(p / (1 - p)), rtol=1e-4, atol=1e-4)
+
+
+class GlobalMax(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(7)
+        self.c, self.d = nn.Conv1d(4, 6, 5), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.d(torch.amax(torch.relu(self.c(x)), dim=-1))  # no keepdim: the position axis is gone
+
+
+def test_span_with_a_global_max_that_drops_the_position_axis():
+    model, module = adapter(GlobalMax().eval(), "(4,L)")
+    x, refs = shared_inputs(2, 3, 7, length=L)
+    full = dlt.deeplift_shared_torch(module, x, refs, [1])
+    cropped = dlt.deeplift_shared_torch(module, x, refs, [1], span=(10, 20))
+    np.testing.assert_allclose(cropped[..., 10:20, :], full[..., 10:20, :], rtol=0, atol=1e-5 * np.abs(full).max())

@@ -105,8 +105,8 @@ def _link(plan: Any, step: _Step, axis: int, need: tuple[int, int]) -> _Link | N
         return _Link(step, "rescale", axis, axis, need, need, shape_in)
     if step.kind in ("relupool", "maxpool"):
         windows = step.windows((1, *plan.shapes[step.fused.name if step.fused is not None else step.inputs[0]]))
-        if not last or not tiled_pool(windows) or windows.axes != [axis]:
-            return None
+        if not last or len(shape_out) != ndim or not tiled_pool(windows) or windows.axes != [axis]:
+            return None  # (a global max without keepdim drops the position axis)
         kernel, out = windows.spec[0]["kernel"], shape_out[axis]
         lo, hi = a // kernel, min(out, -(-b // kernel))
         kind = "relupool" if step.kind == "relupool" else "pool"

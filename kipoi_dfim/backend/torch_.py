@@ -96,7 +96,7 @@ def _split_traced(module: nn.Module, probe: torch.Tensor | None = None) -> tuple
     from kipoi_dfim.backend.torch_trace import trace
 
     try:
-        gm, _ = trace(module)  # untraceable submodules (torch7 Lambda wrappers) kept as leaves
+        gm, opaque = trace(module)  # untraceable submodules (torch7 Lambda wrappers) kept as leaves
     except Exception as e:  # noqa: BLE001 - data-dependent control flow cannot be traced
         log.info("cannot trace %s to find a final activation (%s); probing it", type(module).__name__, e)
         return _split_by_probe(module, probe)
@@ -112,6 +112,8 @@ def _split_traced(module: nn.Module, probe: torch.Tensor | None = None) -> tuple
         name = _FINAL_FUNCTIONS.get(src.target)
     elif src.op == "call_method" and src.target in ("sigmoid", "softmax"):
         name = src.target
+    if name is None and opaque:  # the activation may be inside an opaque leaf: find it by running the module
+        return _split_by_probe(module, probe)
     if name is None:
         return module, None
     out.args = (src.args[0],)
