@@ -119,7 +119,9 @@ def test_chain_found_where_expected():
     got = [(link.kind, link.need_out) for link in mixed.links[3:]]
     assert got == [("conv", (18, 47)), ("layout", (18, 47)), ("layout", (18, 47)), ("rescale", (18, 47)),
                    ("conv", (17, 48)), ("relupool", (8, 24)), ("layout", (8, 24)), ("conv", (7, 27)),
-                   ("rescale", (7, 27))]  # padded convs; Conv2d (1, 5) padded (0, 3); squeeze ends the chain
+                   ("rescale", (7, 27)), ("layout", (7, 27)), ("conv", (5, 27)), ("rescale", (5, 27)),
+                   ("pool", (1, 9))]  # padded convs; Conv2d (1, 5) padded (0, 3); the squeeze (found by running
+    # it on a slice), softplus -> pool 3 unfused; the flatten ends the chain
     _, skip = scored(Skip())
     assert dlt._shared_plan(skip, torch.from_numpy(x[:1, 0])).crop((20, 45)) is None
     assert plan.crop((0, L)) is None  # the whole input: nothing to cut

@@ -255,3 +255,40 @@ def test_span_with_a_global_max_that_drops_the_position_axis():
     full = dlt.deeplift_shared_torch(module, x, refs, [1])
     cropped = dlt.deeplift_shared_torch(module, x, refs, [1], span=(10, 20))
     np.testing.assert_allclose(cropped[..., 10:20, :], full[..., 10:20, :], rtol=0, atol=1e-5 * np.abs(full).max())
+
+
+class DeepSEALike(nn.Module):
+    """DeepSEA/variantEffects as the zoo ships it, small: ACGT -> AGCT recoding inside the model (four
+    ``x[:, i]`` stacked back: a fan-out and merge), (B, 4, 1, L) input, torch7's Threshold, (1, k) pools."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(8)
+        self.net = nn.Sequential(
+            nn.Conv2d(4, 8, (1, 5)), nn.Threshold(0, 1e-6), nn.MaxPool2d((1, 4), (1, 4)), nn.Dropout(0.2),
+            nn.Conv2d(8, 6, (1, 3)), nn.Threshold(0, 1e-6), nn.Dropout(0.5),
+            Lambda(lambda x: x.view(x.size(0), -1)), nn.Sequential(guard(), nn.Linear(6 * 12, 3)))
+
+    def forward(self, x):
+        return self.net(torch.stack([x[:, i, ...] for i in [0, 2, 1, 3]], dim=1))
+
+
+@pytest.mark.parametrize("alphabet", ["ACGT", "AGCT"])
+def test_crop_through_alphabet_reordering(alphabet):
+    """The recoding inside the model (a region of four getitems and a stack) and the adapter's own
+    reordering for an AGCT model (x[:, :, idx]) are position-local layout links: the crop reaches the
+    convolutions, with the full walk's numbers inside the span."""
+    model = load_model(DeepSEALike().eval(), seq_len=L, layout="(4,1,L)", alphabet=alphabet, batch_size=16)
+    module = model._scored(model.output)
+    x, refs = shared_inputs(2, 3, 9, length=L)
+    crop = dlt._shared_plan(module, torch.from_numpy(x[:1, 0])).crop((25, 40))
+    assert crop is not None and any(len(link.members) == 5 for link in crop.links)  # 4 getitems + stack
+    assert [link.kind for link in crop.links].count("pool") == 1
+    full = dlt.deeplift_shared_torch(module, x, refs, [0, 2], batch_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cropped = model.deeplift_shared(x, refs, [0, 2], span=(25, 40))
+    scale = np.abs(full[..., 25:40, :]).max()
+    np.testing.assert_allclose(cropped[..., 25:40, :], full[..., 25:40, :], rtol=0, atol=1e-5 * scale)
+    want = hook_engine(module, x, refs, [0, 2])
+    np.testing.assert_allclose(full, want, rtol=0, atol=1e-5 * np.abs(want).max())

@@ -864,6 +864,7 @@ class SharedPlan:
         self.shapes = {k: tuple(v.shape[1:]) for k, v in values.items() if isinstance(v, torch.Tensor)}
         self.crops: dict[tuple[int, int], Any] = {}  # input span -> Crop (or None: the full walk)
         self.input_shape = tuple(example.shape[1:])
+        self.device = example.device
         self.dtype = values[self.output].dtype
         self.keep: set[str] = set()
         self.pools_checked = False  # the rule's windows reproduce every pool (checked on the first rows)

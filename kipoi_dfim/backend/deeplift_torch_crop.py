@@ -61,6 +61,7 @@ class _Link:
     conv: nn.Module | None = None
     kernel: int = 1  # relupool: the pool's kernel (= stride)
     vjps: dict[int, Any] = field(default_factory=dict)  # layout: vector-Jacobian product per cropped length
+    members: list[str] = field(default_factory=list)  # layout region: the steps it stands for (else the step)
 
 
 def _axis_after(node: fx.Node, module: nn.Module | None, axis: int, ndim: int) -> int | None:
@@ -125,9 +126,64 @@ def _link(plan: Any, step: _Step, axis: int, need: tuple[int, int]) -> _Link | N
         lo, hi = max(0, a + p - k + 1), min(shape_out[axis], b + p)
         return _Link(step, "conv", axis, axis, need, (lo, hi), shape_in, conv=module) if lo < hi else None
     out_axis = _axis_after(node, module, axis, ndim)
+    if out_axis is None:  # e.g. a reordering of the alphabet (x[:, :, idx]): found by running the op
+        out_axis = _probe_axis(step.fn, shape_in, axis, plan.device)
     if out_axis is None or out_axis >= len(shape_out) or shape_out[out_axis] != shape_in[axis]:
         return None
     return _Link(step, "layout", axis, out_axis, need, need, shape_in)
+
+
+def _probe_axis(fn: Callable, shape_in: tuple[int, ...], axis: int, device: Any) -> int | None:
+    """The position axis of a linear op's output, or None if the op is not local along the positions: on a
+    random input, the op of a slice of the positions must be the same slice of the op's output (exactly)."""
+    n = shape_in[axis]
+    if n < 4:
+        return None
+    z = torch.randn(shape_in, generator=torch.Generator().manual_seed(0)).to(device)
+    try:
+        with torch.no_grad():
+            full, part = fn(z), fn(z.narrow(axis, 1, n - 2))
+    except Exception:  # noqa: BLE001 - an op that cannot take a shorter input is not a crop link
+        return None
+    if not isinstance(full, torch.Tensor) or not isinstance(part, torch.Tensor) or full.ndim != part.ndim:
+        return None
+    changed = [i for i in range(full.ndim) if full.shape[i] != part.shape[i]]
+    if len(changed) != 1 or full.shape[changed[0]] != n or part.shape[changed[0]] != n - 2:
+        return None
+    return changed[0] if torch.equal(full.narrow(changed[0], 1, n - 2), part) else None
+
+
+def _region_link(plan: Any, start: str, axis: int, need: tuple[int, int], users: dict[str, set[str]]
+                 ) -> _Link | None:
+    """A layout link for linear steps that fan out of ``start`` and merge again (DeepSEA's alphabet recoding:
+    four ``x[:, i]`` stacked back), composed into one function of ``start``; None if there is none."""
+    order = list(reversed(plan.steps))  # forward order
+    at = next((i + 1 for i, s in enumerate(order) if s.name == start), 0)
+    region, members = {start}, []
+    for s in order[at: at + 32]:
+        if not set(s.inputs) & region:
+            continue
+        if not set(s.inputs) <= region or s.kind != "linear":
+            return None
+        region.add(s.name)
+        members.append(s)
+        if {n for n in region if users[n] - region} == {s.name}:
+            break
+    else:
+        return None
+
+    def composite(t: torch.Tensor) -> torch.Tensor:
+        env = {start: t}
+        for s in members:
+            env[s.name] = s.fn(*[env[i] for i in s.inputs])
+        return env[members[-1].name]
+
+    shape_in = (1, *plan.shapes[start])
+    out_axis = _probe_axis(composite, shape_in, axis, plan.device)
+    if out_axis is None:
+        return None
+    step = _Step(members[-1].name, "linear", [start], fn=composite)
+    return _Link(step, "layout", axis, out_axis, need, need, shape_in, members=[s.name for s in members])
 
 
 class Crop:
@@ -175,17 +231,24 @@ def build_crop(plan: Any, span: tuple[int, int]) -> Crop | None:
     for s in plan.steps:
         for i in s.inputs:
             consumers.setdefault(i, []).append(s)
+    step_users = {n: {s.name for s in consumers.get(n, [])} | ({"__output__"} if n == plan.output else set())
+                  for n in [plan.input, *(s.name for s in plan.steps)]}
     name, axis, need, links = plan.input, 1, span, []
-    while users.get(name) == 1 and len(consumers.get(name, [])) == 1 and len(consumers[name][0].inputs) == 1:
-        link = _link(plan, consumers[name][0], axis, need)
+    while True:
+        cons = consumers.get(name, [])
+        if users.get(name) == 1 and len(cons) == 1 and len(cons[0].inputs) == 1:
+            link = _link(plan, cons[0], axis, need)
+        else:
+            link = _region_link(plan, name, axis, need, step_users) if cons else None
         if link is None:
             break
         links.append(link)
         name, axis, need = link.step.name, link.axis_out, link.need_out
     while links and links[-1].need_in == (0, links[-1].shape_in[links[-1].axis_in]):
         links.pop()  # nothing cut at this step: leave it to the full walk
-    below = [s.name for s in plan.steps[-len(links):]] if links else []
-    if all(link.kind == "layout" for link in links) or below != [lk.step.name for lk in reversed(links)]:
+    chain = [m for lk in links for m in (lk.members or [lk.step.name])]
+    below = [s.name for s in plan.steps[-len(chain):]] if chain else []
+    if all(link.kind == "layout" for link in links) or sorted(below) != sorted(chain):
         return None  # the walk must end in exactly the chain (no other step below the boundary)
     return Crop(links)
 
