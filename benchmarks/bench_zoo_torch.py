@@ -29,7 +29,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,17 +80,6 @@ def methods(model, x: np.ndarray, refs: np.ndarray, batch: int, before: bool) ->
     return out
 
 
-def best_of(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, tuple[float, float]]:
-    """Fastest (wall, CPU) seconds of each method over interleaved rounds."""
-    best = {k: (float("inf"), float("inf")) for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            best[k] = (min(best[k][0], time.perf_counter() - t0), min(best[k][1], time.process_time() - c0))
-    return best
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=["Basset", "DeepSEA/variantEffects", "DeepSEA/beluga"])
@@ -104,11 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "scripts" / "zoo"))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
     import kipoi_dfim  # noqa: F401 - OMP_WAIT_POLICY=PASSIVE before torch loads libgomp, as in the CLI
 
     policy = os.environ.get("OMP_WAIT_POLICY", "libgomp default")
     import torch
     import zoo_fixtures as zf
+    from bench_peers import best_of  # interleaved rounds, fastest (wall, CPU) of each
 
     from kipoi_dfim.backend import load_model
 
