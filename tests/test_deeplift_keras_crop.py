@@ -95,7 +95,7 @@ def test_crop_equals_full_inside_span(build):
     engine = _shared_engine(model, (L, 4))
     assert engine.chain is not None
     for span in SPANS:
-        assert engine.window(span) is not None  # the cropped path runs
+        assert engine.plan(span) is not None  # the cropped path runs
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # summation-to-delta at the chain's top
             cropped = deeplift_shared_keras(model, x, refs, [0, 1], batch_size=8, span=span)
@@ -106,7 +106,8 @@ def test_chain_stops_below_a_fused_relu():
     """same_bn_dropout ends relu -> global max-pool: the chain's top is the last conv's input."""
     model = same_bn_dropout()
     chain = _shared_engine(model, (L, 4)).chain
-    assert chain.last is model.layers[6] and chain.pool == 8
+    assert chain.last is model.layers[6]
+    assert [s.kind for s in chain.steps] == ["same", "point", "point", "pool", "point", "same", "pool"]
 
 
 @pytest.mark.parametrize("build", [conv2d_bottom, branch_bottom])
@@ -123,7 +124,7 @@ def test_span_ignored_without_chain(build):
 
 def test_whole_span_is_the_full_pass():
     model = basset_like()
-    assert _shared_engine(model, (L, 4)).window((0, L)) is None
+    assert _shared_engine(model, (L, 4)).plan((0, L)) is None
 
 
 def test_through_the_adapter():

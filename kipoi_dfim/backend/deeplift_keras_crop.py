@@ -6,8 +6,8 @@ layers. Below the first layer that mixes all positions (Flatten, Dense, a global
 stride-1 convolutions, side-by-side max-pools and pointwise layers is local along the sequence: the input
 multiplier at position i depends only on the cotangent inside the chain's receptive field around i. So the
 engine (``deeplift_keras_shared``) takes the cotangent at the chain's top (the boundary) from the full
-backward pass of the layers above it, and replays only the chain on an input slice [s, e) that contains
-[a, b) plus a margin wider than the receptive field: the multipliers inside [a, b) are the full pass's.
+backward pass of the layers above it, and replays the chain's layers one by one, top down, each on the
+slice of its positions whose cotangent reaches [a, b): the multipliers inside [a, b) are the full pass's.
 
 This module only recognises the chain and chooses the slice; it does not run anything. The chain is the
 first layers of a Sequential model, or of a functional model whose layers up to the boundary each read only
@@ -25,7 +25,7 @@ import keras
 
 from kipoi_dfim.backend.deeplift_keras import _kind, _operations
 
-__all__ = ["Chain", "crop_window", "find_chain"]
+__all__ = ["Chain", "Step", "crop_plan", "find_chain"]
 
 _L = keras.layers
 _POINTWISE = (_L.Dropout, _L.SpatialDropout1D, _L.Activation, _L.ReLU, _L.LeakyReLU, _L.ELU)
@@ -34,21 +34,32 @@ BUCKET = 32
 
 
 @dataclass(frozen=True)
+class Step:
+    """One chain layer: how it maps positions ("valid"/"same" convolution, tiled "pool", "point"wise), its
+    kernel, its input channels, and the index of its first record in the engine's call-order records."""
+
+    op: Any
+    kind: str
+    kernel: int
+    channels: int
+    record: int
+
+
+@dataclass(frozen=True)
 class Chain:
-    """The local bottom of a model.
+    """The local bottom of a model: its ``steps`` in call order (flattened out of a nested model); the
+    boundary tensor is the last step's output."""
 
-    ``ops`` in call order (flattened out of a nested model), ``last`` the op whose output is the boundary
-    tensor, ``pool`` the product of the max-pool kernels (positions per boundary position), ``field`` the
-    receptive field of one boundary position, in input positions.
-    """
-
-    ops: tuple[Any, ...]
-    pool: int
-    field: int
+    steps: tuple[Step, ...]
 
     @property
     def last(self) -> Any:
-        return self.ops[-1]
+        return self.steps[-1].op
+
+
+#: One step of a crop plan: the positions (lo, hi) whose input cotangent is kept, the input slice
+#: (in_lo, in_hi) the step is replayed on and the output positions (out_lo, out_hi) that replay produces.
+Slices = tuple[int, int, int, int, int, int]
 
 
 def _local(op: Any) -> tuple[int, int] | None:
@@ -119,31 +130,51 @@ def find_chain(model: keras.Model) -> Chain | None:
     if found is None:
         return None
     chain, boundary = found
-    pooling = ("maxpool",)
-    while chain and _kind(boundary) in pooling and _kind(chain[-1]) in ("activation", "rescale"):
+    while chain and _kind(boundary) == "maxpool" and _kind(chain[-1]) in ("activation", "rescale"):
         boundary = chain.pop()
     if not chain or len(getattr(chain[-1], "_outbound_nodes", ())) != 1:
         return None
-    pool, field = 1, 1
+    steps, record = [], 0
     for op in chain:
         kernel, factor = _local(op)
-        field += (kernel - 1) * pool
-        pool *= factor
-    return Chain(tuple(chain), pool, field)
+        kind = "pool" if factor > 1 else "point" if kernel == 1 and type(op) is not _L.Conv1D else op.padding
+        steps.append(Step(op, kind, kernel, int(op.input.shape[-1]), record))
+        record += _kind(op) in ("activation", "rescale", "maxpool")
+    return Chain(tuple(steps))
 
 
-def crop_window(chain: Chain, span: tuple[int, int], length: int) -> tuple[int, int] | None:
-    """Input slice [s, e) to replay the chain on for multipliers exact on ``span`` = [a, b); None where
-    the slice would be the whole input.
+def _step_slices(step: Step, lo: int, hi: int, n: int) -> tuple[Slices, int]:
+    """(the step's slices for kept input positions [lo, hi) of an n-long input, its output length): the
+    output positions whose cotangent reaches [lo, hi), and the input slice whose replay yields exactly them
+    (a "same" convolution's slice is as long as its output; its edge outputs see zeros, but the gradient of
+    an output with respect to an input inside the slice is the full layer's)."""
+    k = step.kernel
+    if step.kind == "valid":
+        out_lo, out_hi = max(0, lo - k + 1), min(n - k + 1, hi)
+        return (lo, hi, out_lo, out_hi + k - 1, out_lo, out_hi), n - k + 1
+    if step.kind == "same":
+        out_lo, out_hi = max(0, lo - k + 1), min(n, hi + k - 1)
+        return (lo, hi, out_lo, out_hi, out_lo, out_hi), n
+    if step.kind == "pool":
+        out_lo, out_hi = lo // k, min(-(-hi // k), n // k)
+        return (lo, hi, out_lo * k, max(out_hi * k, hi), out_lo, out_hi), n // k
+    return (lo, hi, lo, hi, lo, hi), n
 
-    The margin (receptive field + pool product on each side) covers the positions whose cotangent the
-    slice gets wrong at its edges (no layer below sees outside it). s is a multiple of the pool product
-    (and of about ``BUCKET``), e of ``BUCKET`` (or the length), so the max-pool windows line up with the
-    full tensor's and nearby spans share one traced backward pass.
+
+def crop_plan(chain: Chain, span: tuple[int, int], length: int) -> tuple[Slices, ...] | None:
+    """Per chain step, bottom up, the slices of the cropped backward pass for input positions ``span``
+    (widened to multiples of ``BUCKET``, so nearby spans share one traced pass); None where the widened span
+    is the whole input.
+
+    Each step keeps the positions the step below needs and replays on the slice whose outputs are all the
+    positions those depend on: with the exact cotangent on those outputs, the kept input cotangent is exact.
     """
-    a, b = span
-    margin = chain.field + chain.pool
-    step = chain.pool * -(-BUCKET // chain.pool)
-    s = max(0, a - margin) // step * step
-    e = min(length, -(-(b + margin) // BUCKET) * BUCKET)
-    return None if (s, e) == (0, length) else (s, e)
+    lo, hi = span[0] // BUCKET * BUCKET, min(length, -(-span[1] // BUCKET) * BUCKET)
+    if (lo, hi) == (0, length):
+        return None
+    plan, n = [], length
+    for step in chain.steps:
+        slices, n = _step_slices(step, lo, hi, n)
+        plan.append(slices)
+        lo, hi = slices[4], slices[5]
+    return tuple(plan)

@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from kipoi_dfim.backend import _deeplift_common as C
 from kipoi_dfim.backend.deeplift_keras import _SHARED, _call, _engine, _run, _Windows, maxpool_multiplier_tf
-from kipoi_dfim.backend.deeplift_keras_crop import Chain, crop_window, find_chain
+from kipoi_dfim.backend.deeplift_keras_crop import Chain, Slices, crop_plan, find_chain
 from kipoi_dfim.errors import InputError
 
 __all__ = ["SharedPathUnavailable", "deeplift_shared_keras"]
@@ -390,38 +390,39 @@ class _Engine:
         return self._top_cotangent(records, _Block(v0, *block_shape, n_windows), targets, None)
 
     def _backward_crop(self, records: list, top: tf.Tensor, n_windows: tf.Tensor, v0: tf.Tensor,
-                       targets: tf.Tensor, block_shape: tuple[int, int, int, int], window: tuple[int, int]
+                       targets: tf.Tensor, block_shape: tuple[int, int, int, int], plan: tuple[Slices, ...]
                        ) -> tuple[tf.Tensor, tf.Tensor]:
-        """((P, e - s, 4) input multipliers on the slice ``window`` = (s, e), exact where the slice's
-        margin covers the chain's receptive field; (P,) float64 sums of the contributions at the chain's top).
+        """((P, b - a, 4) input multipliers on the plan's kept input positions [a, b); (P,) float64 sums of
+        the contributions at the chain's top).
 
         The layers above the chain run on the whole block (their cotangent at the chain's top is exact);
-        the chain runs again on the slice only, with its records sliced to match.
+        then each chain layer, top down, is replayed on its slice only, with its records sliced to match
+        (``deeplift_keras_crop.crop_plan``).
         """
         block = _Block(v0, *block_shape, n_windows)
         g_top = self._top_cotangent(records, block, targets, self.chain.last)
-        s, e = window
-        u = tf.zeros((block.p, e - s, *self.shape[1:]), tf.float32)
-        with tf.GradientTape() as tape:
-            tape.watch(u)
-            h = u
-            with _SHARED.use(_CropReplayer(records, self.meta, block, s)):
-                for op in self.chain.ops:
-                    h = _call(op, (h,), {})
-        q = s // self.chain.pool
-        g = tape.gradient(h, u, output_gradients=g_top[:, q: q + h.shape[1]])
+        g = g_top[:, plan[-1][4]: plan[-1][5]]
+        for step, (lo, hi, in_lo, in_hi, _, _) in zip(reversed(self.chain.steps), reversed(plan), strict=True):
+            u = tf.zeros((block.p, in_hi - in_lo, step.channels), tf.float32)
+            replayer = _CropReplayer(records, self.meta, block, in_lo)
+            replayer.position = step.record
+            with tf.GradientTape() as tape:
+                tape.watch(u)
+                with _SHARED.use(replayer):
+                    h = _call(step.op, (u,), {})
+            g = tape.gradient(h, u, output_gradients=g)[:, lo - in_lo: hi - in_lo]
         delta = tf.cast(block.window(top) - block.reference(top), tf.float64)
         sums = tf.reduce_sum(block.grid(tf.cast(g_top, tf.float64)) * delta, axis=list(range(4, len(delta.shape))))
         return g, tf.reshape(sums, [block.p])
 
-    def window(self, span: tuple[int, int] | None) -> tuple[int, int] | None:
-        """The input slice of the cropped backward pass for ``span``, or None (full backward pass)."""
+    def plan(self, span: tuple[int, int] | None) -> tuple[Slices, ...] | None:
+        """The cropped backward pass's slices for ``span``, or None (the full backward pass)."""
         if span is None or self.chain is None:
             return None
         a, b = int(span[0]), int(span[1])
         if not 0 <= a < b <= self.shape[0]:
             raise InputError(f"DeepLIFT: span {span} outside the input positions [0, {self.shape[0]})")
-        return crop_window(self.chain, (a, b), self.shape[0])
+        return crop_plan(self.chain, (a, b), self.shape[0])
 
 
 def _shared_engine(model: keras.Model, shape: tuple[int, ...]) -> _Engine:
@@ -472,8 +473,8 @@ def deeplift_shared_keras(
     for target in targets:
         if not 0 <= int(target) < engine.n_out:
             raise InputError(f"DeepLIFT: target {target} out of range for {engine.n_out} model outputs")
-    crop = engine.window(span)
-    crop = None if crop is None else (*crop, int(span[0]), int(span[1]))
+    plan = engine.plan(span)
+    crop = None if plan is None else (plan, (int(span[0]), int(span[1])))
     out = np.zeros((n, k, t, length, 4), np.float32)
     masks = []
     for a, b in C.variant_chunks(n, k, references.shape[1], batch_size):
@@ -484,15 +485,16 @@ def deeplift_shared_keras(
 
 
 def _shared_chunk(engine: _Engine, x: np.ndarray, references: np.ndarray, targets: list[int], batch_size: int,
-                  crop: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  crop: tuple[tuple[Slices, ...], tuple[int, int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(hypothetical scores (n, K, T, L, 4), violation mask (n, K, T, R)) of one chunk of variants; with
-    ``crop`` = (s, e, a, b), multipliers on [a, b) only (zero scores elsewhere), checked at the chain's top."""
+    ``crop`` = (plan, span [a, b)), multipliers on [a, b) only (zero scores elsewhere; the plan's kept
+    positions are a bucketed superset), checked at the chain's top."""
     n, k, length = x.shape[:3]
     r, t = references.shape[1], len(targets)
     rows = np.concatenate([x.reshape(n * k, length, 4), references.reshape(n * r, length, 4)])
     n_windows = tf.constant(n * k, tf.int32)
     y, records, top = engine.forward(tf.constant(rows), n_windows)
-    s, e, a, b = (0, length, 0, length) if crop is None else crop
+    a, b = (0, length) if crop is None else crop[1]
     m = np.empty((n, k, t, r, b - a, 4), np.float32)
     sums = np.empty((n, k, t, r), np.float64)
     for v0, v1, t0, t1 in C.pair_blocks(n, k, t, r, batch_size):
@@ -501,8 +503,9 @@ def _shared_chunk(engine: _Engine, x: np.ndarray, references: np.ndarray, target
         if crop is None:
             mb = engine.backward(records, n_windows, tf.constant(v0, tf.int32), tsel, block).numpy()
         else:
-            mb, sb = engine.backward_crop(records, top, n_windows, tf.constant(v0, tf.int32), tsel, block, (s, e))
-            mb = mb.numpy()[:, a - s: b - s]
+            plan = crop[0]
+            mb, sb = engine.backward_crop(records, top, n_windows, tf.constant(v0, tf.int32), tsel, block, plan)
+            mb = mb.numpy()[:, a - plan[0][0]: b - plan[0][0]]
             sums[v0:v1, :, t0:t1] = sb.numpy().reshape(block)
         m[v0:v1, :, t0:t1] = mb.reshape(*block, b - a, 4)
     f = y.numpy().astype(np.float64)[:, targets]
