@@ -17,6 +17,9 @@ no row is gathered per pair and each multiplier is formed once for all the block
 relu6) whose only consumer is a max-pool with side-by-side windows is fused with it ("relu-pool": one
 factor per (window, reference), as in the torch twin), and its elementwise arithmetic is compiled with XLA,
 which fuses it into one pass over memory.
+
+With a ``span`` (the positions DFIM reads), the backward pass stops at the top of the model's local bottom
+chain and replays the chain only on the slices that reach the span (``deeplift_keras_crop``).
 """
 
 from __future__ import annotations
@@ -287,13 +290,12 @@ class _Replayer(_Capture):
 
 
 class _CropReplayer(_Replayer):
-    """The replayer of the span crop's chain, run on input positions [s, s + length): every record is
-    sliced along axis 1 to the positions of the tensor it is applied to.
+    """The replayer of one span-crop chain layer run on its input positions [s, s + length): the layer's
+    record is sliced along axis 1 to the positions of the tensor it is applied to.
 
-    The chain's records are the first ones in call order. A position of the slice at a layer with pool
-    product q below it is position s / q of the full tensor (s is a multiple of every such q, and the
-    convolutions keep positions aligned: ``deeplift_keras_crop``); a pool's output-side records (window
-    maxima, tie shares) are at s / (q * kernel).
+    Set ``position`` to the layer's first record. The convolutions of the chain keep positions aligned
+    (``deeplift_keras_crop``), so an activation's record starts at s; a max-pool's output-side records
+    (window maxima, tie shares) start at s / kernel (s is a multiple of the kernel).
     """
 
     def __init__(self, records: list[dict[str, tf.Tensor]], meta: list[dict[str, Any]], block: _Block, s: int):
@@ -307,9 +309,7 @@ class _CropReplayer(_Replayer):
     def maxpool(self, forward_fn: Callable[[tf.Tensor], tf.Tensor], windows: _Windows, z: tf.Tensor) -> tf.Tensor:
         a = windows.spec[0]
         self._slice(z.shape[1], a["out"], a["kernel"])
-        y = super().maxpool(forward_fn, windows, z)
-        self.offset //= a["kernel"]
-        return y
+        return super().maxpool(forward_fn, windows, z)
 
     def _slice(self, length: int, out: int, kernel: int) -> None:
         """Cut the next record to the slice: input-side tensors to ``length`` positions, pooled-side ones
