@@ -388,8 +388,8 @@ def keras_methods(models: tuple, x: np.ndarray, refs: np.ndarray, batch: int) ->
     def shap_deep() -> None:
         explainer.shap_values(windows, check_additivity=False)
 
-    return {"bare tf.GradientTape": bare, "kipoi-dfim shared": shared, "kipoi-dfim pairwise": pairwise,
-            "shap DeepExplainer": shap_deep}
+    return {"bare tf.GradientTape": bare, "kipoi-dfim shared": shared, "kipoi-dfim shared, DFIM span": shared_dfim,
+            "kipoi-dfim pairwise": pairwise, "shap DeepExplainer": shap_deep}
 
 
 # ------------------------------------------------------------------------------------------------ main

@@ -447,7 +447,11 @@ def _linear_part(layer: keras.layers.Layer, args: tuple, kwargs: dict) -> tf.Ten
 
 
 def _call(op: Any, args: tuple, kwargs: dict) -> Any:
-    """Run one layer/op on the paired batch with its DeepLIFT rule."""
+    """Run one layer/op on the paired batch with its DeepLIFT rule (its output shown to the handler)."""
+    return _SHARED.output(op, _call_rule(op, args, kwargs))
+
+
+def _call_rule(op: Any, args: tuple, kwargs: dict) -> Any:
     kind = _kind(op)
     if kind == "model":
         return _run(op, args[0])
@@ -509,6 +513,13 @@ class _Mode(threading.local):
         if self.handler is None:
             return _maxpool_op(forward_fn, windows)(z)
         return self.handler.maxpool(forward_fn, windows, z)
+
+    def output(self, op: Any, out: Any) -> Any:
+        """A layer's output, shown to the handler first (the shared engine's span crop captures the tensor
+        at its boundary this way)."""
+        if self.handler is not None:
+            self.handler.output(op, out)
+        return out
 
 
 _SHARED = _Mode()

@@ -17,6 +17,9 @@ no row is gathered per pair and each multiplier is formed once for all the block
 relu6) whose only consumer is a max-pool with side-by-side windows is fused with it ("relu-pool": one
 factor per (window, reference), as in the torch twin), and its elementwise arithmetic is compiled with XLA,
 which fuses it into one pass over memory.
+
+With a ``span`` (the positions DFIM reads), the backward pass stops at the top of the model's local bottom
+chain and replays the chain only on the slices that reach the span (``deeplift_keras_crop``).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ import numpy as np
 import tensorflow as tf
 
 from kipoi_dfim.backend import _deeplift_common as C
-from kipoi_dfim.backend.deeplift_keras import _SHARED, _engine, _run, _Windows, maxpool_multiplier_tf
+from kipoi_dfim.backend.deeplift_keras import _SHARED, _call, _engine, _run, _Windows, maxpool_multiplier_tf
+from kipoi_dfim.backend.deeplift_keras_crop import Chain, Slices, crop_plan, find_chain
 from kipoi_dfim.errors import InputError
 
 __all__ = ["SharedPathUnavailable", "deeplift_shared_keras"]
@@ -60,7 +64,18 @@ def _tiled(windows: _Windows) -> bool:
     return windows.tiled and windows.axes == [1] and a["left"] == 0 and a["out"] * a["kernel"] <= a["length"]
 
 
-class _Recorder:
+class _Capture:
+    """Keeps the output of one op (``boundary_op``, the top of the span crop's chain) as ``boundary``."""
+
+    boundary_op: Any = None
+    boundary: tf.Tensor | None = None
+
+    def output(self, op: Any, out: Any) -> None:
+        if op is self.boundary_op and self.boundary is None:
+            self.boundary = out
+
+
+class _Recorder(_Capture):
     """Phase-1 handler of ``deeplift_keras._SHARED``: the plain layers, recording per nonlinear layer.
 
     ``records`` (tensors, returned by the traced forward function) and ``meta`` (static facts: the kind of
@@ -96,14 +111,14 @@ class _Recorder:
             return y
         relu = self._fusable.pop(id(z), None)
         fused = relu is not None and relu[0] is z
+        a = windows.spec[0]
+        top = tf.reshape(y, tf.concat([[-1, a["out"]], tf.shape(z)[2:]], 0))  # a global pool drops the axis
         if fused:  # the relu's record moves into the pool's (the relu passes its cotangent through)
             self.meta[relu[1]]["fused"] = True
-            record = {**self.records[relu[1]], "top": y}
+            record = {**self.records[relu[1]], "top": top}
             self.records[relu[1]] = {}
         else:
-            a = windows.spec[0]
             shape = tf.concat([[-1, a["out"], a["kernel"]], tf.shape(z)[2:]], 0)
-            top = tf.reshape(y, tf.concat([[-1, a["out"]], tf.shape(z)[2:]], 0))
             is_max = tf.cast(tf.equal(tf.reshape(z[:, : a["out"] * a["kernel"]], shape), tf.expand_dims(top, 2)),
                              z.dtype)
             record = {"z": z, "top": top, "is_max": is_max, "inv": 1.0 / tf.reduce_sum(is_max, axis=2)}
@@ -247,7 +262,7 @@ def _relu_pool_block(record: dict[str, tf.Tensor], kernel: int, block: _Block, g
     return _unpool(m, block, record["z"], g.dtype)
 
 
-class _Replayer:
+class _Replayer(_Capture):
     """Phase-2 handler of ``deeplift_keras._SHARED``: nonlinear layers with the block's multipliers as their
     gradients (their forward values are never read, so TensorFlow prunes them)."""
 
@@ -274,6 +289,38 @@ class _Replayer:
         return _with_gradient(forward_fn, rules[meta["kind"]])(z)
 
 
+class _CropReplayer(_Replayer):
+    """The replayer of one span-crop chain layer run on its input positions [s, s + length): the layer's
+    record is sliced along axis 1 to the positions of the tensor it is applied to.
+
+    Set ``position`` to the layer's first record. The convolutions of the chain keep positions aligned
+    (``deeplift_keras_crop``), so an activation's record starts at s; a max-pool's output-side records
+    (window maxima, tie shares) start at s / kernel (s is a multiple of the kernel).
+    """
+
+    def __init__(self, records: list[dict[str, tf.Tensor]], meta: list[dict[str, Any]], block: _Block, s: int):
+        super().__init__(list(records), meta, block)
+        self.offset = s
+
+    def rescale(self, fn: Callable[[tf.Tensor], tf.Tensor], exact: bool, z: tf.Tensor, op: Any) -> tf.Tensor:
+        self._slice(z.shape[1], 0, 1)
+        return super().rescale(fn, exact, z, op)
+
+    def maxpool(self, forward_fn: Callable[[tf.Tensor], tf.Tensor], windows: _Windows, z: tf.Tensor) -> tf.Tensor:
+        a = windows.spec[0]
+        self._slice(z.shape[1], a["out"], a["kernel"])
+        return super().maxpool(forward_fn, windows, z)
+
+    def _slice(self, length: int, out: int, kernel: int) -> None:
+        """Cut the next record to the slice: input-side tensors to ``length`` positions, pooled-side ones
+        (window maxima, tie shares) to ``out`` windows."""
+        s, q = self.offset, self.offset // kernel
+        self.records[self.position] = {
+            key: t[:, q: q + out] if key in ("top", "is_max", "inv") else t[:, s: s + length]
+            for key, t in self.records[self.position].items()
+        }
+
+
 def _with_gradient(fn: Callable[[tf.Tensor], tf.Tensor], rule: Callable[[tf.Tensor], tf.Tensor]) -> Callable:
     """fn with ``rule`` (cotangent -> cotangent) as its gradient."""
 
@@ -291,40 +338,91 @@ def _with_gradient(fn: Callable[[tf.Tensor], tf.Tensor], rule: Callable[[tf.Tens
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _onehot(block: _Block, targets: tf.Tensor, n_out: int) -> tf.Tensor:
+    """(P, n_out) output cotangents: row (v, k, t, r) selects the block's t-th target."""
+    onehot = tf.one_hot(targets, n_out, dtype=tf.float32)[None, None, :, None]
+    return tf.reshape(tf.broadcast_to(onehot, [block.v, block.k, block.tb, block.r, n_out]), [block.p, n_out])
+
+
 class _Engine:
-    """The two traced phases for one model and input shape (forward: dynamic batch; backward: one trace per
-    block shape, so that the block's shapes are static and its forward computation is pruned)."""
+    """The traced phases for one model and input shape (forward: dynamic batch; backward: one trace per
+    block shape, so that the block's shapes are static and its forward computation is pruned; the cropped
+    backward: one trace per block shape and input slice, ``deeplift_keras_crop``)."""
 
     def __init__(self, model: keras.Model, shape: tuple[int, ...]):
         _, self.n_out = _engine(model, shape)  # validates the model and its output shape
         self.shape = shape
         self.meta: list[dict[str, Any]] = []
-        ref = weakref.ref(model)
+        self.chain: Chain | None = find_chain(model) if len(shape) == 2 else None
+        self.model = weakref.ref(model)
+        self.forward = tf.function(self._forward, autograph=False,
+                                   input_signature=[tf.TensorSpec((None, *shape), tf.float32),
+                                                    tf.TensorSpec((), tf.int32)])
+        self.backward = tf.function(self._backward, autograph=False, reduce_retracing=True)
+        self.backward_crop = tf.function(self._backward_crop, autograph=False, reduce_retracing=True)
 
-        @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32), tf.TensorSpec((), tf.int32)],
-                     autograph=False)
-        def forward(rows: tf.Tensor, n_windows: tf.Tensor) -> tuple[tf.Tensor, list]:
-            recorder = _Recorder(n_windows)
-            with _SHARED.use(recorder):
-                y = _run(ref(), rows)
-            self.meta = recorder.meta
-            return tf.reshape(y, [tf.shape(y)[0], -1]), recorder.records
+    def _forward(self, rows: tf.Tensor, n_windows: tf.Tensor) -> tuple[tf.Tensor, list, tf.Tensor]:
+        """(scored outputs (B, T), the rules' records, the chain's top activations or an empty tensor)."""
+        recorder = _Recorder(n_windows)
+        recorder.boundary_op = self.chain.last if self.chain else None
+        with _SHARED.use(recorder):
+            y = _run(self.model(), rows)
+        self.meta = recorder.meta
+        top = recorder.boundary if recorder.boundary is not None else tf.zeros((0,))
+        return tf.reshape(y, [tf.shape(y)[0], -1]), recorder.records, top
 
-        @tf.function(autograph=False, reduce_retracing=True)
-        def backward(records: list, n_windows: tf.Tensor, v0: tf.Tensor, targets: tf.Tensor,
-                     block_shape: tuple[int, int, int, int]) -> tf.Tensor:
-            v, k, tb, r = block_shape
-            block = _Block(v0, v, k, tb, r, n_windows)
-            u = tf.zeros((block.p, *shape), tf.float32)
+    def _top_cotangent(self, records: list, block: _Block, targets: tf.Tensor, below: Any) -> tf.Tensor:
+        """The block's cotangent at the output of op ``below`` (the model's input when None)."""
+        u = tf.zeros((block.p, *self.shape), tf.float32)
+        replayer = _Replayer(records, self.meta, block)
+        replayer.boundary_op = below
+        with tf.GradientTape() as tape:
+            tape.watch(u)
+            with _SHARED.use(replayer):
+                y = tf.reshape(_run(self.model(), u), [block.p, -1])
+        at = u if below is None else replayer.boundary
+        return tape.gradient(y, at, output_gradients=_onehot(block, targets, self.n_out),
+                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    def _backward(self, records: list, n_windows: tf.Tensor, v0: tf.Tensor, targets: tf.Tensor,
+                  block_shape: tuple[int, int, int, int]) -> tf.Tensor:
+        """(P, L, 4) input multipliers of a block of pair rows."""
+        return self._top_cotangent(records, _Block(v0, *block_shape, n_windows), targets, None)
+
+    def _backward_crop(self, records: list, top: tf.Tensor, n_windows: tf.Tensor, v0: tf.Tensor,
+                       targets: tf.Tensor, block_shape: tuple[int, int, int, int], plan: tuple[Slices, ...]
+                       ) -> tuple[tf.Tensor, tf.Tensor]:
+        """((P, b - a, 4) input multipliers on the plan's kept input positions [a, b); (P,) float64 sums of
+        the contributions at the chain's top).
+
+        The layers above the chain run on the whole block (their cotangent at the chain's top is exact);
+        then each chain layer, top down, is replayed on its slice only, with its records sliced to match
+        (``deeplift_keras_crop.crop_plan``).
+        """
+        block = _Block(v0, *block_shape, n_windows)
+        g_top = self._top_cotangent(records, block, targets, self.chain.last)
+        g = g_top[:, plan[-1][4]: plan[-1][5]]
+        for step, (lo, hi, in_lo, in_hi, _, _) in zip(reversed(self.chain.steps), reversed(plan), strict=True):
+            u = tf.zeros((block.p, in_hi - in_lo, step.channels), tf.float32)
+            replayer = _CropReplayer(records, self.meta, block, in_lo)
+            replayer.position = step.record
             with tf.GradientTape() as tape:
                 tape.watch(u)
-                with _SHARED.use(_Replayer(records, self.meta, block)):
-                    y = tf.reshape(_run(ref(), u), [block.p, -1])
-            onehot = tf.one_hot(targets, self.n_out, dtype=y.dtype)[None, None, :, None]
-            onehot = tf.reshape(tf.broadcast_to(onehot, [v, k, block.tb, r, self.n_out]), [block.p, self.n_out])
-            return tape.gradient(y, u, output_gradients=onehot)
+                with _SHARED.use(replayer):
+                    h = _call(step.op, (u,), {})
+            g = tape.gradient(h, u, output_gradients=g)[:, lo - in_lo: hi - in_lo]
+        delta = tf.cast(block.window(top) - block.reference(top), tf.float64)
+        sums = tf.reduce_sum(block.grid(tf.cast(g_top, tf.float64)) * delta, axis=list(range(4, len(delta.shape))))
+        return g, tf.reshape(sums, [block.p])
 
-        self.forward, self.backward = forward, backward
+    def plan(self, span: tuple[int, int] | None) -> tuple[Slices, ...] | None:
+        """The cropped backward pass's slices for ``span``, or None (the full backward pass)."""
+        if span is None or self.chain is None:
+            return None
+        a, b = int(span[0]), int(span[1])
+        if not 0 <= a < b <= self.shape[0]:
+            raise InputError(f"DeepLIFT: span {span} outside the input positions [0, {self.shape[0]})")
+        return crop_plan(self.chain, (a, b), self.shape[0])
 
 
 def _shared_engine(model: keras.Model, shape: tuple[int, ...]) -> _Engine:
@@ -335,7 +433,8 @@ def _shared_engine(model: keras.Model, shape: tuple[int, ...]) -> _Engine:
 
 
 def deeplift_shared_keras(
-    model: keras.Model, x: np.ndarray, references: np.ndarray, targets: list[int], batch_size: int = 64
+    model: keras.Model, x: np.ndarray, references: np.ndarray, targets: list[int], batch_size: int = 64,
+    span: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Hypothetical DeepSHAP scores of K windows per variant sharing R references, for T targets (Keras).
 
@@ -351,6 +450,11 @@ def deeplift_shared_keras(
     x, references, targets, batch_size
         (N, K, L, 4) windows, (N, R, L, 4) references shared by a variant's windows, output columns, and
         (window, target, reference) rows per backward pass: as for ``deeplift_torch.deeplift_shared_torch``.
+    span : (int, int), optional
+        Input positions [a, b) the caller reads. Where the bottom of the model is a chain of local layers
+        (``deeplift_keras_crop``), the backward pass below the chain's top runs on a slice around [a, b)
+        only: the scores in [a, b) are the same, the scores outside are 0, and summation-to-delta is checked
+        at the chain's top. None (or a model without such a chain): every position.
 
     Returns
     -------
@@ -364,34 +468,50 @@ def deeplift_shared_keras(
     """
     x, references = C.check_shared_inputs(x, references, targets, batch_size)
     n, k, length = x.shape[:3]
-    r, t = references.shape[1], len(targets)
+    t = len(targets)
     engine = _shared_engine(model, tuple(x.shape[2:]))
     for target in targets:
         if not 0 <= int(target) < engine.n_out:
             raise InputError(f"DeepLIFT: target {target} out of range for {engine.n_out} model outputs")
+    plan = engine.plan(span)
+    crop = None if plan is None else (plan, (int(span[0]), int(span[1])))
     out = np.zeros((n, k, t, length, 4), np.float32)
     masks = []
-    for a, b in C.variant_chunks(n, k, r, batch_size):
-        out[a:b], mask = _shared_chunk(engine, x[a:b], references[a:b], targets, batch_size)
+    for a, b in C.variant_chunks(n, k, references.shape[1], batch_size):
+        out[a:b], mask = _shared_chunk(engine, x[a:b], references[a:b], targets, batch_size, crop)
         masks.append(mask.ravel())
     C.warn_violations(np.concatenate(masks), "Keras", "(window, reference, target) triples")
     return out
 
 
-def _shared_chunk(engine: _Engine, x: np.ndarray, references: np.ndarray, targets: list[int], batch_size: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(hypothetical scores (n, K, T, L, 4), violation mask (n, K, T, R)) of one chunk of variants."""
+def _shared_chunk(engine: _Engine, x: np.ndarray, references: np.ndarray, targets: list[int], batch_size: int,
+                  crop: tuple[tuple[Slices, ...], tuple[int, int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(hypothetical scores (n, K, T, L, 4), violation mask (n, K, T, R)) of one chunk of variants; with
+    ``crop`` = (plan, span [a, b)), multipliers on [a, b) only (zero scores elsewhere; the plan's kept
+    positions are a bucketed superset), checked at the chain's top."""
     n, k, length = x.shape[:3]
     r, t = references.shape[1], len(targets)
     rows = np.concatenate([x.reshape(n * k, length, 4), references.reshape(n * r, length, 4)])
     n_windows = tf.constant(n * k, tf.int32)
-    y, records = engine.forward(tf.constant(rows), n_windows)
-    m = np.empty((n, k, t, r, length, 4), np.float32)
+    y, records, top = engine.forward(tf.constant(rows), n_windows)
+    a, b = (0, length) if crop is None else crop[1]
+    m = np.empty((n, k, t, r, b - a, 4), np.float32)
+    sums = np.empty((n, k, t, r), np.float64)
     for v0, v1, t0, t1 in C.pair_blocks(n, k, t, r, batch_size):
         tsel = tf.constant(np.asarray(targets[t0:t1], np.int32))
-        mb = engine.backward(records, n_windows, tf.constant(v0, tf.int32), tsel, (v1 - v0, k, t1 - t0, r))
-        mb = mb.numpy()
-        m[v0:v1, :, t0:t1] = mb.reshape(v1 - v0, k, t1 - t0, r, length, 4)
+        block = (v1 - v0, k, t1 - t0, r)
+        if crop is None:
+            mb = engine.backward(records, n_windows, tf.constant(v0, tf.int32), tsel, block).numpy()
+        else:
+            plan = crop[0]
+            mb, sb = engine.backward_crop(records, top, n_windows, tf.constant(v0, tf.int32), tsel, block, plan)
+            mb = mb.numpy()[:, a - plan[0][0]: b - plan[0][0]]
+            sums[v0:v1, :, t0:t1] = sb.numpy().reshape(block)
+        m[v0:v1, :, t0:t1] = mb.reshape(*block, b - a, 4)
     f = y.numpy().astype(np.float64)[:, targets]
     f_x, f_r = f[: n * k].reshape(n, k, t), f[n * k:].reshape(n, r, t)
-    return C.hypothetical_mean(m, references), C.shared_violations(m, x, references, f_x, f_r)
+    if crop is None:
+        return C.hypothetical_mean(m, references), C.shared_violations(m, x, references, f_x, f_r)
+    hyp = np.zeros((n, k, t, length, 4), np.float32)
+    hyp[..., a:b, :] = C.hypothetical_mean(m, references[:, :, a:b])
+    return hyp, C.delta_violations(sums, f_x, f_r)

@@ -215,13 +215,15 @@ class KerasModel(AdapterBase):
 
     def _deeplift_shared(self, x: np.ndarray, references: np.ndarray, targets: list[int],
                          span: tuple[int, int] | None = None) -> np.ndarray:
-        """The shared-reference engine, every position (it is faster than a bare gradient pass without a
-        crop); the pairwise default where it does not apply (see deeplift_keras)."""
+        """The shared-reference engine, its backward pass cropped to ``span`` where the model's bottom is a
+        chain of local layers (``deeplift_keras_crop``); the pairwise default where the engine does not apply
+        (see deeplift_keras)."""
         from kipoi_dfim.backend.deeplift_keras_shared import SharedPathUnavailable, deeplift_shared_keras
 
         if type(self)._multipliers is not KerasModel._multipliers:  # e.g. a SavedModel without DeepLIFT
             return super()._deeplift_shared(x, references, targets)
-        return self._fast_shared(deeplift_shared_keras, SharedPathUnavailable, x, references, targets)
+        return self._fast_shared(deeplift_shared_keras, SharedPathUnavailable, x, references, targets,
+                                 span=span)
 
 
 def _h5_model_config(path: str) -> dict | None:
