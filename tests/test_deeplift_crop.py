@@ -182,26 +182,35 @@ def test_read_span_covers_targets_and_maps_flank():
     assert attribution.read_span(wide, 100) == (200, 401)  # window above 50: no widening
 
 
-def test_score_variants_same_numbers_with_and_without_crop(tmp_path, monkeypatch):
-    """A DeepLIFT score-variants run on the shipped PyTorch model (SNVs, indels, multi-base records) gives
-    the same TSV numbers and maps tracks (+-50 bp) as with the crop turned off (every position)."""
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_score_variants_same_numbers_with_and_without_crop(tmp_path, monkeypatch, framework):
+    """A DeepLIFT score-variants run on the shipped PyTorch and Keras models (SNVs, indels, multi-base
+    records) gives the same TSV numbers and maps tracks (+-50 bp) as with the crop turned off (every
+    position)."""
     import os
 
     import pandas as pd
 
+    from kipoi_dfim.backend import deeplift_keras_shared as dks
     from kipoi_dfim.output.maps import MapsFile
     from kipoi_dfim.scoring import score_variants
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = os.path.join(root, "model_specs", "sim_torch")
+    spec = os.path.join(root, "model_specs", f"sim_{framework}")
     vcf = os.path.join(root, "example_vcfs", "sim", "sim_variants.vcf")
     fasta = os.path.join(root, "example_vcfs", "sim", "sim_contigs.fa")
     kw = dict(method="deeplift", n_refs=3, seed=4, quiet=True, return_table=False, null_shuffles=2)
     calls = []
-    real = dlt.deeplift_shared_torch
-    monkeypatch.setattr(dlt, "deeplift_shared_torch", lambda *a, **k: calls.append(k.get("span")) or real(*a, **k))
+    engine, name = (dlt, "deeplift_shared_torch") if framework == "torch" else (dks, "deeplift_shared_keras")
+    real = getattr(engine, name)
+    monkeypatch.setattr(engine, name, lambda *a, **k: calls.append(k.get("span")) or real(*a, **k))
     score_variants(spec, vcf, fasta, tsv=str(tmp_path / "crop.tsv"), maps=str(tmp_path / "crop.h5"), **kw)
     assert calls and all(s is not None and s[1] - s[0] < 200 for s in calls)  # the crop was asked for
+    if framework == "keras":  # and the model has a chain to crop (conv 7 / pool 2 / conv 9 / pool 89)
+        from kipoi_dfim.backend import load_model as load
+        from kipoi_dfim.backend.deeplift_keras_crop import find_chain
+
+        assert len(find_chain(load(spec)._scored("logit")).steps) == 4
     monkeypatch.setattr(attribution, "read_span", lambda *a, **k: None)
     score_variants(spec, vcf, fasta, tsv=str(tmp_path / "full.tsv"), maps=str(tmp_path / "full.h5"), **kw)
     a, b = pd.read_csv(tmp_path / "crop.tsv", sep="\t"), pd.read_csv(tmp_path / "full.tsv", sep="\t")
