@@ -292,3 +292,12 @@ def test_crop_through_alphabet_reordering(alphabet):
     np.testing.assert_allclose(cropped[..., 25:40, :], full[..., 25:40, :], rtol=0, atol=1e-5 * scale)
     want = hook_engine(module, x, refs, [0, 2])
     np.testing.assert_allclose(full, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_leaf_input_not_batch_major_is_refused():
+    """A leaf that receives (L, B, C) (a transpose before it) would be probed along the wrong axis."""
+    mix = Lambda(lambda t: t.mean(1, keepdim=True).expand_as(t) if 1 < len(t.size()) else t)  # mixes axis 1
+    net = nn.Sequential(Lambda(lambda t: t.transpose(0, 2)), mix, Lambda(lambda t: t.transpose(0, 2)),
+                        nn.Conv1d(4, 3, 5), nn.Flatten(), nn.Linear(3 * 56, 2)).eval()
+    with pytest.raises(OpaqueLeafError, match="'module.1' .*first axis is not the batch"):
+        dlt.trace_rules(adapter(net, "(4,L)")[1], torch.zeros(1, L, 4))

@@ -126,22 +126,24 @@ def trace_error(module: nn.Module) -> Exception | None:
 
 
 class _Capture(fx.Interpreter):
-    """Runs the graph, keeping the first arguments each opaque leaf is called with."""
+    """Runs the graph, keeping the arguments of every call of an opaque leaf (a leaf called at two places of
+    the graph is probed at both)."""
 
     def __init__(self, gm: fx.GraphModule, opaque: frozenset[str]):
         super().__init__(gm)
         self.opaque = opaque
-        self.seen: dict[str, tuple[tuple, dict]] = {}
+        self.calls: list[tuple[str, tuple, dict]] = []
 
     def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
         if target in self.opaque:
-            self.seen.setdefault(target, (args, kwargs))
+            self.calls.append((target, args, kwargs))
         return super().call_module(target, args, kwargs)
 
 
 def check_opaque_leaves(gm: fx.GraphModule, opaque: frozenset[str], example: torch.Tensor) -> None:
-    """Check that every opaque leaf reached from ``example`` is affine and row-local on inputs like the
-    ones it receives (see the module doc).
+    """Check that every call of an opaque leaf reached from ``example`` is affine and row-local on inputs
+    like the ones it receives (see the module doc). The graph runs on two rows, so that a leaf whose input
+    is not batch-major (batch on axis 0, as the probe assumes) is seen.
 
     Raises
     ------
@@ -152,14 +154,15 @@ def check_opaque_leaves(gm: fx.GraphModule, opaque: frozenset[str], example: tor
         return
     capture = _Capture(gm, opaque)
     with torch.no_grad():
-        capture.run(example)
-    for name, (args, kwargs) in capture.seen.items():
+        capture.run(example[:1].expand(2, *example.shape[1:]).contiguous())
+    for name, args, kwargs in capture.calls:
         module = gm.get_submodule(name)
         label = f"'{name}' ({type(module).__name__})"
         tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
         if len(args) != 1 or len(tensors) != 1:
             raise OpaqueLeafError(f"DeepLIFT: untraceable layer {label} takes more than one tensor")
-        why = _probe(module, args[0])
+        why = "receives a tensor whose first axis is not the batch" if args[0].shape[:1] != (2,) else None
+        why = why or _probe(module, args[0])
         if why:
             raise OpaqueLeafError(f"DeepLIFT: untraceable layer {label} {why}; it has no DeepLIFT rule")
 
