@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from kipoi_dfim.errors import UnsupportedModelError
 
-__all__ = ["OpaqueLeafError", "check_opaque_leaves", "trace", "trace_error"]
+__all__ = ["OpaqueLeafError", "check_opaque_leaves", "trace"]
 
 #: Tolerance of the probe's identities, relative to how much the leaf's output varies between the probe's
 #: points (a reshape is exact; a linear layer inside a leaf is off by a few float32 ulps of its output).
@@ -114,15 +114,6 @@ def trace(module: nn.Module) -> tuple[fx.GraphModule, frozenset[str]]:
     called = {n.target for n in graph.nodes if n.op == "call_module"}
     opaque = frozenset(name for name, m in module.named_modules() if id(m) in leaves and name in called)
     return fx.GraphModule(module, graph, type(module).__name__), opaque
-
-
-def trace_error(module: nn.Module) -> Exception | None:
-    """The exception :func:`trace` raises for ``module`` (None when it traces, opaque leaves allowed)."""
-    try:
-        trace(module)
-    except Exception as err:  # noqa: BLE001 - fx raises TraceError, TypeError, AttributeError, ...
-        return err
-    return None
 
 
 class _Capture(fx.Interpreter):
