@@ -4,10 +4,13 @@ Usage::
 
     python benchmarks/bench_zoo_torch.py [--models Basset DeepSEA/variantEffects DeepSEA/beluga]
         [--variants 4] [--refs 10] [--batch-size 64] [--threads 2] [--repeats 2] [--skip-before]
+        [--dirs MODEL_DIR ...]
 
 The models are the zoo harness's fixtures (scripts/zoo/zoo_fixtures.py: the architectures as kipoi/models ships
 them, torch7-converted ``nn.Sequential`` modules whose reshapes are ``Lambda`` wrappers that torch.fx cannot
-trace, random weights), loaded from their model directories with ``kipoi_dfim.load_model``. N variants, their
+trace, random weights), loaded from their model directories with ``kipoi_dfim.load_model`` (``--dirs``: any
+other PyTorch model directories, e.g. the zoo's own files as ``scripts/zoo/run_zoo.py --zoo-files --workdir W``
+lays them out in ``W/zoo_files``; ``--models`` with no name times only those). N variants, their
 reference and alternate windows (one base apart in the middle), R shuffled references shared by the two
 windows, one target: N * 2 * R (window, reference) pairs, interleaved in each of ``--repeats`` rounds, the
 fastest round of each method kept:
@@ -33,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from bench_peers import best_of  # interleaved rounds, the fastest (wall, CPU) of each (benchmarks/ is on the path)
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 7
@@ -80,25 +84,39 @@ def methods(model, x: np.ndarray, refs: np.ndarray, batch: int, before: bool) ->
     return out
 
 
+def report(name: str, model, a: argparse.Namespace) -> None:
+    """Time one model's methods on its own pairs and print the table."""
+    x, refs = pairs_for(model.seq_len, a.variants, a.refs)
+    fns = methods(model, x, refs, a.batch_size, not a.skip_before)
+    best_of(methods(model, x[:1], refs[:1], a.batch_size, False), 1)  # warm-up: plans, crops, caches
+    timings = best_of(fns, a.repeats)
+    n_pairs = x.shape[0] * x.shape[1] * refs.shape[1]
+    bare = timings["bare fwd+bwd"]
+    print(f"\n## {name} (L = {model.seq_len}, {len(model.targets)} outputs): {n_pairs} pairs\n")
+    print("| method | wall s | pairs/s | ratio to bare | CPU s | CPU ratio to bare |")
+    print("|---|---|---|---|---|---|")
+    for k, (wall, cpu) in timings.items():
+        print(f"| {k} | {wall:.2f} | {n_pairs / wall:.1f} | {bare[0] / wall:.2f} | {cpu:.2f} | {bare[1] / cpu:.2f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", nargs="+", default=["Basset", "DeepSEA/variantEffects", "DeepSEA/beluga"])
+    ap.add_argument("--models", nargs="*", default=["Basset", "DeepSEA/variantEffects", "DeepSEA/beluga"])
     ap.add_argument("--variants", type=int, default=4)
     ap.add_argument("--refs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--skip-before", action="store_true", help="do not time the previous release's hook engine")
+    ap.add_argument("--dirs", nargs="*", default=[], type=Path, help="other PyTorch model directories to time")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "scripts" / "zoo"))
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import kipoi_dfim  # noqa: F401 - OMP_WAIT_POLICY=PASSIVE before torch loads libgomp, as in the CLI
 
     policy = os.environ.get("OMP_WAIT_POLICY", "libgomp default")
     import torch
     import zoo_fixtures as zf
-    from bench_peers import best_of  # interleaved rounds, fastest (wall, CPU) of each
 
     from kipoi_dfim.backend import load_model
 
@@ -108,20 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {a.threads} threads, batch {a.batch_size}, {a.variants} variants x 2 windows "
           f"x {a.refs} references, best of {a.repeats} interleaved rounds, OMP_WAIT_POLICY {policy}")
     with tempfile.TemporaryDirectory() as tmp:
-        for name in a.models:
-            model = load_model(str(builders[name](Path(tmp)).model_dir), batch_size=a.batch_size, device="cpu")
-            x, refs = pairs_for(model.seq_len, a.variants, a.refs)
-            fns = methods(model, x, refs, a.batch_size, not a.skip_before)
-            best_of(methods(model, x[:1], refs[:1], a.batch_size, False), 1)  # warm-up: plans, crops, caches
-            timings = best_of(fns, a.repeats)
-            n_pairs = x.shape[0] * x.shape[1] * refs.shape[1]
-            bare = timings["bare fwd+bwd"]
-            print(f"\n## {name} (L = {model.seq_len}, {len(model.targets)} outputs): {n_pairs} pairs\n")
-            print("| method | wall s | pairs/s | ratio to bare | CPU s | CPU ratio to bare |")
-            print("|---|---|---|---|---|---|")
-            for k, (wall, cpu) in timings.items():
-                print(f"| {k} | {wall:.2f} | {n_pairs / wall:.1f} | {bare[0] / wall:.2f} | {cpu:.2f} | "
-                      f"{bare[1] / cpu:.2f} |")
+        dirs = [(name, builders[name](Path(tmp)).model_dir) for name in a.models] + [(str(d), d) for d in a.dirs]
+        for name, model_dir in dirs:
+            model = load_model(str(model_dir), batch_size=a.batch_size, device="cpu")
+            report(name, model, a)
     return 0
 
 
