@@ -107,10 +107,12 @@ def trace(module: nn.Module) -> tuple[fx.GraphModule, frozenset[str]]:
         torch.fx's own error when even the module's own forward cannot be traced.
     """
     leaves: set[int] = set()
-    if not _traces(module, leaves):
+    try:
+        graph = _graph(module, leaves)  # one trace when the module traces as a whole (the common case)
+    except Exception:  # noqa: BLE001 - fx raises TraceError, TypeError, AttributeError, ...
         for child in module.children():
             _find_leaves(child, leaves)
-    graph = _graph(module, leaves)
+        graph = _graph(module, leaves)
     called = {n.target for n in graph.nodes if n.op == "call_module"}
     opaque = frozenset(name for name, m in module.named_modules() if id(m) in leaves and name in called)
     return fx.GraphModule(module, graph, type(module).__name__), opaque
